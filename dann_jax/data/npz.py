@@ -1,0 +1,99 @@
+"""Bring-your-own domain: a validated ``.npz`` file."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from dann_jax.data.domain import NUM_CLASSES, DataError, Domain
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+NPZ_HOWTO = (
+    "Write it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...): "
+    "x_* uint8 images (N, H, W) or (N, H, W, C) with C in (1, 3), "
+    f"y_* integer labels (N,) in [0, {NUM_CLASSES})."
+)
+
+
+def _bad(path: object, problem: str) -> DataError:
+    """A DataError naming the file, the problem and the expected format."""
+    return DataError(f"{path}: {problem}\n{NPZ_HOWTO}")
+
+
+def _check_images(path: object, key: str, x: np.ndarray) -> np.ndarray:
+    """Validate one image array and return it as NHWC."""
+    if x.dtype != np.uint8:
+        hint = " (for floats in [0, 1] use np.rint(x * 255).astype(np.uint8))"
+        raise _bad(
+            path, f"{key} has dtype {x.dtype}, expected uint8{hint if x.dtype.kind == 'f' else ''}."
+        )
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise _bad(
+            path, f"{key} has shape {x.shape}, expected (N, H, W) or (N, H, W, C), C in (1, 3)."
+        )
+    if x.shape[0] == 0:
+        raise _bad(path, f"{key} holds no images.")
+    return x
+
+
+def _check_labels(path: object, key: str, y: np.ndarray, n: int) -> np.ndarray:
+    """Validate one label array against its image count and return it as int32."""
+    if y.dtype.kind not in "iu":
+        raise _bad(path, f"{key} has dtype {y.dtype}, expected an integer dtype.")
+    if y.ndim != 1:
+        raise _bad(path, f"{key} has shape {y.shape}, expected (N,) (use y.reshape(-1)).")
+    if len(y) != n:
+        raise _bad(path, f"{key} has {len(y)} labels but x_{key[2:]} has {n} images.")
+    if y.min() < 0 or y.max() >= NUM_CLASSES:
+        raise _bad(
+            path, f"{key} has labels in [{y.min()}, {y.max()}], expected [0, {NUM_CLASSES})."
+        )
+    return y.astype(np.int32)
+
+
+def load_npz(path: str | os.PathLike) -> Domain:
+    """Load and validate a bring-your-own domain from an ``.npz`` file.
+
+    Args:
+      path: file with arrays ``x_train``, ``y_train``, ``x_test``, ``y_test``;
+        images uint8 (N, H, W) or (N, H, W, C) with C in (1, 3) and the same
+        (H, W, C) in both splits, labels integer (N,) in [0, 10).
+
+    Returns:
+      `Domain` with variant ``'npz'`` and name `path` (grey images get C = 1).
+
+    Raises:
+      DataError: missing or unreadable file, missing keys, or wrong dtype, rank,
+        length or label range; the message names the problem and the format.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise _bad(path, "no such file.")
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            missing = [k for k in NPZ_KEYS if k not in f.files]
+            if missing:
+                raise _bad(path, f"missing key(s) {missing}; found {sorted(f.files)}.")
+            arrays = {k: f[k] for k in NPZ_KEYS}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise _bad(path, f"not a readable .npz file ({e}).") from e
+    x_train = _check_images(path, "x_train", arrays["x_train"])
+    x_test = _check_images(path, "x_test", arrays["x_test"])
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise _bad(
+            path, f"x_train images are {x_train.shape[1:]} but x_test are {x_test.shape[1:]}."
+        )
+    return Domain(
+        name=str(path),
+        variant="npz",
+        x_train=x_train,
+        y_train=_check_labels(path, "y_train", arrays["y_train"], len(x_train)),
+        x_test=x_test,
+        y_test=_check_labels(path, "y_test", arrays["y_test"], len(x_test)),
+        origin=f"npz file {path}",
+    )

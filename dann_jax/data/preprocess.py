@@ -1,0 +1,96 @@
+"""Host-side preprocessing as in the DANN paper: resize once, grey -> RGB, stay uint8."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dann_jax.data.domain import DataError
+
+# ITU-R 601-2 luma weights, the ones PIL uses for RGB -> "L".
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _as_nhwc(x: np.ndarray, what: str) -> np.ndarray:
+    """View uint8 (N, H, W) or (N, H, W, C) images as NHWC, rejecting anything else."""
+    x = np.asarray(x)
+    if x.dtype != np.uint8:
+        raise DataError(f"{what} must be uint8 images, got dtype {x.dtype}.")
+    if x.ndim == 3:
+        return x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise DataError(
+            f"{what} must be (N, H, W) or (N, H, W, C) with C in (1, 3), got {x.shape}."
+        )
+    return x
+
+
+def _resize(x: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear-resize NHWC uint8 images to size x size with PIL, one image at a time."""
+    from PIL import Image  # lazy: keeps `import dann_jax.data` cheap
+
+    n, _, _, c = x.shape
+    out = np.empty((n, size, size, c), dtype=np.uint8)
+    for i in range(n):
+        img = Image.fromarray(x[i, ..., 0] if c == 1 else x[i])
+        resized = np.asarray(img.resize((size, size), Image.BILINEAR))
+        out[i] = resized[..., None] if c == 1 else resized
+    return out
+
+
+def prepare_images(x_uint8: np.ndarray, size: int, channels: int = 3) -> np.ndarray:
+    """Resize images to the model's input size and set their channel count.
+
+    The paper feeds 28x28 inputs to the MNIST architecture and 32x32 to the SVHN
+    one, with grey digits given as three equal channels. Done once on the host
+    (not per step on device) so the training loop only moves uint8 batches;
+    mean subtraction is left to the device (see `channel_mean`).
+
+    Choices: PIL bilinear resampling (PIL antialiases when shrinking, e.g. MNIST-M
+    32 -> 28), only when the size differs; aspect ratio is not kept (every known
+    domain is square); grey -> RGB repeats the channel; RGB -> grey uses the
+    ITU-R 601-2 luma weights, rounded.
+
+    Args:
+      x_uint8: uint8 images, (N, H, W) or (N, H, W, C) with C in (1, 3).
+      size: output height and width.
+      channels: 3 (RGB) or 1 (grey).
+
+    Returns:
+      uint8 array of shape (N, size, size, channels).
+
+    Raises:
+      DataError: wrong dtype, rank or channel count.
+    """
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels}.")
+    x = _as_nhwc(x_uint8, "prepare_images input")
+    if x.shape[1:3] != (size, size):
+        x = _resize(x, size)
+    if x.shape[-1] == channels:
+        return np.ascontiguousarray(x)
+    if channels == 3:
+        return np.repeat(x, 3, axis=-1)
+    grey = np.rint(x.astype(np.float32) @ _LUMA.astype(np.float32))
+    return np.clip(grey, 0, 255).astype(np.uint8)[..., None]
+
+
+def channel_mean(x_uint8: np.ndarray) -> np.ndarray:
+    """Per-channel mean pixel of uint8 images, in [0, 1] scale.
+
+    The paper subtracts the mean image value; the core does the subtraction on
+    device after scaling pixels to [0, 1], so this returns the matching float32
+    (C,) vector. Accumulates in float64 without copying the images.
+
+    Args:
+      x_uint8: uint8 images, (N, H, W) (treated as C = 1) or (N, H, W, C).
+
+    Returns:
+      float32 array of shape (C,).
+
+    Raises:
+      DataError: wrong dtype, rank or channel count, or no images.
+    """
+    x = _as_nhwc(x_uint8, "channel_mean input")
+    if x.shape[0] == 0:
+        raise DataError("channel_mean needs at least one image.")
+    return (x.mean(axis=(0, 1, 2), dtype=np.float64) / 255.0).astype(np.float32)

@@ -1,0 +1,645 @@
+"""Tests of dann_jax.data: TFDS builders on tiny upstream-format fixtures, npz, embedded pair.
+
+Every TFDS data dir is a tmp dir. The real-data tests read the offline copies in
+``../shared/data/digits`` (relative to the repo root; ``DANN_DIGITS_DIR`` overrides)
+and skip when they are absent.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import io
+import os
+import shutil
+import struct
+import sys
+import tarfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+
+from dann_jax import data
+from dann_jax.data import DataError, Domain
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+N_TRAIN, N_TEST = 12, 7  # tiny fixtures: a TFDS build of each takes well under a second
+
+
+# -------------------------------------------------------------- fixture writers (upstream format)
+
+
+def _rng(seed: int = 0) -> np.random.Generator:
+    """Fixed-seed generator for fixture content."""
+    return np.random.default_rng(seed)
+
+
+def _fake_split(n: int, shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random uint8 images and 0..9 labels."""
+    rng = _rng(seed)
+    return rng.integers(0, 256, (n, *shape), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+def _idx_bytes(arr: np.ndarray) -> bytes:
+    """Encode a uint8 array in the IDX format (magic 0x0800 | ndim, big-endian dims)."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    return header + arr.astype(np.uint8).tobytes()
+
+
+def write_mnist(folder: Path, gz: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Write the four MNIST IDX files (gzipped or not); return the arrays written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = {"train": _fake_split(N_TRAIN, (28, 28), 1), "test": _fake_split(N_TEST, (28, 28), 2)}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        x, y = splits[split]
+        for kind, arr in (("images-idx3", x), ("labels-idx1", y)):
+            payload = _idx_bytes(arr)
+            name = f"{prefix}-{kind}-ubyte"
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(payload))
+            else:
+                (folder / name).write_bytes(payload)
+    return splits
+
+
+def _png(arr: np.ndarray) -> bytes:
+    """PNG bytes of one RGB image."""
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _mnist_m_members(n_listed: dict[str, int] | None = None):
+    """(relative path, bytes) of an MNIST-M release, and the arrays; labels may list a prefix."""
+    splits = {
+        "train": _fake_split(N_TRAIN, (32, 32, 3), 3),
+        "test": _fake_split(N_TEST, (32, 32, 3), 4),
+    }
+    members = []
+    for split, (x, y) in splits.items():
+        members += [(f"mnist_m/mnist_m_{split}/{i:08d}.png", _png(img)) for i, img in enumerate(x)]
+        listed = (n_listed or {}).get(split, len(x))
+        text = "".join(f"{i:08d}.png {y[i]}\n" for i in range(listed))
+        members.append((f"mnist_m/mnist_m_{split}_labels.txt", text.encode()))
+    return members, splits
+
+
+def write_mnist_m_archive(folder: Path, n_listed: dict[str, int] | None = None):
+    """Write mnist_m.tar.gz in the authors' layout; return the arrays."""
+    folder.mkdir(parents=True, exist_ok=True)
+    members, splits = _mnist_m_members(n_listed)
+    with tarfile.open(folder / "mnist_m.tar.gz", "w:gz") as tar:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return splits
+
+
+def write_mnist_m_folder(folder: Path, nested: bool = True):
+    """Write the extracted release under folder/mnist_m/ (nested) or folder/ (flat)."""
+    members, splits = _mnist_m_members()
+    for name, payload in members:
+        path = folder / (name if nested else name.split("/", 1)[1])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(payload)
+    return splits
+
+
+def write_usps(folder: Path):
+    """Write usps.h5 with float pixels k/255 (so round(x*255) recovers k exactly)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = {"train": _fake_split(N_TRAIN, (16, 16), 5), "test": _fake_split(N_TEST, (16, 16), 6)}
+    with h5py.File(folder / "usps.h5", "w") as f:
+        for split, (x, y) in splits.items():
+            g = f.create_group(split)
+            g["data"] = (x.reshape(len(x), 256) / np.float32(255)).astype(np.float32)
+            g["target"] = y.astype(np.int64)
+    return splits
+
+
+def write_svhn(folder: Path):
+    """Write train/test_32x32.mat (X (32, 32, 3, N), y (N, 1) in 1..10 with 10 for digit 0)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = {
+        "train": _fake_split(N_TRAIN, (32, 32, 3), 7),
+        "test": _fake_split(N_TEST, (32, 32, 3), 8),
+    }
+    for split, (x, y) in splits.items():
+        y = y.copy()
+        y[:2] = 0  # make sure digit 0 (stored as 10) is present
+        splits[split] = (x, y)
+        mat_y = np.where(y == 0, 10, y).reshape(-1, 1).astype(np.uint8)
+        scipy.io.savemat(
+            folder / f"{split}_32x32.mat", {"X": np.transpose(x, (1, 2, 3, 0)), "y": mat_y}
+        )
+    return splits
+
+
+WRITERS = {
+    "mnist": write_mnist,
+    "mnist_m": write_mnist_m_archive,
+    "usps": write_usps,
+    "svhn": write_svhn,
+}
+
+
+def assert_round_trip(domain: Domain, splits, channels: int) -> None:
+    """Pixel-exact images and exact labels, in upstream order."""
+    for split in ("train", "test"):
+        x, y = splits[split]
+        got_x, got_y = getattr(domain, f"x_{split}"), getattr(domain, f"y_{split}")
+        assert got_x.dtype == np.uint8 and got_y.dtype == np.int32
+        assert got_x.shape == (*x.shape[:3], channels)
+        np.testing.assert_array_equal(got_x, x.reshape(got_x.shape))
+        np.testing.assert_array_equal(got_y, y)
+    assert domain.variant == "full"
+
+
+@pytest.fixture(autouse=True)
+def _quiet_tfds():
+    """No TFDS progress bars in test output."""
+    import tensorflow_datasets as tfds
+
+    tfds.display_progress_bar(False)
+    yield
+
+
+# -------------------------------------------------------------- builders on fixtures
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_builder_round_trip(tmp_path, gz):
+    splits = write_mnist(tmp_path / "raw" / "mnist", gz=gz)
+    d = data.load_domain("mnist", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
+    assert_round_trip(d, splits, channels=1)
+    assert (tmp_path / "tfds" / "dann_mnist" / "1.0.0").is_dir()
+    assert "manual dir" in d.origin
+
+
+def test_mnist_m_archive_round_trip(tmp_path):
+    splits = write_mnist_m_archive(tmp_path / "raw" / "mnist_m")
+    d = data.load_domain("mnist_m", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
+    assert_round_trip(d, splits, channels=3)
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_mnist_m_extracted_folder(tmp_path, nested):
+    splits = write_mnist_m_folder(tmp_path / "raw" / "mnist_m", nested=nested)
+    d = data.load_domain("mnist_m", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
+    assert_round_trip(d, splits, channels=3)
+
+
+def test_mnist_m_loads_what_labels_list(tmp_path):
+    # A cut-down bundle: labels list only the first 5 train images.
+    splits = write_mnist_m_archive(tmp_path / "raw" / "mnist_m", n_listed={"train": 5})
+    d = data.load_domain("mnist_m", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
+    np.testing.assert_array_equal(d.x_train, splits["train"][0][:5])
+    np.testing.assert_array_equal(d.y_train, splits["train"][1][:5])
+    assert len(d.x_test) == N_TEST
+
+
+def test_mnist_m_missing_png_is_clear(tmp_path):
+    write_mnist_m_folder(tmp_path / "raw" / "mnist_m")
+    (tmp_path / "raw" / "mnist_m" / "mnist_m" / "mnist_m_train" / "00000003.png").unlink()
+    with pytest.raises(DataError, match=r"00000003\.png"):
+        data.load_domain("mnist_m", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
+    assert not (tmp_path / "tfds" / "dann_mnist_m" / "1.0.0").exists()
+
+
+def test_usps_builder_round_trip(tmp_path):
+    splits = write_usps(tmp_path / "raw" / "usps")
+    d = data.load_domain("usps", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
+    assert_round_trip(d, splits, channels=1)
+
+
+def test_svhn_builder_round_trip_maps_10_to_0(tmp_path):
+    splits = write_svhn(tmp_path / "raw" / "svhn")
+    d = data.load_domain("svhn", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
+    assert_round_trip(d, splits, channels=3)
+    assert d.y_train.max() <= 9 and (d.y_train == 0).any()
+
+
+def test_manual_dir_may_be_the_domain_folder(tmp_path):
+    splits = write_usps(tmp_path / "usps_only")
+    d = data.load_domain("usps", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "usps_only")
+    assert_round_trip(d, splits, channels=1)
+
+
+def test_builds_and_reads_without_tensorflow(tmp_path):
+    write_usps(tmp_path / "raw" / "usps")
+    data.load_domain("usps", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
+    if importlib.util.find_spec("tensorflow") is None:
+        # Not installed, so the build above cannot have used it.
+        assert "tensorflow" not in sys.modules
+    assert "tensorflow" not in sys.modules, "TFDS imported TensorFlow"
+
+
+def test_prepared_data_is_reused_without_raw_files(tmp_path):
+    splits = write_mnist(tmp_path / "raw" / "mnist")
+    data.load_domain("mnist", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
+    shutil.rmtree(tmp_path / "raw")  # a second call must not need (or read) them
+    d = data.load_domain("mnist", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
+    assert_round_trip(d, splits, channels=1)
+    assert "reused" in d.origin
+    d2 = data.load_domain("mnist", data_dir=tmp_path / "tfds", download=False)
+    np.testing.assert_array_equal(d2.x_test, d.x_test)
+
+
+def test_interrupted_preparation_is_not_taken_as_complete(tmp_path, monkeypatch):
+    from dann_jax.data import builders
+
+    splits = write_usps(tmp_path / "raw" / "usps")
+    calls = {"n": 0}
+    original = builders.DigitsBuilder._generate_examples
+
+    def failing(self, images, labels):
+        for i, ex in enumerate(original(self, images, labels)):
+            if i == 3:
+                calls["n"] += 1
+                raise KeyboardInterrupt  # like Ctrl-C halfway through a split
+            yield ex
+
+    monkeypatch.setattr(builders.DigitsBuilder, "_generate_examples", failing)
+    with pytest.raises(KeyboardInterrupt):
+        data.load_domain("usps", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
+    assert calls["n"] == 1
+    assert not builders.is_prepared(builders.make_builder("usps", tmp_path / "tfds"))
+    # A killed run leaves an incomplete.* folder: it must be ignored, not read.
+    leftover = tmp_path / "tfds" / "dann_usps" / "incomplete.ABC123_1.0.0"
+    leftover.mkdir(parents=True, exist_ok=True)
+    (leftover / "dataset_info.json").write_text("{}")
+    monkeypatch.undo()
+    d = data.load_domain("usps", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
+    assert_round_trip(d, splits, channels=1)
+    assert "new" in d.origin
+
+
+def test_tfds_data_source_by_name_reads_prepared_data(tmp_path):
+    import tensorflow_datasets as tfds
+
+    splits = write_usps(tmp_path / "raw" / "usps")
+    data.load_domain("usps", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
+    src = tfds.data_source("dann_usps", split="test", data_dir=tmp_path / "tfds", download=False)
+    assert len(src) == N_TEST
+    np.testing.assert_array_equal(src[2]["image"][..., 0], splits["test"][0][2])
+
+
+def test_tfds_native_data_source_with_manual_dir(tmp_path):
+    import tensorflow_datasets as tfds
+
+    import dann_jax.data.builders  # noqa: F401  (registers dann_* builders)
+
+    splits = write_svhn(tmp_path / "raw" / "svhn")
+    src = tfds.data_source(
+        "dann_svhn",
+        split="train",
+        data_dir=tmp_path / "tfds",
+        builder_kwargs={"file_format": "array_record"},
+        download_and_prepare_kwargs={
+            "download_config": tfds.download.DownloadConfig(manual_dir=tmp_path / "raw")
+        },
+    )
+    assert len(src) == N_TRAIN
+    np.testing.assert_array_equal(src[3]["image"], splits["train"][0][3])
+    assert src[0]["label"] == 0
+
+
+# -------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("domain", "expected"),
+    [
+        ("mnist", ["train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]),
+        ("mnist_m", ["mnist_m.tar.gz", "mnist_m_train_labels.txt"]),
+        ("usps", ["usps.h5"]),
+        ("svhn", ["train_32x32.mat", "test_32x32.mat"]),
+    ],
+)
+def test_missing_manual_files_name_expected_files(tmp_path, domain, expected):
+    (tmp_path / "raw").mkdir()
+    with pytest.raises(DataError) as err:
+        data.load_domain(domain, data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
+    for name in expected:
+        assert name in str(err.value)
+    assert "layout" in str(err.value).lower()
+    assert not (tmp_path / "tfds" / f"dann_{domain}" / "1.0.0").exists()
+
+
+def test_partial_mnist_names_the_missing_file(tmp_path):
+    write_mnist(tmp_path / "raw" / "mnist")
+    (tmp_path / "raw" / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match=r"Missing: t10k-labels-idx1-ubyte\.gz"):
+        data.load_domain("mnist", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
+
+
+def test_corrupt_idx_is_a_data_error(tmp_path):
+    write_mnist(tmp_path / "raw" / "mnist")
+    (tmp_path / "raw" / "mnist" / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"junk"))
+    with pytest.raises(DataError, match="IDX"):
+        data.load_domain("mnist", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
+
+
+def test_unknown_domain_lists_known_ones():
+    with pytest.raises(DataError) as err:
+        data.load_domain("cifar10")
+    for name in data.KNOWN_DOMAINS:
+        assert name in str(err.value)
+    assert ".npz" in str(err.value)
+
+
+def test_no_manual_dir_and_no_download_is_clear(tmp_path):
+    with pytest.raises(DataError, match="manual_dir"):
+        data.load_domain("mnist", data_dir=tmp_path / "tfds", download=False)
+
+
+@pytest.mark.parametrize("domain", ["usps", "mnist_m"])
+def test_domains_without_url_say_so(tmp_path, domain):
+    with pytest.raises(DataError, match="manual_dir"):
+        data.load_domain(domain, data_dir=tmp_path / "tfds")
+
+
+def _serve_as_file_urls(monkeypatch, src_dir: Path, sha: dict[str, str | None]):
+    """Point the MNIST download table at file:// URLs (tests the download path offline)."""
+    from dann_jax.data import download
+
+    table = {
+        name: ((src_dir.joinpath(name).resolve().as_uri(),), sha.get(name))
+        for name in download.SOURCES["mnist"]
+    }
+    monkeypatch.setitem(download.SOURCES, "mnist", table)
+
+
+def test_download_path_verifies_and_prepares(tmp_path, monkeypatch):
+    splits = write_mnist(tmp_path / "upstream")
+    sums = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in (tmp_path / "upstream").iterdir()
+    }
+    _serve_as_file_urls(monkeypatch, tmp_path / "upstream", sums)
+    d = data.load_domain("mnist", data_dir=tmp_path / "tfds")
+    assert_round_trip(d, splits, channels=1)
+    assert "download" in d.origin
+    assert (
+        tmp_path / "tfds" / "downloads" / "dann_digits" / "mnist" / "t10k-images-idx3-ubyte.gz"
+    ).is_file()
+
+
+def test_download_checksum_mismatch_and_no_network_are_clear(tmp_path, monkeypatch):
+    write_mnist(tmp_path / "upstream")
+    _serve_as_file_urls(
+        monkeypatch,
+        tmp_path / "upstream",
+        dict.fromkeys(os.listdir(tmp_path / "upstream"), "0" * 64),
+    )
+    with pytest.raises(DataError, match="checksum mismatch"):
+        data.load_domain("mnist", data_dir=tmp_path / "tfds")
+    _serve_as_file_urls(monkeypatch, tmp_path / "nowhere", {})
+    with pytest.raises(DataError, match="no network"):
+        data.load_domain("mnist", data_dir=tmp_path / "tfds2")
+
+
+# -------------------------------------------------------------- npz
+
+
+def _npz(tmp_path: Path, **overrides) -> Path:
+    """Write a valid npz, with some arrays replaced or (value None) dropped."""
+    arrays = {
+        "x_train": np.zeros((6, 20, 20, 3), np.uint8),
+        "y_train": np.arange(6),
+        "x_test": np.ones((4, 20, 20, 3), np.uint8),
+        "y_test": np.array([9, 0, 1, 2], np.uint8),
+    }
+    arrays.update(overrides)
+    path = tmp_path / "custom.npz"
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+def test_npz_domain_loads(tmp_path):
+    d = data.load_domain(str(_npz(tmp_path)))
+    assert d.variant == "npz" and d.name.endswith("custom.npz")
+    assert d.x_train.shape == (6, 20, 20, 3) and d.y_test.dtype == np.int32
+    grey = data.load_domain(
+        str(
+            _npz(
+                tmp_path,
+                x_train=np.zeros((6, 9, 9), np.uint8),
+                x_test=np.zeros((4, 9, 9), np.uint8),
+            )
+        )
+    )
+    assert grey.x_train.shape == (6, 9, 9, 1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"y_test": None}, r"missing key\(s\) \['y_test'\]"),
+        ({"x_train": np.zeros((6, 20, 20, 3), np.float32)}, "dtype float32, expected uint8"),
+        ({"x_train": np.zeros((6, 400), np.uint8)}, "x_train has shape"),
+        ({"x_test": np.zeros((4, 20, 20, 5), np.uint8)}, "x_test has shape"),
+        ({"y_train": np.arange(5)}, "5 labels but x_train has 6"),
+        ({"y_train": np.arange(6).reshape(6, 1)}, "expected \\(N,\\)"),
+        ({"y_train": np.arange(6) * 3}, "labels in \\[0, 15\\]"),
+        ({"y_test": np.zeros(4, np.float32)}, "integer dtype"),
+        ({"x_test": np.zeros((4, 10, 10, 3), np.uint8)}, "x_train images are"),
+    ],
+)
+def test_npz_validation_errors(tmp_path, overrides, match):
+    with pytest.raises(DataError, match=match) as err:
+        data.load_domain(str(_npz(tmp_path, **overrides)))
+    assert "np.savez" in str(err.value)  # says how to fix it
+
+
+def test_npz_missing_file(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        data.load_domain(str(tmp_path / "absent.npz"))
+
+
+# -------------------------------------------------------------- embedded pair and synthesis
+
+
+def test_embedded_pair_shapes_and_sizes():
+    src, tgt = data.embedded_pair(seed=0)
+    assert (src.name, tgt.name) == ("embedded_mnist", "embedded_mnist_m")
+    assert src.variant == tgt.variant == "embedded"
+    assert src.x_train.shape == (2000, 28, 28, 1) and src.x_test.shape == (500, 28, 28, 1)
+    assert tgt.x_train.shape == (2000, 28, 28, 3) and tgt.x_test.shape == (500, 28, 28, 3)
+    for d in (src, tgt):
+        assert d.x_train.dtype == np.uint8 and d.y_train.dtype == np.int32
+        assert np.bincount(d.y_train, minlength=10).tolist() == [200] * 10
+        assert np.bincount(d.y_test, minlength=10).tolist() == [50] * 10
+    # Colour: channels differ; and not a copy of the source.
+    assert np.abs(tgt.x_train[..., 0].astype(int) - tgt.x_train[..., 1]).mean() > 5
+    assert tgt.x_train.mean() > src.x_train.mean() + 20
+
+
+def test_embedded_split_is_disjoint():
+    from dann_jax.data import embedded
+
+    _, y = embedded._mnist_5k()
+    idx = embedded._split_indices(y, np.random.default_rng(0))
+    all_idx = np.concatenate(list(idx.values()))
+    assert len(all_idx) == 5000 and len(np.unique(all_idx)) == 5000
+    src, _ = data.embedded_pair(seed=0)
+    src_rows = {row.tobytes() for row in np.concatenate([src.x_train, src.x_test])}
+    assert len(src_rows) == 2500  # train and test hold different digits
+
+
+def test_embedded_pair_is_deterministic_per_seed():
+    a_src, a_tgt = data.embedded_pair(seed=3)
+    b_src, b_tgt = data.embedded_pair(seed=3)
+    np.testing.assert_array_equal(a_src.x_train, b_src.x_train)
+    np.testing.assert_array_equal(a_tgt.x_test, b_tgt.x_test)
+    np.testing.assert_array_equal(a_tgt.y_train, b_tgt.y_train)
+    c_src, c_tgt = data.embedded_pair(seed=4)
+    assert not np.array_equal(a_tgt.x_train, c_tgt.x_train)
+    assert not np.array_equal(a_src.y_train, c_src.y_train)
+
+
+def test_synthesize_mnist_m_is_abs_difference():
+    digits = _rng(1).integers(0, 256, (5, 6, 7), dtype=np.uint8)
+    photo = _rng(2).integers(0, 256, (6, 7, 3), dtype=np.uint8)  # exactly one possible crop
+    out = data.synthesize_mnist_m(digits, [photo], seed=0)
+    expected = np.abs(digits[..., None].astype(int) - photo[None].astype(int)).astype(np.uint8)
+    assert out.dtype == np.uint8 and out.shape == (5, 6, 7, 3)
+    np.testing.assert_array_equal(out, expected)
+    # A flat colour photo: every crop is the same colour.
+    flat = np.broadcast_to(np.array([10, 200, 255], np.uint8), (40, 50, 3)).copy()
+    out = data.synthesize_mnist_m(digits, [flat], seed=5)
+    np.testing.assert_array_equal(out, np.abs(digits[..., None].astype(int) - [10, 200, 255]))
+
+
+def test_synthesize_mnist_m_seed_and_errors():
+    digits = _rng(1).integers(0, 256, (8, 28, 28), dtype=np.uint8)
+    photos = data.sample_photos()
+    assert len(photos) == 2 and photos[0].dtype == np.uint8 and photos[0].shape[2] == 3
+    a = data.synthesize_mnist_m(digits, photos, seed=1)
+    np.testing.assert_array_equal(a, data.synthesize_mnist_m(digits, photos, seed=1))
+    assert not np.array_equal(a, data.synthesize_mnist_m(digits, photos, seed=2))
+    with pytest.raises(DataError, match="h >= 28"):
+        data.synthesize_mnist_m(digits, [np.zeros((10, 40, 3), np.uint8)], seed=0)
+    with pytest.raises(DataError, match="uint8"):
+        data.synthesize_mnist_m(digits.astype(np.float32), photos, seed=0)
+
+
+def test_load_photos_from_dir(tmp_path):
+    a = _rng(3).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    g = _rng(4).integers(0, 256, (35, 45), dtype=np.uint8)
+    (tmp_path / "sub").mkdir()
+    Image.fromarray(a).save(tmp_path / "b.png")
+    Image.fromarray(g).save(tmp_path / "sub" / "c.PNG")
+    (tmp_path / "notes.txt").write_text("not a photo")
+    photos = data.load_photos_from_dir(tmp_path)
+    assert len(photos) == 2
+    np.testing.assert_array_equal(photos[0], a)
+    np.testing.assert_array_equal(photos[1], np.repeat(g[..., None], 3, axis=-1))  # grey -> RGB
+    with pytest.raises(DataError, match="does not exist"):
+        data.load_photos_from_dir(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"No \.jpg"):
+        data.load_photos_from_dir(tmp_path / "empty")
+
+
+# -------------------------------------------------------------- preprocessing
+
+
+def test_prepare_images_resizes_and_repeats_grey():
+    x = _rng(5).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    same = data.prepare_images(x, size=28)
+    assert same.shape == (4, 28, 28, 3) and same.dtype == np.uint8
+    np.testing.assert_array_equal(same, np.repeat(x[..., None], 3, axis=-1))
+    up = data.prepare_images(x[..., None], size=32)
+    assert up.shape == (4, 32, 32, 3) and up.dtype == np.uint8
+    np.testing.assert_array_equal(up[..., 0], up[..., 2])
+    flat = np.full((2, 32, 32, 3), 77, np.uint8)
+    np.testing.assert_array_equal(data.prepare_images(flat, size=28), np.full((2, 28, 28, 3), 77))
+    grey = data.prepare_images(np.full((1, 8, 8, 3), [255, 0, 0], np.uint8), size=8, channels=1)
+    assert grey.shape == (1, 8, 8, 1) and int(grey[0, 0, 0, 0]) == 76  # 0.299 * 255
+    with pytest.raises(DataError, match="uint8"):
+        data.prepare_images(x.astype(np.float32), size=28)
+
+
+def test_channel_mean():
+    x = np.zeros((2, 4, 4, 3), np.uint8)
+    x[..., 1] = 255
+    x[0, ..., 2] = 51
+    np.testing.assert_allclose(data.channel_mean(x), [0.0, 1.0, 0.1], rtol=1e-6)
+    assert data.channel_mean(x).dtype == np.float32
+    assert data.channel_mean(x[..., 0]).shape == (1,)
+
+
+def test_domain_repr_is_short():
+    src, _ = data.embedded_pair(seed=0)
+    assert "(2000, 28, 28, 1)" in repr(src) and len(repr(src)) < 300
+    assert src.image_shape == (28, 28, 1)
+
+
+def test_import_is_cheap():
+    code = (
+        "import sys, dann_jax.data; "
+        "heavy = ('tensorflow_datasets', 'tensorflow', 'h5py', 'sklearn'); "
+        "bad = [m for m in heavy if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    import subprocess
+
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
+
+
+# -------------------------------------------------------------- real offline data (skip if absent)
+
+
+def _digits_dir() -> Path:
+    """The offline digits copy: $DANN_DIGITS_DIR, else ../shared/data/digits from the repo root."""
+    return Path(
+        os.environ.get("DANN_DIGITS_DIR") or REPO_ROOT.parent / "shared" / "data" / "digits"
+    )
+
+
+@pytest.fixture(scope="session")
+def real_tfds_dir(tmp_path_factory):
+    """One TFDS data dir per test session, so the real data is prepared once."""
+    if not _digits_dir().is_dir():
+        pytest.skip(f"offline digits copy not found at {_digits_dir()} (set DANN_DIGITS_DIR)")
+    path = tmp_path_factory.mktemp("real_tfds")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)  # ~200 MB; pytest would keep it for 3 runs
+
+
+@pytest.mark.parametrize(
+    ("domain", "n_train", "n_test", "shape"),
+    [
+        ("mnist", 60000, 10000, (28, 28, 1)),
+        ("mnist_m", 59001, 9001, (32, 32, 3)),
+        ("usps", 7291, 2007, (16, 16, 1)),
+    ],
+)
+def test_real_domain_counts(real_tfds_dir, domain, n_train, n_test, shape):
+    if not (_digits_dir() / domain).is_dir():
+        pytest.skip(f"{domain} not in {_digits_dir()}")
+    d = data.load_domain(domain, data_dir=real_tfds_dir, manual_dir=_digits_dir())
+    if domain == "mnist_m" and len(d.x_train) == 12000:
+        n_train = 12000  # the cut-down device bundle
+    assert d.x_train.shape == (n_train, *shape) and d.x_test.shape == (n_test, *shape)
+    assert d.y_train.shape == (n_train,) and d.y_test.shape == (n_test,)
+    assert np.bincount(d.y_train, minlength=10).min() > 0
+    assert "tensorflow" not in sys.modules
+
+
+def test_real_mnist_m_labels_match_mnist(real_tfds_dir):
+    if not all((_digits_dir() / d).is_dir() for d in ("mnist", "mnist_m")):
+        pytest.skip(f"mnist and mnist_m not both in {_digits_dir()}")
+    mnist = data.load_domain("mnist", data_dir=real_tfds_dir, manual_dir=_digits_dir())
+    mnist_m = data.load_domain("mnist_m", data_dir=real_tfds_dir, manual_dir=_digits_dir())
+    n = len(mnist_m.y_train)
+    np.testing.assert_array_equal(mnist_m.y_train, mnist.y_train[:n])
+    np.testing.assert_array_equal(mnist_m.y_test, mnist.y_test[: len(mnist_m.y_test)])
+    assert "reused" in mnist.origin

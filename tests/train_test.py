@@ -1,0 +1,221 @@
+"""Train step: learning, the reversed gradient, pmap == one device, scan == single steps."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dann_jax as dj
+from dann_jax import train
+from dann_jax.models import DANN
+
+
+def _synthetic_data(n=256, size=28, seed=0):
+    """Two domains with learnable labels: class = brightest of 10 horizontal bands."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=(2, n))
+    images = rng.integers(0, 60, size=(2, n, size, size, 3)).astype(np.uint8)
+    band = size // 10
+    for d in range(2):
+        for i, y in enumerate(labels[d]):
+            images[d, i, y * band : (y + 1) * band] += 150
+    images[1] = 255 - images[1]  # the target domain: inverted contrast
+    return {
+        "source_images": jnp.asarray(images[0]),
+        "source_labels": jnp.asarray(labels[0], jnp.int32),
+        "target_images": jnp.asarray(images[1]),
+        "mean": jnp.full((3,), 0.5, jnp.float32),
+    }
+
+
+def _setup(**overrides):
+    config = dj.Config(**overrides).validate()
+    model = dj.make_model(config)
+    tx = dj.make_optimizer(config)
+    state = dj.create_train_state(jax.random.key(config.seed), model, tx, (28, 28, 3))
+    return config, model, tx, state
+
+
+def _batch(data, batch_size, seed):
+    return dj.sample_batch(jax.random.key(seed), data, batch_size)
+
+
+def test_label_loss_falls():
+    config, model, tx, state = _setup(steps=60, lr=0.02)
+    data = _synthetic_data()
+    run = dj.compile_train_steps(model, tx, num_steps=30, batch_size=32)
+    hp = dj.hyperparams(config)
+    state, m1 = run(state, data, hp)
+    state, m2 = run(state, data, hp)
+    first, last = float(m1["label_loss"][:5].mean()), float(m2["label_loss"][-5:].mean())
+    assert last < 0.5 * first, (first, last)
+    assert int(state.step) == 60
+    np.testing.assert_allclose(
+        np.asarray(m2["learning_rate"][-1]), 0.02 / (1 + 10 * 59 / 60) ** 0.75, rtol=1e-5
+    )
+
+
+def test_extractor_receives_reversed_domain_gradient():
+    lam, lambda3, lr = 0.6, 0.8, 0.01
+    data = _synthetic_data(64)
+    batch = _batch(data, 16, seed=1)
+
+    def one_step(lambda2):
+        config, model, tx, state = _setup(
+            lambda2=lambda2, lambda3=lambda3, lr=lr, lambda2_schedule="constant", momentum=0.9
+        )
+        step = dj.compile_train_step(model, tx, lambda2_schedule="constant")
+        initial = jax.tree.map(jnp.copy, state)
+        new, metrics = step(state, batch, dj.hyperparams(config))
+        assert float(metrics["lambda2"]) == pytest.approx(lambda2)
+        return model, initial, new
+
+    model, state0, with_zero = one_step(0.0)  # state0 is a fresh copy (the step donates)
+    _, _, with_lam = one_step(lam)
+
+    # The plain (un-reversed) gradient of the domain loss w.r.t. the extractor, computed
+    # without the GRL through the inference-mode domain head.
+    def domain_loss(params):
+        v = {"params": params}
+        ds = model.apply(v, batch["source_images"], method=DANN.predict_domain)
+        dt = model.apply(v, batch["target_images"], method=DANN.predict_domain)
+        return dj.domain_adversarial_loss(ds, dt)
+
+    g_domain = jax.grad(domain_loss)(state0.params)["extractor"]
+    # First SGD step (momentum buffer empty): delta = -lr * grad, and the extractor's
+    # grad is grad_label - lam * lambda3 * grad_domain, so the difference of the two
+    # updates is +lr * lam * lambda3 * grad_domain.
+    diff = jax.tree.map(
+        lambda a, b: a - b, with_lam.params["extractor"], with_zero.params["extractor"]
+    )
+    expected = jax.tree.map(lambda g: lr * lam * lambda3 * g, g_domain)
+    chex.assert_trees_all_close(diff, expected, atol=2e-7, rtol=1e-3)
+    assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(expected)) > 1e-5
+    # The discriminator's gradient does not depend on lambda (it learns at full strength).
+    chex.assert_trees_all_equal(with_lam.params["discriminator"], with_zero.params["discriminator"])
+    chex.assert_trees_all_equal(with_lam.params["classifier"], with_zero.params["classifier"])
+
+
+def test_no_recompile_across_hyperparameter_values():
+    config, model, tx, state = _setup()
+    batch = _batch(_synthetic_data(64), 8, seed=2)
+
+    @chex.assert_max_traces(n=1)
+    def traced_step(state, batch, hparams):
+        return dj.train_step(state, batch, hparams, model=model, tx=tx)
+
+    step = jax.jit(traced_step, donate_argnums=(0,))
+    for i in range(5):
+        cfg = config.replace(lambda2=0.2 * i, lambda3=1.0 + i, lr=0.01 * (i + 1), steps=100 + i)
+        state, _metrics = step(state, batch, dj.hyperparams(cfg))
+    assert int(state.step) == 5
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_pmap_on_8_devices_equals_one_device(batchnorm):
+    assert jax.local_device_count() == 8
+    config, model, tx, state = _setup(lambda2_schedule="constant", lambda2=0.7, batchnorm=batchnorm)
+    data = _synthetic_data(128)
+    batches = [_batch(data, 64, seed=s) for s in range(3)]
+    hp = dj.hyperparams(config)
+
+    single = dj.compile_train_step(model, tx, lambda2_schedule="constant")
+    s1 = jax.tree.map(jnp.copy, state)
+    for b in batches:
+        s1, m1 = single(s1, b, hp)
+
+    parallel = dj.compile_train_step(model, tx, lambda2_schedule="constant", parallel=True)
+    sp, hp_r = dj.replicate(state), dj.replicate(hp)
+    for b in batches:
+        sp, mp = parallel(sp, dj.shard(b), hp_r)
+    sp = dj.unreplicate(sp)
+
+    chex.assert_trees_all_close(sp.params, s1.params, atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(sp.batch_stats, s1.batch_stats, atol=1e-5, rtol=1e-5)
+    assert int(sp.step) == 3
+    for k in ("loss", "label_loss", "domain_loss", "domain_accuracy"):
+        np.testing.assert_allclose(np.asarray(mp[k][0]), np.asarray(m1[k]), rtol=1e-5, atol=1e-6)
+
+
+def test_scanned_steps_equal_single_steps():
+    config, model, tx, state = _setup(steps=20)
+    data = _synthetic_data(128)
+    hp = dj.hyperparams(config)
+    k = 4
+
+    single = dj.compile_train_step(model, tx)
+    s1 = jax.tree.map(jnp.copy, state)
+    losses = []
+    for _ in range(k):
+        data_key, _ = train._step_keys(s1.rng, s1.step, None)
+        s1, m = single(s1, dj.sample_batch(data_key, data, 16), hp)
+        losses.append(float(m["loss"]))
+
+    scanned = dj.compile_train_steps(model, tx, num_steps=k, batch_size=16)
+    s2, ms = scanned(state, data, hp)
+    assert ms["loss"].shape == (k,)
+    chex.assert_trees_all_close(s2.params, s1.params, atol=1e-6, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(ms["loss"]), losses, rtol=1e-6)
+
+
+def test_pmapped_scan_runs_and_keeps_replicas_in_sync():
+    config, model, tx, state = _setup(steps=10)
+    data = dj.replicate(_synthetic_data(64))
+    run = dj.compile_train_steps(model, tx, num_steps=2, batch_size=4, parallel=True)
+    sp, metrics = run(dj.replicate(state), data, dj.replicate(dj.hyperparams(config)))
+    assert metrics["loss"].shape == (8, 2)
+    leaves = jax.tree.leaves(sp.params)
+    for leaf in leaves:
+        np.testing.assert_array_equal(np.asarray(leaf[0]), np.asarray(leaf[7]))
+
+
+def test_bfloat16_precision_trains():
+    config, model, tx, state = _setup(precision="bf16", steps=10)
+    run = dj.compile_train_steps(model, tx, num_steps=3, batch_size=8)
+    state, metrics = run(state, _synthetic_data(64), dj.hyperparams(config))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+    assert np.all(np.isfinite(np.asarray(metrics["loss"])))
+
+
+def test_non_finite_loss_fails_fast_with_step_and_term():
+    config, model, tx, state = _setup()
+    batch = _batch(_synthetic_data(64), 8, seed=3)
+    hp = dj.hyperparams(config)
+    hp["lambda3"] = jnp.float32(jnp.inf)  # what a diverging run looks like
+    step = dj.compile_train_step(model, tx)
+    state, metrics = step(state, batch, hp)
+    with pytest.raises(dj.NonFiniteLossError, match=r"non-finite loss .* at step 8"):
+        dj.check_finite(jax.device_get(metrics), first_step=7)
+    dj.check_finite({"loss": np.ones(3), "label_loss": np.ones(3), "domain_loss": np.ones(3)}, 0)
+    with pytest.raises(dj.NonFiniteLossError, match=r"non-finite domain_loss .* at step 12"):
+        dj.check_finite(
+            {
+                "loss": np.ones(3),
+                "label_loss": np.ones(3),
+                "domain_loss": np.array([1.0, np.inf, np.nan]),
+            },
+            first_step=10,
+        )
+
+
+def test_evaluate_matches_direct_computation():
+    _config, model, _tx, state = _setup()
+    data = _synthetic_data(50)
+    eval_set = jax.device_put(
+        dj.make_eval_set(
+            np.asarray(data["target_images"]), np.asarray(data["source_labels"]), chunk=16
+        )
+    )
+    assert eval_set["images"].shape[:2] == (4, 16)
+    out = dj.compile_evaluate(model)(state.params, state.batch_stats, eval_set, data["mean"])
+    logits = model.apply(
+        {"params": state.params},
+        dj.normalize(data["target_images"], data["mean"]),
+        method=DANN.predict,
+    )
+    expected = float(dj.accuracy(logits, data["source_labels"]))
+    assert float(out["accuracy"]) == pytest.approx(expected, abs=1e-6)
+    np.testing.assert_array_equal(
+        np.asarray(out["predictions"][:50]), np.asarray(jnp.argmax(logits, -1))
+    )
