@@ -44,7 +44,8 @@ class Config:
       gamma: steepness of the lambda ramp (paper: 10).
       lambda3: weight of the adversarial loss.
       label_smoothing: label smoothing of the source classification loss.
-      steps: total training steps (p = step / steps).
+      steps: total training steps (p = step / steps); None: the experiment's default
+        for the data found (see `dann_jax.experiment.DEFAULT_STEPS`).
       batch_size: images per domain per step (global, split over devices).
       lr: initial learning rate mu0.
       lr_alpha: annealing alpha (paper: 10); 0 gives a constant learning rate.
@@ -76,7 +77,7 @@ class Config:
     gamma: float = 10.0
     lambda3: float = 1.0
     label_smoothing: float = 0.0
-    steps: int = 10_000
+    steps: int | None = None
     batch_size: int = 64
     lr: float = 0.01
     lr_alpha: float = 10.0
@@ -131,7 +132,8 @@ class Config:
         number("lambda3", low=0)
         number("gamma", low=0)
         number("label_smoothing", low=0, high=1)
-        number("steps", low=1, integer=True)
+        if self.steps is not None:
+            number("steps", low=1, integer=True)
         number("batch_size", low=1, integer=True)
         number("lr", low=0, low_open=True)
         number("lr_alpha", low=0)
@@ -165,6 +167,6 @@ def hyperparams(config: Config) -> dict:
         "lr": config.lr,
         "lr_alpha": config.lr_alpha,
         "lr_beta": config.lr_beta,
-        "total_steps": float(config.steps),
+        "total_steps": float(config.steps if config.steps is not None else 1),
     }
     return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}

@@ -513,5 +513,7 @@ def shard(tree: Any, num_devices: int | None = None) -> Any:
 
 
 def unreplicate(tree: Any) -> Any:
-    """The first replica of a replicated pytree."""
-    return jax.tree.map(lambda x: x[0], tree)
+    """The first local replica of a replicated pytree (also on multi-host pmap outputs)."""
+    return jax.tree.map(
+        lambda x: x.addressable_data(0)[0] if isinstance(x, jax.Array) else x[0], tree
+    )

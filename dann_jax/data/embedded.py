@@ -161,7 +161,7 @@ def _split_indices(y: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndar
     return {k: rng.permutation(np.concatenate(v)) for k, v in parts.items()}
 
 
-def embedded_pair(seed: int = 0) -> tuple[Domain, Domain]:
+def embedded_pair(seed: int = 0, photos: list[np.ndarray] | None = None) -> tuple[Domain, Domain]:
     """The offline default pair: (source ``embedded_mnist``, target ``embedded_mnist_m``).
 
     Source: real MNIST digits, uint8 (N, 28, 28, 1). Target: other real MNIST
@@ -171,6 +171,8 @@ def embedded_pair(seed: int = 0) -> tuple[Domain, Domain]:
 
     Args:
       seed: seed for the split and the photo patches.
+      photos: colour photos to cut the patches from (default: scikit-learn's sample
+        photos; pass BSDS500 photos, see `load_photos_from_dir`, for the paper's recipe).
 
     Returns:
       (source, target) `Domain` pair, variant ``'embedded'``.
@@ -182,7 +184,8 @@ def embedded_pair(seed: int = 0) -> tuple[Domain, Domain]:
     rng = np.random.default_rng(seed)
     idx = _split_indices(y, rng)
     tgt = np.concatenate([idx["tgt_tr"], idx["tgt_te"]])
-    blended = synthesize_mnist_m(x[tgt], sample_photos(), seed=int(rng.integers(2**31)))
+    photos = sample_photos() if photos is None else photos
+    blended = synthesize_mnist_m(x[tgt], photos, seed=int(rng.integers(2**31)))
     n_tr = len(idx["tgt_tr"])
     source = Domain(
         name="embedded_mnist",

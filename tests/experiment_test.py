@@ -1,0 +1,247 @@
+"""The main job end to end on the embedded default: outputs, resume, and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from dann_jax import experiment
+from dann_jax.config import Config
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "digits.py"
+FAST = ["--steps-per-call", "5", "--eval-every", "10"]
+
+
+def _cli(*args, cwd=None, timeout=300):
+    """Run experiments/digits.py on one CPU device with no network access to data."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = ""  # one device, as a user's CPU run
+    env["JAX_PLATFORMS"] = "cpu"
+    env["TFDS_DATA_DIR"] = str(Path(cwd or ROOT) / "no_tfds_here")
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+    )
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """A 20-step run of the main command on the embedded default."""
+    tmp = tmp_path_factory.mktemp("main_job")
+    workdir = tmp / "run"
+    proc = _cli("--lambda2", "1.0", "--steps", "20", *FAST, "--workdir", workdir, cwd=tmp)
+    return proc, workdir
+
+
+def test_main_job_writes_results_and_curves(default_run):
+    proc, workdir = default_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "EMBEDDED DEFAULT" in out  # said loudly...
+    results = json.loads((workdir / "results.json").read_text())
+    assert "EMBEDDED" in results["warning"]  # ...and in the results file
+    for key in (
+        "config",
+        "device",
+        "dataset",
+        "target_accuracy",
+        "source_accuracy",
+        "domain_accuracy",
+        "wall_seconds",
+        "seeds",
+    ):
+        assert key in results
+    assert results["dataset"]["variant"] == "embedded"
+    assert results["dataset"]["source"]["train_size"] == 2000
+    assert results["device"]["kind"] and results["device"]["local_count"] == 1
+    assert results["config"]["lambda2"] == 1.0 and results["config"]["steps"] == 20
+    assert 0.0 <= results["target_accuracy"] <= 1.0
+    curve = results["seeds"][0]["curves"]
+    assert [c["step"] for c in curve] == [10, 20]
+    assert results["target_accuracy"] == curve[-1]["target_accuracy"]  # the last step
+    png = (workdir / "curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [5, 10, 15, 20]
+
+
+def test_rerun_of_a_finished_run_resumes_at_the_end(default_run):
+    _, workdir = default_run
+    first = json.loads((workdir / "results.json").read_text())
+    again = _cli("--lambda2", "1.0", "--steps", "20", *FAST, "--workdir", workdir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from step 20" in again.stdout + again.stderr
+    second = json.loads((workdir / "results.json").read_text())
+    assert second["target_accuracy"] == first["target_accuracy"]
+    assert second["seeds"][0]["curves"] == first["seeds"][0]["curves"]
+
+
+def test_workdir_with_a_different_config_is_refused(default_run):
+    _, workdir = default_run
+    before = (workdir / "results.json").read_text()
+    proc = _cli("--lambda2", "0.5", "--steps", "20", *FAST, "--workdir", workdir)
+    assert proc.returncode == 2
+    assert "different config" in proc.stderr and "lambda2" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (workdir / "results.json").read_text() == before
+
+
+def _interrupt_at(step):
+    """A log callback that raises KeyboardInterrupt when training reaches `step`."""
+
+    def log(line):
+        if f" step {step}/" in line:
+            raise KeyboardInterrupt
+
+    return log
+
+
+def test_interrupted_run_resumes_to_the_same_state(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no_tfds_here"))
+    # In-process, so on the 8 virtual CPU devices of conftest: the pmapped path.
+    config = Config(steps=12, steps_per_call=2, eval_every=4, batch_size=8)
+    full = config.replace(workdir=str(tmp_path / "full"))
+    experiment.run(full, log=lambda s: None)
+
+    part = config.replace(workdir=str(tmp_path / "part"))
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run(part, log=_interrupt_at(8))
+    assert not (tmp_path / "part" / "results.json").exists()
+    lines = []
+    experiment.run(part, log=lines.append)
+    assert any("resuming from step 4" in x for x in lines)
+
+    a = json.loads((tmp_path / "full" / "results.json").read_text())
+    b = json.loads((tmp_path / "part" / "results.json").read_text())
+    assert a["seeds"][0]["curves"] == b["seeds"][0]["curves"]
+    assert a["target_accuracy"] == b["target_accuracy"]
+    full_log = (tmp_path / "full" / "metrics.jsonl").read_text()
+    assert full_log == (tmp_path / "part" / "metrics.jsonl").read_text()
+    like = experiment.train.create_train_state(
+        jax.random.key(0),
+        experiment.train.make_model(config),
+        experiment.train.make_optimizer(config),
+        (28, 28, 3),
+    )
+    sa, _ = experiment._load_checkpoint(tmp_path / "full" / "seed_0" / "checkpoint", like)
+    sb, _ = experiment._load_checkpoint(tmp_path / "part" / "seed_0" / "checkpoint", like)
+    assert int(sa.step) == int(sb.step) == 12
+    for x, y in zip(jax.tree.leaves(sa.params), jax.tree.leaves(sb.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_source_only_and_seeds(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no_tfds_here"))
+    config = Config(
+        mode="source_only",
+        steps=4,
+        steps_per_call=2,
+        eval_every=2,
+        seeds=2,
+        batch_size=8,
+        workdir=str(tmp_path / "so"),
+    )
+    results = experiment.run(config, log=lambda s: None)
+    assert [s["seed"] for s in results["seeds"]] == [0, 1]
+    accs = [s["target_accuracy"] for s in results["seeds"]]
+    assert results["target_accuracy"] == pytest.approx(np.mean(accs))
+    assert results["target_accuracy_std"] == pytest.approx(np.std(accs))
+    # source_only: the GRL coefficient is 0 at every step
+    assert all(c["train_lambda2"] == 0.0 for c in results["seeds"][0]["curves"])
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def _assert_clean_failure(proc, *needles, workdir=None):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, (needle, proc.stderr)
+    if workdir is not None:
+        assert not (Path(workdir) / "results.json").exists()
+
+
+def test_missing_data_dir_names_the_expected_files(tmp_path):
+    empty = tmp_path / "digits"
+    empty.mkdir()
+    proc = _cli("--data-dir", empty, "--workdir", tmp_path / "w", "--steps", "5")
+    _assert_clean_failure(proc, "train-images-idx3-ubyte", "mnist", workdir=tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
+def test_unknown_domain_lists_known_ones(tmp_path):
+    proc = _cli("--source", "imagenet", "--workdir", tmp_path / "w")
+    _assert_clean_failure(proc, "imagenet", "mnist_m", "usps", "svhn", ".npz")
+
+
+def test_npz_with_wrong_keys(tmp_path):
+    bad = tmp_path / "mine.npz"
+    np.savez(bad, images=np.zeros((4, 28, 28), np.uint8))
+    proc = _cli("--source", bad, "--target", bad, "--workdir", tmp_path / "w")
+    _assert_clean_failure(proc, "x_train", workdir=tmp_path / "w")
+
+
+def test_non_finite_loss_names_the_step(tmp_path):
+    proc = _cli("--lr", "1e12", "--steps", "20", *FAST, "--workdir", tmp_path / "w")
+    _assert_clean_failure(proc, "diverged", "at step", workdir=tmp_path / "w")
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--batch-size", "0"], "--batch-size"),
+        (["--label-smoothing", "1.5"], "--label-smoothing"),
+        (["--lr", "-1"], "--lr"),
+    ],
+)
+def test_bad_flag_values(tmp_path, args, needle):
+    proc = _cli(*args, "--workdir", tmp_path / "w")
+    _assert_clean_failure(proc, needle, workdir=tmp_path / "w")
+
+
+def test_unknown_choice_is_an_argparse_error(tmp_path):
+    proc = _cli("--mode", "magic")
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_analyze_writes_analysis_and_figures(tmp_path, monkeypatch):
+    from dann_jax import experiment_analysis
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no_tfds_here"))
+    monkeypatch.setattr(experiment_analysis, "_MAX_PAD", 150)
+    monkeypatch.setattr(experiment_analysis, "_MAX_DEV", 150)
+    config = Config(
+        steps=6,
+        steps_per_call=2,
+        eval_every=2,
+        batch_size=8,
+        analyze=True,
+        workdir=str(tmp_path / "an"),
+    )
+    results = experiment.run(config, log=lambda s: None)
+    analysis = json.loads((tmp_path / "an" / "analysis.json").read_text())
+    assert set(analysis["proxy_a_distance"]) == {
+        "raw_pixels",
+        "source_only_features",
+        "dann_features",
+    }
+    assert all(-2.5 < v <= 2.0 for v in analysis["proxy_a_distance"].values())
+    sel = analysis["selection"]
+    assert sel["steps"] == [2, 4, 6] and all(np.isfinite(sel["dev_risk"]))
+    assert sel["chosen_step"] in sel["steps"]
+    cm = np.asarray(analysis["confusion_matrix_target"])
+    assert cm.shape == (10, 10) and cm.sum() == results["dataset"]["target"]["test_size"]
+    for name in ("embeddings.png", "confusion_target.png", "curves.png"):
+        assert (tmp_path / "an" / name).read_bytes().startswith(b"\x89PNG")
+    assert results["analysis"]["proxy_a_distance"] == analysis["proxy_a_distance"]
