@@ -245,3 +245,26 @@ def test_analyze_writes_analysis_and_figures(tmp_path, monkeypatch):
     for name in ("embeddings.png", "confusion_target.png", "curves.png"):
         assert (tmp_path / "an" / name).read_bytes().startswith(b"\x89PNG")
     assert results["analysis"]["proxy_a_distance"] == analysis["proxy_a_distance"]
+
+
+def test_reproduce_table_on_the_embedded_default(tmp_path):
+    env_out = tmp_path / "table"
+    script = ROOT / "experiments" / "reproduce.py"
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    env["TFDS_DATA_DIR"] = str(tmp_path / "no_tfds_here")
+    proc = subprocess.run(
+        [sys.executable, str(script), "--steps", "4", "--seeds", "2", "--steps-per-call", "2",
+         "--eval-every", "2", "--batch-size", "8", "--out", str(env_out)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = json.loads((env_out / "table.json").read_text())
+    assert [r["mode"] for r in table["rows"]] == ["source_only", "dann", "target_only"]
+    for r in table["rows"]:
+        assert len(r["per_seed"]) == 2 and 0.0 <= r["target_accuracy"] <= 1.0
+        assert r["data_variant"] == "embedded"
+    md = (env_out / "table.md").read_text().splitlines()
+    assert md[2].startswith("| pair | recipe | mode |")
+    assert len([x for x in md if x.startswith("| mnist → mnist_m |")]) == 3
+    assert "0.7666 (paper)" in (env_out / "table.md").read_text()
+    assert (env_out / "mnist-mnist_m" / "dann" / "results.json").exists()
