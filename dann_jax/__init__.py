@@ -15,8 +15,11 @@ Public API:
   `sample_batch`, `normalize`, `make_eval_set`, `evaluate`, `compile_evaluate`,
   `check_finite`, `NonFiniteLossError`, `replicate`, `shard`, `unreplicate`.
 
-Data loading (`dann_jax.data`) is a separate import, so the core never imports
-TensorFlow Datasets.
+Separate imports, so the core never imports TensorFlow Datasets, scikit-learn or
+matplotlib: `dann_jax.data` (digit domains as TFDS data sets, the embedded default,
+.npz domains), `dann_jax.experiment` (the digits job behind ``experiments/digits.py``),
+`dann_jax.reproduce` (the paper's table), `dann_jax.analysis` (proxy A-distance, Deep
+Embedded Validation, embeddings, confusion matrices).
 """
 
 from dann_jax.config import Config, ConfigError, hyperparams

@@ -158,6 +158,8 @@ def hyperparams(config: Config) -> dict:
     # source_only: lambda2 = 0 makes the GRL pass zero gradient to the extractor, so the
     # extractor is trained on the label loss alone while the discriminator still learns
     # (a probe of how separable the domains are).
+    if config.steps is None:
+        raise ConfigError("steps is not set: the schedules need the total number of steps.")
     lambda2 = 0.0 if config.mode != "dann" else config.lambda2
     values = {
         "lambda2": lambda2,
@@ -167,6 +169,6 @@ def hyperparams(config: Config) -> dict:
         "lr": config.lr,
         "lr_alpha": config.lr_alpha,
         "lr_beta": config.lr_beta,
-        "total_steps": float(config.steps if config.steps is not None else 1),
+        "total_steps": float(config.steps),
     }
     return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}

@@ -30,7 +30,7 @@ def _synthetic_data(n=256, size=28, seed=0):
 
 
 def _setup(**overrides):
-    config = dj.Config(**overrides).validate()
+    config = dj.Config(**{"steps": 100, **overrides}).validate()
     model = dj.make_model(config)
     tx = dj.make_optimizer(config)
     state = dj.create_train_state(jax.random.key(config.seed), model, tx, (28, 28, 3))
@@ -221,3 +221,12 @@ def test_evaluate_matches_direct_computation():
     np.testing.assert_array_equal(
         np.asarray(out["predictions"][:50]), np.asarray(jnp.argmax(logits, -1))
     )
+
+
+def test_config_errors_name_the_flag():
+    with pytest.raises(dj.ConfigError, match="--optimizer 'rmsprop'"):
+        dj.Config(optimizer="rmsprop").validate()
+    with pytest.raises(dj.ConfigError, match="--steps must be >= 1"):
+        dj.Config(steps=0).validate()
+    with pytest.raises(dj.ConfigError, match="steps is not set"):
+        dj.hyperparams(dj.Config())
