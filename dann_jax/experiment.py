@@ -80,11 +80,13 @@ def _load_one(name: str, config: Config):
     from dann_jax import data as dd
 
     try:
-        import tensorflow_datasets  # noqa: F401
+        import tensorflow_datasets as tfds
     except ImportError:
         tfds_missing = True
     else:
         tfds_missing = False
+        if not sys.stderr.isatty():
+            tfds.disable_progress_bar()  # its bars would flood a log file
     if tfds_missing and config.data_dir and not name.endswith(".npz"):
         # Machines without TFDS (e.g. an accelerator image) read the raw files directly.
         from dann_jax.data import raw
