@@ -319,8 +319,8 @@ JAX_BENCHES = {
 
 
 def warm_up(bench: Bench) -> None:
-    """Two calls before timing: compilation, and dann_jax's pmap step compiles again on its
-    second call."""
+    """Two calls before timing: compilation, and any recompilation for the layout of the
+    step's own outputs (seen with pmap inputs placed on a differently named mesh)."""
     start = time.perf_counter()
     bench.sync(bench.call())
     if bench.compile_s is None:  # not compiled ahead of time: the first call compiled
