@@ -115,7 +115,10 @@ def _load_pair(config: Config, log: Callable[[str], None]):
     default_pair = (config.source, config.target) == ("mnist", "mnist_m")
     if config.data_dir is None and default_pair:
         try:
-            return _load_one(config.source, config), _load_one(config.target, config), False
+            # Target first: MNIST-M has no public URL, so a machine without it falls back
+            # at once instead of downloading MNIST for nothing.
+            target = _load_one(config.target, config)
+            return _load_one(config.source, config), target, False
         except dd.DataError as e:
             first = str(e).splitlines()[0]
             log(

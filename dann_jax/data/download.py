@@ -93,7 +93,7 @@ def _fetch(url: str, dest: Path, sha256: str | None, timeout: float) -> None:
 
 
 def download_domain(
-    domain: str, download_root: str | os.PathLike, *, timeout: float = 60.0
+    domain: str, download_root: str | os.PathLike, *, timeout: float = 20.0
 ) -> Path:
     """Fetch `domain`'s upstream files into ``download_root/<domain>/`` (once).
 
