@@ -268,3 +268,19 @@ def test_reproduce_table_on_the_embedded_default(tmp_path):
     assert len([x for x in md if x.startswith("| mnist → mnist_m |")]) == 3
     assert "0.7666 (paper)" in (env_out / "table.md").read_text()
     assert (env_out / "mnist-mnist_m" / "dann" / "results.json").exists()
+
+
+def test_without_tfds_the_raw_files_are_read_directly(tmp_path, monkeypatch):
+    # Accelerator images may lack tensorflow_datasets: --data-dir must still work.
+    from tests.data_test import write_mnist, write_usps
+
+    write_mnist(tmp_path / "digits" / "mnist")
+    write_usps(tmp_path / "digits" / "usps")
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+    data = experiment.load_data(
+        Config(source="usps", target="mnist", data_dir=str(tmp_path / "digits"), steps=1),
+        log=lambda s: None,
+    )
+    assert "without TFDS" in data.info["source"]["origin"]
+    assert data.source_train.shape[1:] == data.target_train.shape[1:] == (28, 28, 3)
+    assert data.source_train.dtype == np.uint8
