@@ -30,10 +30,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import datetime  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
-import shlex  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
@@ -44,6 +41,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import benchmarks  # noqa: E402
 import dann_jax as dj  # noqa: E402
 from benchmarks import handwritten as hw  # noqa: E402
 
@@ -483,23 +481,9 @@ def format_table(rows: list[dict]) -> str:
 
 
 def environment(args: argparse.Namespace) -> dict[str, Any]:
-    """Device, versions, date and command line for the JSON report."""
-    import flax
-    import optax
-
-    device = jax.devices()[0]
+    """Device, versions, date and command line for the JSON report, plus the settings."""
     return {
-        "benchmark": "step_time",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "device_kind": device.device_kind,
-        "platform": device.platform,
-        "num_local_devices": jax.local_device_count(),
-        "jax_version": jax.__version__,
-        "flax_version": flax.__version__,
-        "optax_version": optax.__version__,
-        "python": platform.python_version(),
-        "host": platform.machine(),
+        **benchmarks.environment("step_time"),
         "jax_default_matmul_precision": getattr(jax.config, "jax_default_matmul_precision", None),
         "torch_tf32": args.torch_tf32,
         "settings": {

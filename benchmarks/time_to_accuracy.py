@@ -29,11 +29,8 @@ import time
 START = time.perf_counter()  # before the heavy imports: they count towards the wall time
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
-import shlex  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -41,6 +38,8 @@ from typing import Any  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout, without installation
     sys.path.insert(0, str(ROOT))
+
+import benchmarks  # noqa: E402
 
 PAPER_ACCURACY = 0.7666  # Ganin et al., JMLR 2016, Table 2: DANN, MNIST -> MNIST-M
 IMAGE_SIZE = 28  # the paper's MNIST architecture
@@ -207,26 +206,6 @@ def train(args: argparse.Namespace, host: dict, report: dict) -> None:
     report["best_accuracy"] = max((c["accuracy"] for c in curve), default=None)
 
 
-def environment() -> dict[str, Any]:
-    """Device, versions, date and command line."""
-    import flax
-    import jax
-    import optax
-
-    device = jax.devices()[0]
-    return {
-        "benchmark": "time_to_accuracy",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "device_kind": device.device_kind,
-        "platform": device.platform,
-        "jax_version": jax.__version__,
-        "flax_version": flax.__version__,
-        "optax_version": optax.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -284,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         "target_train": len(host["target_images"]),
         "target_test": len(host["test_images"]),
     }
-    report.update(environment())
+    report.update(benchmarks.environment("time_to_accuracy"))
     report["settings"] = {k: v for k, v in vars(args).items() if k != "out"}
     from dann_jax import NonFiniteLossError
 

@@ -25,7 +25,7 @@ import math
 import os
 import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -480,21 +480,27 @@ def _tmp_name(path: str) -> str:
     return f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
 
 
-def _save_figure(fig, path: str | os.PathLike) -> str:
-    """Save as PNG atomically (temp file in the same directory, then os.replace)."""
+def _write_atomically(path: str | os.PathLike, write: Callable[[Any], None], mode: str) -> str:
+    """Call ``write(f)`` on a temp file beside path, then os.replace it into place."""
     path = os.fspath(path)
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = _tmp_name(path)
     try:
-        with open(tmp, "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
     return path
+
+
+def _save_figure(fig, path: str | os.PathLike) -> str:
+    """Save as PNG atomically (temp file in the same directory, then os.replace)."""
+    return _write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=120), "wb")
 
 
 def plot_confusion_matrix(path: str | os.PathLike, matrix: Any, title: str = "") -> str:
@@ -734,19 +740,6 @@ def write_analysis(workdir: str | os.PathLike, analysis: Mapping[str, Any]) -> s
     Returns:
       The path of ``analysis.json``.
     """
-    workdir = os.fspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "analysis.json")
+    path = os.path.join(os.fspath(workdir), "analysis.json")
     payload = json.dumps(_to_json(analysis), indent=2, sort_keys=True, allow_nan=False)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(payload + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return _write_atomically(path, lambda f: f.write(payload + "\n"), "w")
