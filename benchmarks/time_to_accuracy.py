@@ -146,9 +146,14 @@ def train(args: argparse.Namespace, host: dict, report: dict) -> None:
     import jax
 
     import dann_jax as dj
+    from dann_jax.reproduce import RECIPES
 
     config = dj.Config(
-        arch="mnist", steps=args.steps, batch_size=args.batch_size, seed=args.seed
+        arch="mnist",
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        **RECIPES[args.recipe],
     ).validate()
     model, tx = dj.make_model(config), dj.make_optimizer(config)
     k = steps_per_call(args.steps_per_call, args.eval_every, args.steps, jax.default_backend())
@@ -218,7 +223,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="tfds (dann_jax.data.load_domain), raw (parse the upstream files), or auto: tfds "
         "when tensorflow_datasets is installed",
     )
-    p.add_argument("--steps", type=int, default=10_000, help="training steps (default 10000)")
+    p.add_argument(
+        "--recipe",
+        choices=("paper", "improved"),
+        default="paper",
+        help="settings of dann_jax.reproduce.RECIPES: the paper's, or the labelled improved "
+        "one (BatchNorm with per-domain statistics)",
+    )
+    # The main job's default length on full data (dann_jax.experiment.DEFAULT_STEPS).
+    p.add_argument("--steps", type=int, default=12_000, help="training steps (default 12000)")
     p.add_argument("--batch-size", type=int, default=64, help="images per domain per step")
     p.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
     p.add_argument(

@@ -13,7 +13,8 @@ Public API:
 * training: `TrainState`, `make_model`, `make_optimizer`, `create_train_state`,
   `train_step`, `train_steps`, `compile_train_step`, `compile_train_steps`,
   `sample_batch`, `normalize`, `make_eval_set`, `evaluate`, `compile_evaluate`,
-  `check_finite`, `NonFiniteLossError`, `replicate`, `shard`, `unreplicate`.
+  `check_finite`, `NonFiniteLossError`, `replicate`, `shard`, `unreplicate`,
+  `stack_trees`, `tree_index` (several seeds in one program).
 
 Separate imports, so the core never imports TensorFlow Datasets, scikit-learn or
 matplotlib: `dann_jax.data` (digit domains as TFDS data sets, the embedded default,
@@ -54,8 +55,10 @@ from dann_jax.train import (
     replicate,
     sample_batch,
     shard,
+    stack_trees,
     train_step,
     train_steps,
+    tree_index,
     unreplicate,
 )
 
@@ -95,7 +98,9 @@ __all__ = [
     "replicate",
     "sample_batch",
     "shard",
+    "stack_trees",
     "train_step",
     "train_steps",
+    "tree_index",
     "unreplicate",
 ]

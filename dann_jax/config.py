@@ -58,6 +58,9 @@ class Config:
       precision: ``"fp32"`` or ``"bf16"`` compute (parameters stay float32).
       seed: first random seed.
       seeds: number of seeds to run (seed, seed+1, ...).
+      vmap_seeds: train all seeds at once in one vmapped program (faster on GPU/TPU,
+        where one paper-size model cannot fill the chip; slower on CPU, where the
+        per-seed convolutions become grouped ones).
       eval_every: evaluate every this many steps (rounded to a multiple of
         steps_per_call).
       steps_per_call: training steps per device dispatch (``lax.scan``).
@@ -90,6 +93,7 @@ class Config:
     precision: str = "fp32"
     seed: int = 0
     seeds: int = 1
+    vmap_seeds: bool = False
     eval_every: int = 500
     steps_per_call: int = 50
     workdir: str = "runs/digits"
@@ -144,6 +148,11 @@ class Config:
         number("seeds", low=1, integer=True)
         number("eval_every", low=1, integer=True)
         number("steps_per_call", low=1, integer=True)
+        if self.vmap_seeds and self.analyze:
+            raise ConfigError(
+                "--vmap-seeds cannot be combined with --analyze (the analysis follows one "
+                "seed at a time); drop one of them."
+            )
         return self
 
 

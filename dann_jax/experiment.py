@@ -18,6 +18,7 @@ Outputs in ``config.workdir``: ``config.json``, ``metrics.jsonl``, ``results.jso
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -205,7 +206,9 @@ def _check_workdir(config: Config, workdir: Path) -> None:
     saved = workdir / "config.json"
     mine = dataclasses.asdict(config)
     if saved.exists():
-        theirs = json.loads(saved.read_text())
+        # A field the saved config lacks (written before the field existed) had its default.
+        defaults = dataclasses.asdict(Config())
+        theirs = {**defaults, **json.loads(saved.read_text())}
         diff = {
             k: (theirs.get(k), v)
             for k, v in mine.items()
@@ -327,11 +330,36 @@ def run_seed(
       (discriminator, last training steps), ``curves`` (per evaluation), the
       ``state`` (host copy, for analysis) and ``wall_seconds``.
     """
+    return run_seeds(config, data, [seed], workdir, log, on_eval=on_eval)[0]
+
+
+def run_seeds(
+    config: Config,
+    data: Data,
+    seeds: list[int],
+    workdir: Path,
+    log: Callable[[str], None] = print,
+    on_eval: Callable[[Any, dict], None] | None = None,
+    vmapped: bool = False,
+) -> list[dict[str, Any]]:
+    """Train `seeds` in one program (``vmapped``) or a single seed; `run_seed`'s results.
+
+    With ``vmapped=True`` the states of all seeds are stacked and trained by one
+    vmapped program (`dann_jax.train.compile_train_steps` with ``vmap_seeds``): each
+    seed draws its own batches and ends as it would alone, up to float rounding. They
+    share one checkpoint (``seeds_<first>-<last>/checkpoint``); each keeps its own
+    ``seed_<k>/metrics.jsonl``. ``on_eval`` needs ``vmapped=False``.
+    """
+    if not vmapped and len(seeds) != 1:
+        raise ValueError("run one seed at a time unless vmapped=True")
+    if vmapped and on_eval is not None:
+        raise ValueError("on_eval hooks need one seed at a time")
     start = time.perf_counter()
-    seed_dir = workdir / f"seed_{seed}"
-    seed_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = seed_dir / "checkpoint"
-    metrics_path = seed_dir / "metrics.jsonl"
+    group = f"seeds_{seeds[0]}-{seeds[-1]}" if vmapped else f"seed_{seeds[0]}"
+    ckpt_path = workdir / group / "checkpoint"
+    metrics_paths = [workdir / f"seed_{seed}" / "metrics.jsonl" for seed in seeds]
+    for path in (ckpt_path, *metrics_paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
 
     devices = jax.local_devices()
     n_dev = len(devices)
@@ -344,18 +372,23 @@ def run_seed(
     model = train.make_model(config)
     tx = train.make_optimizer(config)
     shape = tuple(data.source_train.shape[1:])
-    state = train.create_train_state(jax.random.key(seed), model, tx, shape)
-    curves: list[dict[str, Any]] = []
+    states = [train.create_train_state(jax.random.key(seed), model, tx, shape) for seed in seeds]
+    state = train.stack_trees(states) if vmapped else states[0]
+    # Views of one seed in host-side trees/arrays that may carry a leading seed axis.
+    pick = (lambda x, i: train.tree_index(x, i)) if vmapped else (lambda x, i: x)
+    curves: list[list[dict[str, Any]]] = [[] for _ in seeds]
     restored = _load_checkpoint(ckpt_path, state)
     if restored is not None:
         state, loop = restored
-        curves = loop["curves"]
-        log(f"seed {seed}: resuming from step {int(state.step)} ({ckpt_path})")
+        curves = loop["seed_curves"] if vmapped else [loop["curves"]]
+        log(f"{group}: resuming from step {_step_of(state)} ({ckpt_path})")
+    step = _step_of(state)
     # metrics.jsonl holds exactly the steps up to the checkpoint: drop any later lines
     # written by an interrupted run, so a resumed run's log equals an uninterrupted one.
-    lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
-    kept = [ln for ln in lines if json.loads(ln)["step"] <= int(state.step)]
-    _atomic_write(metrics_path, "".join(ln + "\n" for ln in kept))
+    for path in metrics_paths:
+        lines = path.read_text().splitlines() if path.exists() else []
+        kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
+        _atomic_write(path, "".join(ln + "\n" for ln in kept))
 
     train_data = {
         "source_images": data.source_train,
@@ -372,6 +405,7 @@ def run_seed(
         return train.compile_train_steps(
             model, tx, num_steps=num_steps, batch_size=per_device,
             lambda2_schedule=config.lambda2_schedule, parallel=parallel,
+            vmap_seeds=vmapped,
         )  # fmt: skip
 
     fns: dict[int, Callable] = {}
@@ -379,7 +413,7 @@ def run_seed(
         state_d, data_d, hp_d = (train.replicate(t) for t in (state, train_data, hp))
     else:
         state_d, data_d, hp_d = jax.device_put((state, train_data, hp))
-    evaluate = train.compile_evaluate(model)
+    evaluate = train.compile_evaluate(model, vmap_seeds=vmapped)
     eval_sets = {
         "target": jax.device_put(train.make_eval_set(data.target_test, data.target_test_labels)),
         "source": jax.device_put(train.make_eval_set(data.source_test, data.source_test_labels)),
@@ -390,18 +424,20 @@ def run_seed(
         return jax.device_get(train.unreplicate(state_d) if parallel else state_d)
 
     def run_eval(s):
-        out = {}
+        """One evaluation record per seed."""
+        out: list[dict[str, float]] = [{} for _ in seeds]
         for name, es in eval_sets.items():
-            r = evaluate(s.params, s.batch_stats, es, mean_d)
-            out[f"{name}_accuracy"] = float(r["accuracy"])
-            out[f"{name}_loss"] = float(r["loss"])
-            out[f"{name}_domain_score"] = float(r["domain_score"])
+            r = jax.device_get(evaluate(s.params, s.batch_stats, es, mean_d))
+            for i in range(len(seeds)):
+                out[i][f"{name}_accuracy"] = float(pick(r["accuracy"], i))
+                out[i][f"{name}_loss"] = float(pick(r["loss"], i))
+                out[i][f"{name}_domain_score"] = float(pick(r["domain_score"], i))
         return out
 
-    step = int(state.step)
-    last_train: dict[str, float] = {}
-    bar = _progress(config.steps, step, f"seed {seed}")
-    with metrics_path.open("a") as mlog:
+    last_train: list[dict[str, float]] = [{} for _ in seeds]
+    bar = _progress(config.steps, step, group.replace("_", " "))
+    with contextlib.ExitStack() as stack:
+        mlogs = [stack.enter_context(path.open("a")) for path in metrics_paths]
         while step < config.steps:
             n = min(k, config.steps - step, eval_every - step % eval_every)
             if n not in fns:
@@ -410,49 +446,80 @@ def run_seed(
             metrics = jax.device_get(metrics)
             if parallel:
                 metrics = {key: v[0] for key, v in metrics.items()}
-            train.check_finite(metrics, first_step=step)
+            records = []
+            for i, seed in enumerate(seeds):
+                mine = {key: pick(v, i) for key, v in metrics.items()}
+                try:
+                    train.check_finite(mine, first_step=step)
+                except train.NonFiniteLossError as e:
+                    raise train.NonFiniteLossError(f"seed {seed}: {e}") from None
+                last_train[i] = _mean_metrics(mine)
+                records.append(
+                    {"step": step + n, **{f"train_{key}": v for key, v in last_train[i].items()}}
+                )
             step += n
-            last_train = _mean_metrics(metrics)
-            record = {"step": step, **{f"train_{key}": v for key, v in last_train.items()}}
             bar.update(n)
             if step % eval_every == 0 or step == config.steps:
                 s = host_state()
-                record.update(run_eval(s))
-                if on_eval is not None:
-                    on_eval(s, record)
-                curves.append(record)
+                for i, (seed, record, result) in enumerate(
+                    zip(seeds, records, run_eval(s), strict=True)
+                ):
+                    record.update(result)
+                    if on_eval is not None:
+                        on_eval(s, record)
+                    curves[i].append(record)
+                    if not sys.stderr.isatty():
+                        log(
+                            f"seed {seed} step {step}/{config.steps}: "
+                            f"loss {last_train[i]['loss']:.4f} "
+                            f"domain_acc {last_train[i]['domain_accuracy']:.3f} "
+                            f"source_acc {record['source_accuracy']:.4f} "
+                            f"target_acc {record['target_accuracy']:.4f}"
+                        )
+                    mlogs[i].write(json.dumps(record) + "\n")
+                    mlogs[i].flush()
                 bar.set_postfix(
-                    loss=f"{last_train['loss']:.3f}",
-                    dom_acc=f"{last_train['domain_accuracy']:.2f}",
-                    tgt_acc=f"{record['target_accuracy']:.3f}",
+                    loss=f"{np.mean([t['loss'] for t in last_train]):.3f}",
+                    dom_acc=f"{np.mean([t['domain_accuracy'] for t in last_train]):.2f}",
+                    tgt_acc=f"{np.mean([r['target_accuracy'] for r in records]):.3f}",
                     refresh=False,
                 )
-                if not sys.stderr.isatty():
-                    log(
-                        f"seed {seed} step {step}/{config.steps}: loss {last_train['loss']:.4f} "
-                        f"domain_acc {last_train['domain_accuracy']:.3f} "
-                        f"source_acc {record['source_accuracy']:.4f} "
-                        f"target_acc {record['target_accuracy']:.4f}"
-                    )
-                mlog.write(json.dumps(record) + "\n")
-                mlog.flush()
-                _save_checkpoint(ckpt_path, s, {"curves": curves})
+                loop = {"seed_curves": curves} if vmapped else {"curves": curves[0]}
+                _save_checkpoint(ckpt_path, s, loop)
             else:
-                mlog.write(json.dumps(record) + "\n")
+                for mlog, record in zip(mlogs, records, strict=True):
+                    mlog.write(json.dumps(record) + "\n")
     bar.close()
     s = host_state()
-    final = curves[-1] if curves and curves[-1]["step"] == config.steps else run_eval(s)
-    domain_acc = last_train.get("domain_accuracy", final.get("train_domain_accuracy"))
-    return {
-        "seed": seed,
-        "target_accuracy": final["target_accuracy"],
-        "source_accuracy": final["source_accuracy"],
-        "domain_accuracy": domain_acc,
-        "curves": curves,
-        "state": s,
-        "model": model,
-        "wall_seconds": time.perf_counter() - start,
-    }
+    finals = None
+    results = []
+    for i, seed in enumerate(seeds):
+        if curves[i] and curves[i][-1]["step"] == config.steps:
+            final = curves[i][-1]
+        else:
+            finals = finals or run_eval(s)
+            final = finals[i]
+        results.append(
+            {
+                "seed": seed,
+                "target_accuracy": final["target_accuracy"],
+                "source_accuracy": final["source_accuracy"],
+                "domain_accuracy": last_train[i].get(
+                    "domain_accuracy", final.get("train_domain_accuracy")
+                ),
+                "curves": curves[i],
+                "state": pick(s, i),
+                "model": model,
+                "vmapped_with": list(seeds) if vmapped else None,
+                "wall_seconds": time.perf_counter() - start,
+            }
+        )
+    return results
+
+
+def _step_of(state: train.TrainState) -> int:
+    """The global step of a state (the first entry when seeds are stacked)."""
+    return int(np.asarray(state.step).reshape(-1)[0])
 
 
 # ---------------------------------------------------------------------------- run
@@ -532,8 +599,11 @@ def run(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         f"{config.seeds} seed(s), on {device['local_count']} x {device['kind']}; "
         f"workdir {workdir}"
     )
+    seeds = list(range(config.seed, config.seed + config.seeds))
     per_seed = []
-    for seed in range(config.seed, config.seed + config.seeds):
+    if config.vmap_seeds and len(seeds) > 1:
+        per_seed = run_seeds(config, data, seeds, workdir, log, vmapped=True)
+    for seed in seeds if not per_seed else []:
         hook = None
         if config.analyze:
             from dann_jax import experiment_analysis

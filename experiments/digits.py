@@ -89,6 +89,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--precision", default=D.precision, choices=PRECISIONS, help="compute dtype")
     a("--seed", type=int, default=D.seed, help="first seed")
     a("--seeds", type=int, default=D.seeds, help="number of seeds (reports mean and std)")
+    a(
+        "--vmap-seeds",
+        action="store_true",
+        help="train all seeds in one vmapped program (faster on GPU/TPU, slower on CPU)",
+    )
     a("--eval-every", type=int, default=D.eval_every, help="evaluate/checkpoint every N steps")
     a("--steps-per-call", type=int, default=D.steps_per_call, help="steps per device dispatch")
     a("--workdir", default=D.workdir, help="outputs; rerun with the same workdir to resume")

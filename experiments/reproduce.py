@@ -40,6 +40,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--batch-size", type=int, default=64)
     a("--steps-per-call", type=int, default=100)
     a("--eval-every", type=int, default=2000)
+    a(
+        "--vmap-seeds",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="train a cell's seeds in one vmapped program (auto: on unless on CPU)",
+    )
+    a(
+        "--compilation-cache",
+        default=None,
+        help="JAX persistent compilation cache folder (default OUT/jax_cache; 'none' = off)",
+    )
     a("--out", default="runs/reproduce")
     return p.parse_args(argv)
 
@@ -57,6 +68,7 @@ def main(argv=None) -> int:
         batch_size=args.batch_size,
         steps_per_call=args.steps_per_call,
         eval_every=args.eval_every,
+        vmap_seeds=args.vmap_seeds == "on",
     )
     from dann_jax import reproduce
     from dann_jax.cli import run_cli
@@ -68,8 +80,17 @@ def main(argv=None) -> int:
         print(f"error: bad --pairs {bad} or unknown --recipes {unknown}", file=sys.stderr)
         return 2
 
+    cache = args.compilation_cache or os.path.join(args.out, "jax_cache")
+
     def runner(config):
-        table = reproduce.reproduce(config, pairs, args.modes.split(","), recipes, args.out)
+        if args.vmap_seeds == "auto":
+            import jax
+
+            config = config.replace(vmap_seeds=jax.default_backend() != "cpu")
+        table = reproduce.reproduce(
+            config, pairs, args.modes.split(","), recipes, args.out,
+            compilation_cache=None if cache == "none" else cache,
+        )  # fmt: skip
         print(open(os.path.join(args.out, "table.md")).read())
         return table
 

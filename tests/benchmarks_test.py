@@ -257,6 +257,7 @@ def test_time_to_accuracy_without_data_exits_2(tmp_path):
 def test_time_to_accuracy_tiny_run(tmp_path, digits_dir):
     out = tmp_path / "tta.json"
     args = ["--steps", "4", "--eval-every", "2", "--steps-per-call", "2", "--batch-size", "8"]
+    args += ["--recipe", "improved"]  # BatchNorm state through the benchmark's loop too
     proc = _run_script(
         [
             "benchmarks/time_to_accuracy.py",
@@ -289,6 +290,7 @@ def test_time_to_accuracy_tiny_run(tmp_path, digits_dir):
         assert report["timings"][key] >= 0
     for key in ("device_kind", "jax_version", "date", "command"):
         assert key in report
+    assert report["settings"]["recipe"] == "improved"
 
 
 def test_loaders_agree(tmp_path, digits_dir):
@@ -300,3 +302,49 @@ def test_loaders_agree(tmp_path, digits_dir):
     for name in ("mnist", "mnist_m"):
         for ours, theirs in zip(via_raw[name], via_tfds[name], strict=True):
             np.testing.assert_array_equal(ours, theirs)
+
+
+# -------------------------------------------------------------- device_check.sh
+
+
+def test_device_check_script_runs_every_part_on_cpu(tmp_path, digits_dir):
+    # The accelerator image lacks tensorflow_datasets (and mlxtend, array_record): hide
+    # them, and torch (its rows are tested above), then run the device script with the
+    # parts shrunk to a few steps.
+    hidden = tmp_path / "hidden"
+    for name in ("torch", "tensorflow_datasets", "mlxtend", "array_record"):
+        (hidden / name).mkdir(parents=True)
+        (hidden / name / "__init__.py").write_text(f'raise ImportError("{name} hidden")\n')
+    out = tmp_path / "out"
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(hidden),
+        PYTHON=sys.executable,
+        XLA_FLAGS="",
+        JAX_PLATFORMS="cpu",
+        DATA_DIR=str(digits_dir),
+        REPRODUCE_ARGS="--steps 4 --seeds 2 --steps-per-call 2 --eval-every 2 --batch-size 8 "
+        "--pairs mnist:mnist_m --modes dann --vmap-seeds on",
+        TTA_ARGS="--steps 4 --eval-every 2 --steps-per-call 2 --batch-size 8",
+        STEP_ARGS="--quick --impls jit handwritten --repeats 1",
+    )
+    proc = subprocess.run(
+        ["bash", "benchmarks/device_check.sh", str(out), "reproduce", "tta", "step_mnist"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    log = (out / "log.txt").read_text() if (out / "log.txt").exists() else proc.stdout
+    assert proc.returncode == 0, log[-3000:]
+    for part in ("reproduce", "tta_paper", "tta_improved", "step_mnist"):
+        assert f"== {part}: exit 0" in log, log[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    expected = (
+        "env.txt log.txt step_mnist.json table.json table.md tta_improved.json tta_paper.json"
+    )
+    assert files == expected.split()
+    table = json.loads((out / "table.json").read_text())
+    assert table["complete"] and [r["recipe"] for r in table["rows"]] == ["paper", "improved"]
+    assert all(r["vmap_seeds"] and len(r["per_seed"]) == 2 for r in table["rows"])
+    assert json.loads((out / "tta_improved.json").read_text())["settings"]["recipe"] == "improved"
+    rows = json.loads((out / "step_mnist.json").read_text())["rows"]
+    assert {r["impl"] for r in rows if r["status"] == "ok"} == {"jit", "handwritten"}
+    assert "| mnist → mnist_m | improved | dann |" in proc.stdout  # the summary at the end

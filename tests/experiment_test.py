@@ -160,6 +160,34 @@ def test_source_only_and_seeds(tmp_path, monkeypatch):
     assert all(c["train_lambda2"] == 0.0 for c in results["seeds"][0]["curves"])
 
 
+def test_vmapped_seeds_match_sequential_seeds_and_resume(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no_tfds_here"))
+    # In-process: 8 virtual CPU devices, so the seeds are vmapped inside the pmap.
+    config = Config(steps=8, steps_per_call=2, eval_every=4, batch_size=8, seeds=2)
+    quiet = lambda s: None
+    seq = experiment.run(config.replace(workdir=str(tmp_path / "seq")), log=quiet)
+    vm = experiment.run(config.replace(workdir=str(tmp_path / "vm"), vmap_seeds=True), log=quiet)
+    assert (tmp_path / "vm" / "seeds_0-1" / "checkpoint").is_dir()
+    for a, b in zip(seq["seeds"], vm["seeds"], strict=True):
+        assert a["seed"] == b["seed"] and b["vmapped_with"] == [0, 1]
+        assert [c["step"] for c in a["curves"]] == [c["step"] for c in b["curves"]] == [4, 8]
+        for ca, cb in zip(a["curves"], b["curves"], strict=True):
+            assert cb["train_loss"] == pytest.approx(ca["train_loss"], rel=1e-4)
+            assert cb["target_loss"] == pytest.approx(ca["target_loss"], rel=1e-4)
+    seed_losses = [s["curves"][-1]["train_loss"] for s in vm["seeds"]]
+    assert seed_losses[0] != seed_losses[1]
+
+    part = config.replace(workdir=str(tmp_path / "part"), vmap_seeds=True)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run(part, log=_interrupt_at(8))
+    lines = []
+    resumed = experiment.run(part, log=lines.append)
+    assert any("seeds_0-1: resuming from step 4" in x for x in lines)
+    assert [s["curves"] for s in resumed["seeds"]] == [s["curves"] for s in vm["seeds"]]
+    vm_log = (tmp_path / "vm" / "metrics.jsonl").read_text()
+    assert vm_log == (tmp_path / "part" / "metrics.jsonl").read_text()
+
+
 # ------------------------------------------------------------------ bad input
 
 
@@ -263,6 +291,9 @@ def test_reproduce_table_on_the_embedded_default(tmp_path):
     for r in table["rows"]:
         assert len(r["per_seed"]) == 2 and 0.0 <= r["target_accuracy"] <= 1.0
         assert r["data_variant"] == "embedded"
+        assert r["vmap_seeds"] is False  # auto: seeds one after another on CPU
+    # The persistent compilation cache holds the programs the cells share.
+    assert any((env_out / "jax_cache").iterdir())
     md = (env_out / "table.md").read_text().splitlines()
     assert md[2].startswith("| pair | recipe | mode |")
     assert len([x for x in md if x.startswith("| mnist → mnist_m |")]) == 3

@@ -1,0 +1,65 @@
+"""The reproduction table: cells, references, and a table that survives an interruption."""
+
+import json
+
+import pytest
+
+from dann_jax import reproduce
+from dann_jax.config import Config
+
+
+def _fake_run(fail_at=None):
+    """A cell runner returning fixed numbers (no training), failing at cell `fail_at`."""
+    calls = []
+
+    def run(config):
+        calls.append(config)
+        if len(calls) == fail_at:
+            raise KeyboardInterrupt
+        acc = {"source_only": 0.5, "dann": 0.7, "target_only": 0.9}[config.mode]
+        return {
+            "target_accuracy": acc,
+            "target_accuracy_std": 0.01,
+            "seeds": [{"target_accuracy": acc - 0.01}, {"target_accuracy": acc + 0.01}],
+            "source_accuracy": 0.99,
+            "config": {"steps": config.steps, "seeds": config.seeds, "vmap_seeds": True},
+            "dataset": {"variant": "full", "target": {"train_size": 123}},
+            "wall_seconds": 1.0,
+            "device": {"kind": "cpu"},
+        }
+
+    return run, calls
+
+
+def test_cells_recipes_and_references(tmp_path):
+    run, calls = _fake_run()
+    base = Config(steps=10, seeds=2)
+    pairs = [("mnist", "mnist_m"), ("usps", "mnist")]
+    table = reproduce.reproduce(
+        base, pairs, reproduce.MODES, ["paper", "improved"], tmp_path, run=run, log=lambda s: None
+    )
+    assert table["complete"] is True and len(table["rows"]) == len(calls) == 12
+    improved = [c for c in calls if c.workdir.endswith("-improved")]
+    assert len(improved) == 6
+    assert all(c.batchnorm and c.bn_stats == "per_domain" for c in improved)
+    assert not any(c.batchnorm for c in calls if c not in improved)
+    row = next(r for r in table["rows"] if (r["target"], r["mode"]) == ("mnist_m", "dann"))
+    assert row["reference"] == 0.7666 and row["reference_source"] == "paper"
+    assert row["per_seed"] == [0.69, 0.71]
+    usps = next(r for r in table["rows"] if (r["source"], r["mode"]) == ("usps", "dann"))
+    assert usps["reference"] == 0.952 and usps["reference_source"] == "tllib"
+    md = (tmp_path / "table.md").read_text()
+    assert "INCOMPLETE" not in md and "0.7000 ± 0.0100" in md
+    assert json.loads((tmp_path / "table.json").read_text()) == table
+
+
+def test_a_run_cut_short_leaves_the_finished_cells_marked_incomplete(tmp_path):
+    run, _ = _fake_run(fail_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.reproduce(
+            Config(steps=10), [("mnist", "usps")], reproduce.MODES, ["paper"], tmp_path,
+            run=run, log=lambda s: None,
+        )  # fmt: skip
+    table = json.loads((tmp_path / "table.json").read_text())
+    assert table["complete"] is False and len(table["rows"]) == 2 and table["cells"] == 3
+    assert (tmp_path / "table.md").read_text().startswith("INCOMPLETE: 2 of 3 cells finished.")
