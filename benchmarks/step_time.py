@@ -47,6 +47,7 @@ from benchmarks import handwritten as hw  # noqa: E402
 
 IMPLS = {
     "jit": "dann_jax jit",
+    "jit_lean": "dann_jax jit, no diagnostics",
     "steps": "dann_jax K steps/call",
     "pmap": "dann_jax pmap, 1 device",
     "jit_bf16": "dann_jax jit bf16",
@@ -235,6 +236,15 @@ def bench_jit(shape: Shape, precision: str) -> Bench:
     return Bench(call, jax.block_until_ready, 1, precision, flops, source, seconds)
 
 
+def bench_jit_lean(shape: Shape, precision: str) -> Bench:
+    """compile_train_step(diagnostics=False): the losses only, no accuracies / grad norm."""
+    model, tx, state, hp = _library(shape, precision)
+    step = dj.compile_train_step(model, tx, diagnostics=False)
+    flops, source, seconds = compile_with_flops(step, state, shape.batch, hp)
+    call = _stepper(step, state, shape.batch, hp)
+    return Bench(call, jax.block_until_ready, 1, precision, flops, source, seconds)
+
+
 def bench_steps(shape: Shape, precision: str) -> Bench:
     """dann_jax's compile_train_steps: K steps per dispatch, batches drawn on the device."""
     model, tx, state, hp = _library(shape, precision)
@@ -305,6 +315,7 @@ def bench_torch(shape: Shape, compiled: bool, tf32: bool) -> Bench:
 
 JAX_BENCHES = {
     "jit": (bench_jit, "fp32"),
+    "jit_lean": (bench_jit_lean, "fp32"),
     "steps": (bench_steps, "fp32"),
     "pmap": (bench_pmap, "fp32"),
     "jit_bf16": (bench_jit, "bf16"),

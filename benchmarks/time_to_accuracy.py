@@ -110,13 +110,16 @@ def load_domains(data_dir: str, tfds_dir: str | None, loader: str) -> tuple[dict
     return out, loader
 
 
-def prepare(domains: dict) -> dict[str, Any]:
+def prepare(domains: dict, resize: str = "bilinear") -> dict[str, Any]:
     """Host arrays for training: 28x28 RGB uint8 images, labels, the pooled channel mean."""
     from dann_jax import data
 
-    xs = data.prepare_images(domains["mnist"][0], IMAGE_SIZE)
-    xt = data.prepare_images(domains["mnist_m"][0], IMAGE_SIZE)
-    xt_test = data.prepare_images(domains["mnist_m"][2], IMAGE_SIZE)
+    prep = lambda x: data.prepare_images(x, IMAGE_SIZE, resize=resize)
+    xs, xt, xt_test = (
+        prep(domains["mnist"][0]),
+        prep(domains["mnist_m"][0]),
+        prep(domains["mnist_m"][2]),
+    )
     # Mean pixel of both training sets together (as the reference DANN code), weighted by
     # size so that no concatenated copy is needed.
     ns, nt = len(xs), len(xt)
@@ -268,7 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         "curve": [],
     }
     domains, loader = load_domains(args.data_dir, args.tfds_dir, args.loader)
-    host = prepare(domains)
+    from dann_jax.config import Config
+    from dann_jax.reproduce import RECIPES
+
+    host = prepare(domains, Config(**RECIPES[args.recipe]).resize)
     report["timings"]["load_s"] = elapsed()
     report["data"] = {
         "loader": loader,

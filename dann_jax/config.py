@@ -11,12 +11,22 @@ from __future__ import annotations
 import dataclasses
 import math
 
-__all__ = ["ARCHS", "MODES", "OPTIMIZERS", "PRECISIONS", "Config", "ConfigError", "hyperparams"]
+__all__ = [
+    "ARCHS",
+    "MODES",
+    "OPTIMIZERS",
+    "PRECISIONS",
+    "RESIZES",
+    "Config",
+    "ConfigError",
+    "hyperparams",
+]
 
 MODES = ("dann", "source_only", "target_only")
 OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("fp32", "bf16")
 ARCHS = ("mnist", "svhn")
+RESIZES = ("auto", "bilinear", "crop_pad")  # see dann_jax.data.resize_method
 BN_STATS = ("joint", "per_domain")
 LAMBDA2_SCHEDULES = ("dann", "constant")
 
@@ -36,6 +46,10 @@ class Config:
       tfds_dir: where prepared TFDS records live (None: TFDS default).
       bsds_dir: colour photos (e.g. BSDS500) for synthesising MNIST-M targets.
       arch: ``"mnist"`` (28x28 inputs) or ``"svhn"`` (32x32 inputs).
+      resize: how images of another size reach the input size: ``"bilinear"``
+        resampling, ``"crop_pad"`` (centre crop / zero padding), or ``"auto"``: crop
+        MNIST-M (MNIST padded to 32, so its crop to 28 is MNIST's own digits),
+        bilinear for every other domain. See `dann_jax.data.prepare_images`.
       mode: ``"dann"``; ``"source_only"`` (lambda2 = 0: the discriminator still trains on
         detached features as a probe, the extractor ignores it); ``"target_only"``
         (train on labelled target data: the oracle).
@@ -74,6 +88,7 @@ class Config:
     tfds_dir: str | None = None
     bsds_dir: str | None = None
     arch: str = "mnist"
+    resize: str = "auto"
     mode: str = "dann"
     lambda2: float = 1.0
     lambda2_schedule: str = "dann"
@@ -127,6 +142,7 @@ class Config:
                 raise ConfigError(f"{flag} must be <= {high}, got {value!r}.")
 
         choice("arch", ARCHS)
+        choice("resize", RESIZES)
         choice("mode", MODES)
         choice("optimizer", OPTIMIZERS)
         choice("precision", PRECISIONS)

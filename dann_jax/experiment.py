@@ -145,7 +145,7 @@ def load_data(config: Config, log: Callable[[str], None] = print) -> Data:
     """Load, resize and describe the source/target pair of `config`.
 
     Preprocessing (as the paper): resize to the architecture's input side (28 for
-    ``mnist``, 32 for ``svhn``) with bilinear interpolation, grey repeated to 3
+    ``mnist``, 32 for ``svhn``) as ``config.resize`` says, grey repeated to 3
     channels, and per-channel mean subtraction with the mean of the source and target
     *training* images (no labels involved), applied on the device.
 
@@ -156,9 +156,12 @@ def load_data(config: Config, log: Callable[[str], None] = print) -> Data:
 
     source, target, embedded = _load_pair(config, log)
     size = ARCHITECTURES[config.arch]["input_size"]
-    prep = lambda x: dd.prepare_images(x, size, 3)
-    xs, xt = prep(source.x_train), prep(target.x_train)
-    xs_test, xt_test = prep(source.x_test), prep(target.x_test)
+
+    def prep(x, domain):
+        return dd.prepare_images(x, size, 3, resize=dd.resize_method(domain.name, config.resize))
+
+    xs, xt = prep(source.x_train, source), prep(target.x_train, target)
+    xs_test, xt_test = prep(source.x_test, source), prep(target.x_test, target)
     ys = np.asarray(source.y_train, np.int32)
     if config.mode == "target_only":
         xs, ys = xt, np.asarray(target.y_train, np.int32)
@@ -182,7 +185,9 @@ def load_data(config: Config, log: Callable[[str], None] = print) -> Data:
         "target": describe(target, xt, xt_test),
         "input_shape": [size, size, 3],
         "mean": [float(m) for m in mean],
-        "preprocessing": "bilinear resize to the architecture input, grey->RGB, "
+        "preprocessing": f"to the {size}x{size} input: source "
+        f"{dd.resize_method(source.name, config.resize)}, target "
+        f"{dd.resize_method(target.name, config.resize)} (when the size differs); grey->RGB; "
         "per-channel mean of source+target train images subtracted",
     }
     return Data(

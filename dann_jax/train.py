@@ -196,6 +196,7 @@ def train_step(
     tx: optax.GradientTransformation,
     lambda2_schedule: str = "dann",
     axis_name: str | None = None,
+    diagnostics: bool = True,
 ) -> tuple[TrainState, Metrics]:
     """One DANN update on a source batch (with labels) and a target batch (without).
 
@@ -215,10 +216,14 @@ def train_step(
       lambda2_schedule: ``"dann"`` ramp or ``"constant"`` (selects code, so static).
       axis_name: pmap axis name; gradients, BatchNorm statistics and metrics are averaged
         over it. None on a single device.
+      diagnostics: also return ``domain_accuracy``, ``source_accuracy`` and
+        ``grad_norm`` (static; False leaves out their reductions, a few small kernels
+        per step, for the leanest program). The update is the same either way.
 
     Returns:
-      ``(new_state, metrics)`` with metrics ``loss, label_loss, domain_loss,
-      domain_accuracy, source_accuracy, lambda2, learning_rate, grad_norm``.
+      ``(new_state, metrics)`` with metrics ``loss, label_loss, domain_loss, lambda2,
+      learning_rate`` and, with ``diagnostics``, ``domain_accuracy, source_accuracy,
+      grad_norm``.
 
     References:
       Ganin et al., "Domain-Adversarial Training of Neural Networks", JMLR 2016,
@@ -252,14 +257,12 @@ def train_step(
             out["domain_logits_source"], out["domain_logits_target"]
         )
         loss = label_loss + hparams["lambda3"] * domain_loss
-        aux = {
-            "label_loss": label_loss,
-            "domain_loss": domain_loss,
-            "domain_accuracy": losses.domain_accuracy(
+        aux = {"label_loss": label_loss, "domain_loss": domain_loss}
+        if diagnostics:
+            aux["domain_accuracy"] = losses.domain_accuracy(
                 out["domain_logits_source"], out["domain_logits_target"]
-            ),
-            "source_accuracy": losses.accuracy(out["class_logits"], batch["source_labels"]),
-        }
+            )
+            aux["source_accuracy"] = losses.accuracy(out["class_logits"], batch["source_labels"])
         return loss, (aux, updates.get("batch_stats", state.batch_stats))
 
     (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -278,7 +281,9 @@ def train_step(
     )
     updates, opt_state = tx.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics.update(lambda2=lam, learning_rate=lr, grad_norm=_global_norm(grads))
+    metrics.update(lambda2=lam, learning_rate=lr)
+    if diagnostics:
+        metrics["grad_norm"] = _global_norm(grads)
     new_state = state.replace(
         step=state.step + 1,
         params=params,
@@ -353,19 +358,21 @@ def compile_train_step(
     *,
     lambda2_schedule: str = "dann",
     parallel: bool = False,
+    diagnostics: bool = True,
 ) -> Callable[[TrainState, Batch, dict], tuple[TrainState, Metrics]]:
     """`train_step` compiled: ``jax.jit`` (one device) or ``jax.pmap`` (all local devices).
 
     The state argument is donated, so the update happens in place. With
     ``parallel=True`` every argument carries a leading device axis: use `replicate` for
     state and hparams and `shard` for the batch; metrics come back replicated.
+    ``diagnostics`` is passed to `train_step`.
     """
+    fn = functools.partial(
+        train_step, model=model, tx=tx, lambda2_schedule=lambda2_schedule,
+        axis_name=AXIS if parallel else None, diagnostics=diagnostics,
+    )  # fmt: skip
     if parallel:
-        fn = functools.partial(
-            train_step, model=model, tx=tx, lambda2_schedule=lambda2_schedule, axis_name=AXIS
-        )
         return jax.pmap(fn, axis_name=AXIS, donate_argnums=(0,))
-    fn = functools.partial(train_step, model=model, tx=tx, lambda2_schedule=lambda2_schedule)
     return jax.jit(fn, donate_argnums=(0,))
 
 

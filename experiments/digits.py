@@ -26,6 +26,7 @@ from dann_jax.config import (
     MODES,
     OPTIMIZERS,
     PRECISIONS,
+    RESIZES,
     Config,
 )
 
@@ -58,6 +59,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="colour photos (e.g. BSDS500) for the embedded MNIST-M target",
     )
     a("--arch", default=D.arch, choices=ARCHS, help="paper architecture (input 28 or 32)")
+    a(
+        "--resize",
+        default=D.resize,
+        choices=RESIZES,
+        help="images of another size: bilinear resampling, centre crop / zero pad, or auto: "
+        "crop MNIST-M (MNIST padded to 32, so the crop gives MNIST's digits back), "
+        "bilinear for the other domains",
+    )
     a("--mode", default=D.mode, choices=MODES, help="dann, source_only, or target_only (oracle)")
     a("--lambda2", type=float, default=D.lambda2, help="GRL coefficient (final value of the ramp)")
     a(

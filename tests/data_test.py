@@ -567,6 +567,30 @@ def test_prepare_images_resizes_and_repeats_grey():
         data.prepare_images(x.astype(np.float32), size=28)
 
 
+def test_prepare_images_crop_pad_keeps_pixels():
+    x = _rng(6).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    cropped = data.prepare_images(x, size=28, resize="crop_pad")
+    np.testing.assert_array_equal(cropped, x[:, 2:30, 2:30])  # MNIST-M back to 28
+    digits = _rng(7).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    padded = data.prepare_images(digits, size=32, resize="crop_pad")
+    assert padded.shape == (3, 32, 32, 3)
+    np.testing.assert_array_equal(padded[:, 2:30, 2:30, 1], digits)
+    assert padded.sum(dtype=np.int64) == 3 * digits.sum(dtype=np.int64)  # zeros around
+    odd = data.prepare_images(np.ones((1, 16, 16), np.uint8), size=21, resize="crop_pad")
+    assert odd.shape == (1, 21, 21, 3) and odd[0, 2:18, 2:18].all() and odd.sum() == 3 * 256
+    with pytest.raises(DataError, match="resize must be one of"):
+        data.prepare_images(x, size=28, resize="nearest")
+
+
+def test_resize_method_auto_crops_only_mnist_m():
+    assert data.resize_method("mnist_m") == "crop_pad"
+    assert [data.resize_method(d) for d in ("mnist", "usps", "svhn")] == ["bilinear"] * 3
+    assert data.resize_method("mnist_m", "bilinear") == "bilinear"
+    assert data.resize_method("usps", "crop_pad") == "crop_pad"
+    with pytest.raises(DataError, match="resize must be"):
+        data.resize_method("usps", "bicubic")
+
+
 def test_channel_mean():
     x = np.zeros((2, 4, 4, 3), np.uint8)
     x[..., 1] = 255
@@ -643,3 +667,39 @@ def test_real_mnist_m_labels_match_mnist(real_tfds_dir):
     np.testing.assert_array_equal(mnist_m.y_train, mnist.y_train[:n])
     np.testing.assert_array_equal(mnist_m.y_test, mnist.y_test[: len(mnist_m.y_test)])
     assert "reused" in mnist.origin
+
+
+def test_real_mnist_m_is_mnist_padded_by_two_pixels():
+    # Why resize="auto" crops MNIST-M: its digit edges line up with MNIST's exactly at a
+    # 2-pixel offset (a sharp peak), better than with a bilinear 28 -> 32 resize.
+    from dann_jax.data import raw
+
+    if not all((_digits_dir() / d).is_dir() for d in ("mnist", "mnist_m")):
+        pytest.skip(f"mnist and mnist_m not both in {_digits_dir()}")
+    n = 200
+    mnist = raw.read_domain("mnist", _digits_dir())["train"][0]
+    mnist_m = raw.read_domain("mnist_m", _digits_dir())["train"][0]
+    digits = np.stack([mnist[i] for i in range(n)])[..., 0].astype(np.float32)
+    target = np.stack([mnist_m[i] for i in range(n)]).astype(np.float32).mean(-1)
+
+    def edges(x):
+        gy, gx = np.gradient(x, axis=(-2, -1))
+        return np.hypot(gx, gy)
+
+    def agreement(candidate):
+        a, b = edges(candidate), edges(target)
+        return np.mean([np.corrcoef(a[i].ravel(), b[i].ravel())[0, 1] for i in range(n)])
+
+    def placed(dy, dx):
+        canvas = np.zeros((n, 32, 32), np.float32)
+        canvas[:, dy : dy + 28, dx : dx + 28] = digits
+        return canvas
+
+    at_two = agreement(placed(2, 2))
+    assert at_two > 0.45
+    for dy, dx in ((1, 1), (3, 3), (2, 1), (1, 2)):
+        assert agreement(placed(dy, dx)) < at_two - 0.05
+    resized = data.prepare_images(digits.astype(np.uint8), 32, channels=1)[..., 0]
+    assert agreement(resized.astype(np.float32)) < at_two
+    cropped = data.prepare_images(np.stack([mnist_m[i] for i in range(n)]), 28, resize="crop_pad")
+    assert cropped.shape == (n, 28, 28, 3)

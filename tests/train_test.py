@@ -230,6 +230,19 @@ def test_vmapped_seeds_under_pmap_equal_one_device():
         np.testing.assert_allclose(metrics["loss"][0, i], m_i["loss"][0], rtol=1e-5)
 
 
+def test_diagnostics_off_changes_only_the_metrics():
+    config, model, tx, state = _setup()
+    batch, hp = _batch(_synthetic_data(64), 16, seed=3), dj.hyperparams(config)
+    full, m_full = dj.compile_train_step(model, tx)(jax.tree.map(jnp.copy, state), batch, hp)
+    lean, m_lean = dj.compile_train_step(model, tx, diagnostics=False)(state, batch, hp)
+    chex.assert_trees_all_equal(lean.params, full.params)
+    chex.assert_trees_all_equal(lean.opt_state, full.opt_state)
+    assert set(m_lean) == {"loss", "label_loss", "domain_loss", "lambda2", "learning_rate"}
+    assert set(m_full) == set(m_lean) | {"domain_accuracy", "source_accuracy", "grad_norm"}
+    for key in m_lean:
+        np.testing.assert_array_equal(m_lean[key], m_full[key])
+
+
 def test_bfloat16_precision_trains():
     config, model, tx, state = _setup(precision="bf16", steps=10)
     run = dj.compile_train_steps(model, tx, num_steps=3, batch_size=8)

@@ -25,7 +25,7 @@ from dann_jax.data.embedded import (
 )
 from dann_jax.data.load import KNOWN_DOMAINS, default_data_dir, load_domain
 from dann_jax.data.npz import load_npz
-from dann_jax.data.preprocess import channel_mean, prepare_images
+from dann_jax.data.preprocess import channel_mean, prepare_images, resize_method
 from dann_jax.data.raw import LAYOUT
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "load_npz",
     "load_photos_from_dir",
     "prepare_images",
+    "resize_method",
     "sample_photos",
     "synthesize_mnist_m",
 ]
