@@ -26,7 +26,7 @@ MODES = ("dann", "source_only", "target_only")
 OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("fp32", "bf16")
 ARCHS = ("mnist", "svhn")
-RESIZES = ("auto", "bilinear", "crop_pad")  # see dann_jax.data.resize_method
+RESIZES = ("auto", "bilinear", "crop_pad", "mnist_box")  # see dann_jax.data.resize_method
 BN_STATS = ("joint", "per_domain")
 LAMBDA2_SCHEDULES = ("dann", "constant")
 

@@ -50,6 +50,10 @@ __all__ = [
 # there for the MNIST model at 64 + 64 images).
 DEFAULT_STEPS = {"full": 12_000, "embedded": 3_000, "npz": 12_000}
 
+# Behaviour of runs whose config.json predates a field, where it differs from today's
+# default (resize="auto" came later; before it, every domain was resampled bilinearly).
+_DEFAULTS_BEFORE_THE_FIELD = {"resize": "bilinear"}
+
 # Fields that may differ between a run and its resumption.
 _RESUMABLE_FIELDS = ("workdir", "eval_every", "steps_per_call", "analyze", "tfds_dir")
 
@@ -211,8 +215,9 @@ def _check_workdir(config: Config, workdir: Path) -> None:
     saved = workdir / "config.json"
     mine = dataclasses.asdict(config)
     if saved.exists():
-        # A field the saved config lacks (written before the field existed) had its default.
-        defaults = dataclasses.asdict(Config())
+        # A field the saved config lacks was written before the field existed: the run
+        # then had that field's default of the time.
+        defaults = {**dataclasses.asdict(Config()), **_DEFAULTS_BEFORE_THE_FIELD}
         theirs = {**defaults, **json.loads(saved.read_text())}
         diff = {
             k: (theirs.get(k), v)

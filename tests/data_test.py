@@ -580,6 +580,12 @@ def test_prepare_images_crop_pad_keeps_pixels():
     assert odd.shape == (1, 21, 21, 3) and odd[0, 2:18, 2:18].all() and odd.sum() == 3 * 256
     with pytest.raises(DataError, match="resize must be one of"):
         data.prepare_images(x, size=28, resize="nearest")
+    # mnist_box: a frame-filling 16 x 16 digit (USPS) scaled into MNIST's 20 x 20 box.
+    usps = np.full((2, 16, 16), 200, np.uint8)
+    boxed = data.prepare_images(usps, size=28, resize="mnist_box")[0, ..., 0]
+    rows, cols = np.nonzero(boxed)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (4, 23, 4, 23)
+    assert (boxed[4:24, 4:24] == 200).all()
 
 
 def test_resize_method_auto_crops_only_mnist_m():

@@ -1,5 +1,6 @@
 """The main job end to end on the embedded default: outputs, resume, and bad input."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -94,6 +95,16 @@ def test_workdir_with_a_different_config_is_refused(default_run):
     assert "different config" in proc.stderr and "lambda2" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert (workdir / "results.json").read_text() == before
+
+
+def test_workdir_written_before_a_field_existed(tmp_path):
+    # config.json of an older version: no resize (then always bilinear), no vmap_seeds.
+    old = dataclasses.asdict(Config(steps=10))
+    del old["resize"], old["vmap_seeds"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    with pytest.raises(experiment.RunError, match="resize: 'bilinear' there, 'auto' now"):
+        experiment._check_workdir(Config(steps=10), tmp_path)
+    experiment._check_workdir(Config(steps=10, resize="bilinear"), tmp_path)  # resumable
 
 
 def _interrupt_at(step):
