@@ -47,9 +47,11 @@ class Config:
       bsds_dir: colour photos (e.g. BSDS500) for synthesising MNIST-M targets.
       arch: ``"mnist"`` (28x28 inputs) or ``"svhn"`` (32x32 inputs).
       resize: how images of another size reach the input size: ``"bilinear"``
-        resampling, ``"crop_pad"`` (centre crop / zero padding), or ``"auto"``: crop
-        MNIST-M (MNIST padded to 32, so its crop to 28 is MNIST's own digits),
-        bilinear for every other domain. See `dann_jax.data.prepare_images`.
+        resampling, ``"crop_pad"`` (centre crop / zero padding), ``"mnist_box"``
+        (scaled into MNIST's 20-pixel digit box, then padded), or ``"auto"``: crop
+        MNIST-M (MNIST padded to 32, so its crop to 28 is MNIST's own digits), box
+        USPS (its digits fill the frame), bilinear for the rest. See
+        `dann_jax.data.resize_method`.
       mode: ``"dann"``; ``"source_only"`` (lambda2 = 0: the discriminator still trains on
         detached features as a probe, the extractor ignores it); ``"target_only"``
         (train on labelled target data: the oracle).

@@ -63,9 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--resize",
         default=D.resize,
         choices=RESIZES,
-        help="images of another size: bilinear resampling, centre crop / zero pad, or auto: "
-        "crop MNIST-M (MNIST padded to 32, so the crop gives MNIST's digits back), "
-        "bilinear for the other domains",
+        help="images of another size: bilinear resampling, centre crop / zero pad, "
+        "MNIST's 20-px digit box, or auto: crop MNIST-M (MNIST padded to 32), box USPS "
+        "(its digits fill the frame), bilinear for the rest",
     )
     a("--mode", default=D.mode, choices=MODES, help="dann, source_only, or target_only (oracle)")
     a("--lambda2", type=float, default=D.lambda2, help="GRL coefficient (final value of the ramp)")

@@ -588,9 +588,10 @@ def test_prepare_images_crop_pad_keeps_pixels():
     assert (boxed[4:24, 4:24] == 200).all()
 
 
-def test_resize_method_auto_crops_only_mnist_m():
+def test_resize_method_auto_puts_digits_in_mnist_geometry():
     assert data.resize_method("mnist_m") == "crop_pad"
-    assert [data.resize_method(d) for d in ("mnist", "usps", "svhn")] == ["bilinear"] * 3
+    assert data.resize_method("usps") == "mnist_box"
+    assert [data.resize_method(d) for d in ("mnist", "svhn", "x.npz")] == ["bilinear"] * 3
     assert data.resize_method("mnist_m", "bilinear") == "bilinear"
     assert data.resize_method("usps", "crop_pad") == "crop_pad"
     with pytest.raises(DataError, match="resize must be"):

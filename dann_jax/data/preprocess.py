@@ -59,20 +59,24 @@ def _mnist_box(x: np.ndarray, size: int) -> np.ndarray:
 
 RESIZE_METHODS = ("bilinear", "crop_pad", "mnist_box")
 
-# Domains whose released images are another domain's images on a larger canvas: MNIST-M
-# is MNIST (28 x 28) padded by 2 pixels to 32 x 32 (see `prepare_images`).
-PADDED_DOMAINS = frozenset({"mnist_m"})
+# How ``resize="auto"`` brings each domain to the input size, so that digits have the
+# same size and place in every domain. MNIST-M is MNIST (28 x 28) padded by 2 pixels to
+# 32 x 32: a centre crop gives MNIST's digits back pixel for pixel. USPS digits fill
+# their 16 x 16 frame where MNIST's sit in a 20 x 20 box inside 28 x 28: scaled into
+# that box (MNIST -> USPS, 2,000 steps, seed 0 on CPU: source only 0.778 -> 0.931, DANN
+# 0.712 -> 0.893 against bilinear resampling to the full frame). Others: bilinear.
+AUTO_RESIZE = {"mnist_m": "crop_pad", "usps": "mnist_box"}
 
 
 def resize_method(domain: str, resize: str = "auto") -> str:
     """The `prepare_images` method for `domain`: ``resize`` itself unless ``"auto"``.
 
-    ``"auto"`` centre-crops the padded domains (`PADDED_DOMAINS`: MNIST-M), which gives
-    back the original digits pixel for pixel, and resamples bilinearly otherwise (USPS
-    16 -> 28, MNIST 28 -> 32 for the SVHN architecture).
+    ``"auto"`` looks the domain up in `AUTO_RESIZE` (MNIST-M: ``crop_pad``, USPS:
+    ``mnist_box``) and resamples bilinearly otherwise (e.g. MNIST 28 -> 32 for the SVHN
+    architecture).
     """
     if resize == "auto":
-        return "crop_pad" if domain in PADDED_DOMAINS else "bilinear"
+        return AUTO_RESIZE.get(domain, "bilinear")
     if resize not in RESIZE_METHODS:
         raise DataError(f"resize must be 'auto' or one of {list(RESIZE_METHODS)}, got {resize!r}.")
     return resize
