@@ -177,9 +177,15 @@ def write_table(out: Path, table: dict[str, Any]) -> None:
     status = ""
     if not table.get("complete", True):
         status = f"INCOMPLETE: {len(table['rows'])} of {table['cells']} cells finished. "
+    resize = table.get("base_config", {}).get("resize", "auto")
+    preprocessing = f"Images reach the input size with resize={resize!r}" + (
+        " (MNIST-M centre-cropped to 28, USPS into MNIST's 20-pixel box)."
+        if resize == "auto"
+        else "."
+    )
     _write_atomic(
         out / "table.md",
-        f"{status}Digits, {table['date']}. Protocol: {table['protocol']}.\n\n"
+        f"{status}Digits, {table['date']}. Protocol: {table['protocol']}. {preprocessing}\n\n"
         + "\n".join(lines)
         + "\n",
     )

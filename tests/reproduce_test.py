@@ -50,6 +50,7 @@ def test_cells_recipes_and_references(tmp_path):
     assert usps["reference"] == 0.952 and usps["reference_source"] == "tllib"
     md = (tmp_path / "table.md").read_text()
     assert "INCOMPLETE" not in md and "0.7000 ± 0.0100" in md
+    assert "resize='auto' (MNIST-M centre-cropped to 28" in md.splitlines()[0]
     assert json.loads((tmp_path / "table.json").read_text()) == table
 
 
