@@ -110,16 +110,15 @@ def load_domains(data_dir: str, tfds_dir: str | None, loader: str) -> tuple[dict
     return out, loader
 
 
-def prepare(domains: dict, resize: str = "bilinear") -> dict[str, Any]:
+def prepare(domains: dict, resize: str = "auto") -> dict[str, Any]:
     """Host arrays for training: 28x28 RGB uint8 images, labels, the pooled channel mean."""
     from dann_jax import data
 
-    prep = lambda x: data.prepare_images(x, IMAGE_SIZE, resize=resize)
-    xs, xt, xt_test = (
-        prep(domains["mnist"][0]),
-        prep(domains["mnist_m"][0]),
-        prep(domains["mnist_m"][2]),
-    )
+    def prep(x, name):
+        return data.prepare_images(x, IMAGE_SIZE, resize=data.resize_method(name, resize))
+
+    xs = prep(domains["mnist"][0], "mnist")
+    xt, xt_test = prep(domains["mnist_m"][0], "mnist_m"), prep(domains["mnist_m"][2], "mnist_m")
     # Mean pixel of both training sets together (as the reference DANN code), weighted by
     # size so that no concatenated copy is needed.
     ns, nt = len(xs), len(xt)
