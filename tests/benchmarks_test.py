@@ -324,7 +324,7 @@ def test_device_check_script_runs_every_part_on_cpu(tmp_path, digits_dir):
         JAX_PLATFORMS="cpu",
         DATA_DIR=str(digits_dir),
         REPRODUCE_ARGS="--steps 4 --seeds 2 --steps-per-call 2 --eval-every 2 --batch-size 8 "
-        "--pairs mnist:mnist_m --modes dann --vmap-seeds on",
+        "--pairs mnist:mnist_m --modes dann --recipes improved --vmap-seeds on",
         TTA_ARGS="--steps 4 --eval-every 2 --steps-per-call 2 --batch-size 8",
         STEP_ARGS="--quick --impls jit handwritten --repeats 1",
     )
@@ -342,7 +342,7 @@ def test_device_check_script_runs_every_part_on_cpu(tmp_path, digits_dir):
     )
     assert files == expected.split()
     table = json.loads((out / "table.json").read_text())
-    assert table["complete"] and [r["recipe"] for r in table["rows"]] == ["paper", "improved"]
+    assert table["complete"] and [r["recipe"] for r in table["rows"]] == ["improved"]
     assert all(r["vmap_seeds"] and len(r["per_seed"]) == 2 for r in table["rows"])
     assert json.loads((out / "tta_improved.json").read_text())["settings"]["recipe"] == "improved"
     rows = json.loads((out / "step_mnist.json").read_text())["rows"]

@@ -171,24 +171,28 @@ def test_source_only_and_seeds(tmp_path, monkeypatch):
     assert all(c["train_lambda2"] == 0.0 for c in results["seeds"][0]["curves"])
 
 
-def test_vmapped_seeds_match_sequential_seeds_and_resume(tmp_path, monkeypatch):
+def test_vmapped_seeds_run_and_resume(tmp_path, monkeypatch):
+    # The numerics of vmapped seeds against separate runs are tested in train_test; here
+    # the bookkeeping: per-seed records, the shared checkpoint and resumption.
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no_tfds_here"))
     # In-process: 8 virtual CPU devices, so the seeds are vmapped inside the pmap.
     config = Config(steps=8, steps_per_call=2, eval_every=4, batch_size=8, seeds=2)
-    quiet = lambda s: None
-    seq = experiment.run(config.replace(workdir=str(tmp_path / "seq")), log=quiet)
-    vm = experiment.run(config.replace(workdir=str(tmp_path / "vm"), vmap_seeds=True), log=quiet)
+    config = config.replace(vmap_seeds=True)
+    vm = experiment.run(config.replace(workdir=str(tmp_path / "vm")), log=lambda s: None)
     assert (tmp_path / "vm" / "seeds_0-1" / "checkpoint").is_dir()
-    for a, b in zip(seq["seeds"], vm["seeds"], strict=True):
-        assert a["seed"] == b["seed"] and b["vmapped_with"] == [0, 1]
-        assert [c["step"] for c in a["curves"]] == [c["step"] for c in b["curves"]] == [4, 8]
-        for ca, cb in zip(a["curves"], b["curves"], strict=True):
-            assert cb["train_loss"] == pytest.approx(ca["train_loss"], rel=1e-4)
-            assert cb["target_loss"] == pytest.approx(ca["target_loss"], rel=1e-4)
+    assert [s["seed"] for s in vm["seeds"]] == [0, 1]
+    for s in vm["seeds"]:
+        assert s["vmapped_with"] == [0, 1]
+        assert [c["step"] for c in s["curves"]] == [4, 8]
+        assert s["target_accuracy"] == s["curves"][-1]["target_accuracy"]
+        lines = (tmp_path / "vm" / f"seed_{s['seed']}" / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(x)["step"] for x in lines] == [2, 4, 6, 8]
     seed_losses = [s["curves"][-1]["train_loss"] for s in vm["seeds"]]
     assert seed_losses[0] != seed_losses[1]
+    accs = [s["target_accuracy"] for s in vm["seeds"]]
+    assert vm["target_accuracy"] == pytest.approx(np.mean(accs))
 
-    part = config.replace(workdir=str(tmp_path / "part"), vmap_seeds=True)
+    part = config.replace(workdir=str(tmp_path / "part"))
     with pytest.raises(KeyboardInterrupt):
         experiment.run(part, log=_interrupt_at(8))
     lines = []
