@@ -152,15 +152,10 @@ def enable_compilation_cache(path: str | os.PathLike) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write a file so that it is either absent, the previous version, or complete."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_table(out: Path, table: dict[str, Any]) -> None:
-    """Write ``table.json`` and ``table.md`` (ours beside the paper / tllib)."""
+    """Write ``table.json`` and ``table.md`` (ours beside the paper / tllib), atomically."""
+    from dann_jax.experiment import _atomic_write as _write_atomic
+
     _write_atomic(out / "table.json", json.dumps(table, indent=2))
     lines = [
         "| pair | recipe | mode | ours (mean ± std) | per seed | reference | steps | data |",
