@@ -19,12 +19,12 @@ SCRIPT = ROOT / "experiments" / "digits.py"
 FAST = ["--steps-per-call", "5", "--eval-every", "10"]
 
 
-def _cli(*args, cwd=None, timeout=300):
-    """Run experiments/digits.py on one CPU device with no network access to data."""
+def _cli(*args, cwd, timeout=300):
+    """Run experiments/digits.py in `cwd` on one CPU device with no network access to data."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = ""  # one device, as a user's CPU run
     env["JAX_PLATFORMS"] = "cpu"
-    env["TFDS_DATA_DIR"] = str(Path(cwd or ROOT) / "no_tfds_here")
+    env["TFDS_DATA_DIR"] = str(Path(cwd) / "no_tfds_here")  # never inside the checkout
     return subprocess.run(
         [sys.executable, str(SCRIPT), *map(str, args)],
         capture_output=True,
@@ -79,7 +79,9 @@ def test_main_job_writes_results_and_curves(default_run):
 def test_rerun_of_a_finished_run_resumes_at_the_end(default_run):
     _, workdir = default_run
     first = json.loads((workdir / "results.json").read_text())
-    again = _cli("--lambda2", "1.0", "--steps", "20", *FAST, "--workdir", workdir)
+    again = _cli(
+        "--lambda2", "1.0", "--steps", "20", *FAST, "--workdir", workdir, cwd=workdir.parent
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from step 20" in again.stdout + again.stderr
     second = json.loads((workdir / "results.json").read_text())
@@ -90,7 +92,9 @@ def test_rerun_of_a_finished_run_resumes_at_the_end(default_run):
 def test_workdir_with_a_different_config_is_refused(default_run):
     _, workdir = default_run
     before = (workdir / "results.json").read_text()
-    proc = _cli("--lambda2", "0.5", "--steps", "20", *FAST, "--workdir", workdir)
+    proc = _cli(
+        "--lambda2", "0.5", "--steps", "20", *FAST, "--workdir", workdir, cwd=workdir.parent
+    )
     assert proc.returncode == 2
     assert "different config" in proc.stderr and "lambda2" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -218,25 +222,25 @@ def _assert_clean_failure(proc, *needles, workdir=None):
 def test_missing_data_dir_names_the_expected_files(tmp_path):
     empty = tmp_path / "digits"
     empty.mkdir()
-    proc = _cli("--data-dir", empty, "--workdir", tmp_path / "w", "--steps", "5")
+    proc = _cli("--data-dir", empty, "--workdir", tmp_path / "w", "--steps", "5", cwd=tmp_path)
     _assert_clean_failure(proc, "train-images-idx3-ubyte", "mnist", workdir=tmp_path / "w")
     assert not (tmp_path / "w").exists()
 
 
 def test_unknown_domain_lists_known_ones(tmp_path):
-    proc = _cli("--source", "imagenet", "--workdir", tmp_path / "w")
+    proc = _cli("--source", "imagenet", "--workdir", tmp_path / "w", cwd=tmp_path)
     _assert_clean_failure(proc, "imagenet", "mnist_m", "usps", "svhn", ".npz")
 
 
 def test_npz_with_wrong_keys(tmp_path):
     bad = tmp_path / "mine.npz"
     np.savez(bad, images=np.zeros((4, 28, 28), np.uint8))
-    proc = _cli("--source", bad, "--target", bad, "--workdir", tmp_path / "w")
+    proc = _cli("--source", bad, "--target", bad, "--workdir", tmp_path / "w", cwd=tmp_path)
     _assert_clean_failure(proc, "x_train", workdir=tmp_path / "w")
 
 
 def test_non_finite_loss_names_the_step(tmp_path):
-    proc = _cli("--lr", "1e12", "--steps", "20", *FAST, "--workdir", tmp_path / "w")
+    proc = _cli("--lr", "1e12", "--steps", "20", *FAST, "--workdir", tmp_path / "w", cwd=tmp_path)
     _assert_clean_failure(proc, "diverged", "at step", workdir=tmp_path / "w")
 
 
@@ -249,12 +253,12 @@ def test_non_finite_loss_names_the_step(tmp_path):
     ],
 )
 def test_bad_flag_values(tmp_path, args, needle):
-    proc = _cli(*args, "--workdir", tmp_path / "w")
+    proc = _cli(*args, "--workdir", tmp_path / "w", cwd=tmp_path)
     _assert_clean_failure(proc, needle, workdir=tmp_path / "w")
 
 
 def test_unknown_choice_is_an_argparse_error(tmp_path):
-    proc = _cli("--mode", "magic")
+    proc = _cli("--mode", "magic", cwd=tmp_path)
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
 
 
