@@ -31,6 +31,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
@@ -80,6 +81,7 @@ class Bench:
     flops_source: str | None = None
     compile_s: float | None = None
     note: str = ""
+    kernels: int | None = None
 
 
 # -------------------------------------------------------------- device peak and FLOPs
@@ -124,15 +126,64 @@ def _flops_of(analysis: Any) -> float | None:
     return float(value) if value and value > 0 else None
 
 
-def compile_with_flops(fn: Any, *args: Any) -> tuple[float | None, str | None, float | None]:
-    """AOT-compile `fn` for `args` (the jit cache reuses it); (flops, source, seconds).
+# Instructions of optimized HLO that launch nothing: they name, slice or regroup buffers.
+_NOT_KERNELS = frozenset(
+    {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "call",
+     "conditional", "copy-start", "copy-done", "opt-barrier", "after-all", "partition-id",
+     "replica-id"}
+)  # fmt: skip
+_HLO_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?\S+ = .*?[\]}) ]([a-z][a-z0-9-]*)\(")
+
+
+def _computations(hlo_text: str) -> dict[str, list[str]]:
+    """Optimized HLO text -> {computation name ("ENTRY" for the entry): instruction lines}."""
+    comps: dict[str, list[str]] = {}
+    current = None
+    for line in hlo_text.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith("{"):
+            head = line.split()
+            current = "ENTRY" if head[0] == "ENTRY" else head[0].lstrip("%")
+            comps[current] = []
+        elif line.startswith("}"):
+            current = None
+        elif current is not None:
+            comps[current].append(line)
+    return comps
+
+
+def count_kernels(hlo_text: str) -> int | None:
+    """Launches per training step in an optimized HLO module: fusions, library calls, ops.
+
+    Counts the top-level instructions of the computation that runs once per step (the
+    entry; for a scanned K-step program, its loop body), leaving out those that launch
+    nothing (`_NOT_KERNELS`). On a GPU each counted instruction is roughly one kernel, so
+    at small shapes, where launches rather than FLOPs bound the step, the count explains
+    a step-time gap between two programs of the same model. None if the text is not
+    recognised.
+    """
+    comps = _computations(hlo_text)
+    if "ENTRY" not in comps:
+        return None
+    lines = comps["ENTRY"]
+    bodies = [m.group(1) for line in lines if (m := re.search(r"\bbody=%?([\w.\-]+)", line))]
+    if bodies:
+        lines = max((comps.get(b, []) for b in bodies), key=len)
+    ops = [m.group(1) for line in lines if (m := _HLO_INSTRUCTION.match(line))]
+    return sum(op not in _NOT_KERNELS for op in ops)
+
+
+def compile_with_flops(
+    fn: Any, *args: Any
+) -> tuple[float | None, str | None, float | None, int | None]:
+    """AOT-compile `fn` for `args` (the jit cache reuses it); (flops, source, seconds, kernels).
 
     The compiled module's count is preferred; the pre-optimisation count is the fallback
-    when a backend does not count its library calls (cuDNN/cuBLAS custom calls). A plain
-    Python function (no ``.lower``) gives (None, None, None): it compiles on first call.
+    when a backend does not count its library calls (cuDNN/cuBLAS custom calls).
+    ``kernels`` is `count_kernels` of the compiled module. A plain Python function (no
+    ``.lower``) gives all None: it compiles on first call.
     """
     if not hasattr(fn, "lower"):
-        return None, None, None
+        return None, None, None, None
     lowered = fn.lower(*args)
     try:
         lowered_flops = _flops_of(lowered.cost_analysis())
@@ -145,11 +196,15 @@ def compile_with_flops(fn: Any, *args: Any) -> tuple[float | None, str | None, f
         compiled_flops = _flops_of(compiled.cost_analysis())
     except Exception:
         compiled_flops = None
+    try:
+        kernels = count_kernels(compiled.as_text())
+    except Exception:  # as_text is best effort on some backends
+        kernels = None
     if compiled_flops and (not lowered_flops or compiled_flops >= 0.5 * lowered_flops):
-        return compiled_flops, "XLA cost analysis (compiled)", seconds
+        return compiled_flops, "XLA cost analysis (compiled)", seconds, kernels
     if lowered_flops:
-        return lowered_flops, "XLA cost analysis (lowered HLO)", seconds
-    return None, None, seconds
+        return lowered_flops, "XLA cost analysis (lowered HLO)", seconds, kernels
+    return None, None, seconds, kernels
 
 
 # -------------------------------------------------------------- data
@@ -231,18 +286,18 @@ def bench_jit(shape: Shape, precision: str) -> Bench:
     """dann_jax's compile_train_step (jax.jit, state donated)."""
     model, tx, state, hp = _library(shape, precision)
     step = dj.compile_train_step(model, tx)
-    flops, source, seconds = compile_with_flops(step, state, shape.batch, hp)
+    flops, source, seconds, kernels = compile_with_flops(step, state, shape.batch, hp)
     call = _stepper(step, state, shape.batch, hp)
-    return Bench(call, jax.block_until_ready, 1, precision, flops, source, seconds)
+    return Bench(call, jax.block_until_ready, 1, precision, flops, source, seconds, kernels=kernels)
 
 
 def bench_jit_lean(shape: Shape, precision: str) -> Bench:
     """compile_train_step(diagnostics=False): the losses only, no accuracies / grad norm."""
     model, tx, state, hp = _library(shape, precision)
     step = dj.compile_train_step(model, tx, diagnostics=False)
-    flops, source, seconds = compile_with_flops(step, state, shape.batch, hp)
+    flops, source, seconds, kernels = compile_with_flops(step, state, shape.batch, hp)
     call = _stepper(step, state, shape.batch, hp)
-    return Bench(call, jax.block_until_ready, 1, precision, flops, source, seconds)
+    return Bench(call, jax.block_until_ready, 1, precision, flops, source, seconds, kernels=kernels)
 
 
 def bench_steps(shape: Shape, precision: str) -> Bench:
@@ -250,13 +305,13 @@ def bench_steps(shape: Shape, precision: str) -> Bench:
     model, tx, state, hp = _library(shape, precision)
     k = shape.k
     run = dj.compile_train_steps(model, tx, num_steps=k, batch_size=shape.batch_size)
-    flops, source, seconds = compile_with_flops(run, state, shape.data, hp)
+    flops, source, seconds, kernels = compile_with_flops(run, state, shape.data, hp)
     note = f"K={k}; includes on-device batch sampling"
     if not hasattr(run, "lower"):
         note += "; the library returns K dispatches of a 1-step program here"
     call = _stepper(run, state, shape.data, hp)
     flops = flops / k if flops else None
-    return Bench(call, jax.block_until_ready, k, precision, flops, source, seconds, note)
+    return Bench(call, jax.block_until_ready, k, precision, flops, source, seconds, note, kernels)
 
 
 def bench_pmap(shape: Shape, precision: str) -> Bench:
@@ -266,10 +321,10 @@ def bench_pmap(shape: Shape, precision: str) -> Bench:
     step = dj.compile_train_step(model, tx, parallel=True)
     state, hp = dj.replicate(state, devices=devices), dj.replicate(hp, devices=devices)
     batch = dj.shard(shape.batch, num_devices=1)
-    flops, source, seconds = compile_with_flops(step, state, batch, hp)
+    flops, source, seconds, kernels = compile_with_flops(step, state, batch, hp)
     note = "pmap over 1 of the local devices"
     call = _stepper(step, state, batch, hp)
-    return Bench(call, jax.block_until_ready, 1, precision, flops, source, seconds, note)
+    return Bench(call, jax.block_until_ready, 1, precision, flops, source, seconds, note, kernels)
 
 
 def bench_handwritten(shape: Shape, precision: str) -> Bench:
@@ -278,9 +333,9 @@ def bench_handwritten(shape: Shape, precision: str) -> Bench:
     tx = hw.make_optimizer(TOTAL_STEPS)
     state = hw.init_state(hw.from_flax(_fresh(shape.state.params)), tx)
     step = hw.make_step(shape.arch, tx, TOTAL_STEPS, dtype=dtype)
-    flops, source, seconds = compile_with_flops(step, state, shape.batch)
+    flops, source, seconds, kernels = compile_with_flops(step, state, shape.batch)
     call = _stepper(step, state, shape.batch)
-    return Bench(call, jax.block_until_ready, 1, precision, flops, source, seconds)
+    return Bench(call, jax.block_until_ready, 1, precision, flops, source, seconds, kernels=kernels)
 
 
 def torch_missing() -> str | None:
@@ -368,6 +423,7 @@ def base_row(arch: str, batch_size: int, impl: str) -> dict[str, Any]:
         "peak_name": None,
         "fraction_of_peak": None,
         "compile_s": None,
+        "kernels_per_step": None,
         "repeats": None,
         "steps_per_repeat": None,
         "note": "",
@@ -427,6 +483,7 @@ def measure_shape(shape: Shape, args: argparse.Namespace) -> list[dict]:
             flops_per_step=bench.flops_per_step,
             flops_source=bench.flops_source,
             compile_s=bench.compile_s,
+            kernels_per_step=bench.kernels,
             repeats=len(times[impl]),
             steps_per_repeat=max(1, args.steps_per_call // bench.steps_per_call)
             * bench.steps_per_call,
@@ -471,7 +528,8 @@ def format_table(rows: list[dict]) -> str:
     """The rows as a fixed-width text table (notes in the last column)."""
     header = (
         f"{'arch':6} {'B/dom':>5}  {'implementation':24} {'median ms':>10} {'min ms':>9} "
-        f"{'images/s':>10} {'vs torch':>8} {'GFLOP':>7} {'TFLOP/s':>8} {'peak':>6}  note"
+        f"{'images/s':>10} {'vs torch':>8} {'GFLOP':>7} {'TFLOP/s':>8} {'peak':>6} "
+        f"{'kernels':>7}  note"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
@@ -486,7 +544,8 @@ def format_table(rows: list[dict]) -> str:
             f"{_fmt(r['step_ms_median'], '.3f'):>10} {_fmt(r['step_ms_min'], '.3f'):>9} "
             f"{_fmt(r['images_per_s'], ',.0f'):>10} "
             f"{_fmt(r['speedup_vs_torch_eager'], '.2f', 'x'):>8} {_fmt(gflop, '.2f'):>7} "
-            f"{_fmt(r['achieved_tflops'], '.3f'):>8} {peak:>6}  {r['note']}"
+            f"{_fmt(r['achieved_tflops'], '.3f'):>8} {peak:>6} "
+            f"{_fmt(r['kernels_per_step'], 'd'):>7}  {r['note']}"
         )
     return "\n".join(lines)
 

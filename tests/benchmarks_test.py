@@ -36,8 +36,8 @@ from benchmarks import step_time, time_to_accuracy  # noqa: E402
 ROW_FIELDS = {
     "arch", "batch_size", "impl", "label", "status", "precision", "step_ms_median",
     "step_ms_min", "images_per_s", "speedup_vs_torch_eager", "flops_per_step", "flops_source",
-    "achieved_tflops", "peak_tflops", "peak_name", "fraction_of_peak", "compile_s", "repeats",
-    "steps_per_repeat", "note",
+    "achieved_tflops", "peak_tflops", "peak_name", "fraction_of_peak", "compile_s",
+    "kernels_per_step", "repeats", "steps_per_repeat", "note",
 }  # fmt: skip
 
 
@@ -98,6 +98,10 @@ def test_step_time_quick_writes_rows(tmp_path):
         assert r["fraction_of_peak"] is None  # no peak for a CPU
         assert r["speedup_vs_torch_eager"] is None  # no torch row to compare with
         assert r["precision"] == ("bf16" if r["impl"].endswith("bf16") else "fp32")
+    kernels = {r["impl"]: r["kernels_per_step"] for r in rows}
+    # The diagnostics (accuracies, gradient norm) are extra kernels; the update is not.
+    assert 0 < kernels["handwritten"] <= kernels["jit_lean"] < kernels["jit"]
+    assert kernels["steps"] is None  # on CPU: K dispatches of a 1-step program
     assert "not installed" in proc.stdout and "dann_jax jit" in proc.stdout
 
 
@@ -114,6 +118,42 @@ def test_cost_analysis_dict_or_list():
     assert step_time._flops_of({"flops": 10.0}) == 10.0
     assert step_time._flops_of([{"flops": 7.0}]) == 7.0
     assert step_time._flops_of([]) is None and step_time._flops_of({}) is None
+
+
+_HLO = """HloModule jit_step, entry_computation_layout={(f32[8]{0})->f32[8]{0}}
+
+%fused_computation (p: f32[8]) -> f32[8] {
+  %p = f32[8]{0} parameter(0)
+  %a = f32[8]{0} add(f32[8]{0} %p, f32[8]{0} %p)
+  ROOT %m = f32[8]{0} multiply(f32[8]{0} %a, f32[8]{0} %a)
+}
+
+%body (s: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %s = (s32[], f32[8]{0}) parameter(0)
+  %i = s32[] get-tuple-element((s32[], f32[8]{0}) %s), index=0
+  %x = f32[8]{0} get-tuple-element((s32[], f32[8]{0}) %s), index=1
+  %f = f32[8]{0} fusion(f32[8]{0} %x), kind=kLoop, calls=%fused_computation
+  %g = f32[8]{0} custom-call(f32[8]{0} %f), custom_call_target="__cublas$gemm"
+  ROOT %t = (s32[], f32[8]{0}) tuple(s32[] %i, f32[8]{0} %g)
+}
+
+ENTRY %main.7 (x: f32[8]) -> f32[8] {
+  %x = f32[8]{0} parameter(0)
+  %c = s32[] constant(0)
+  %t = (s32[], f32[8]{0}) tuple(s32[] %c, f32[8]{0} %x)
+  %w = (s32[], f32[8]{0}) while((s32[], f32[8]{0}) %t), condition=%cond, body=%body
+  %y = f32[8]{0} get-tuple-element((s32[], f32[8]{0}) %w), index=1
+  ROOT %b = f32[8]{0} bitcast(f32[8]{0} %y)
+}
+"""
+
+
+def test_count_kernels_counts_launches_of_one_step():
+    # A scanned program: the loop body's fusion and library call, not the bookkeeping.
+    assert step_time.count_kernels(_HLO) == 2
+    entry_only = _HLO.replace("while(", "copy(").replace(", condition=%cond, body=%body", "")
+    assert step_time.count_kernels(entry_only) == 1  # the copy; constants etc. launch nothing
+    assert step_time.count_kernels("not HLO") is None
 
 
 # -------------------------------------------------------------- hand-written step == library
