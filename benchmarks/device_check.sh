@@ -82,5 +82,5 @@ done
 echo "== done in $((SECONDS - start)) s" | tee -a "$log"
 # The results, for a caller that sees only the end of the output.
 cat "$out/table.md" 2>/dev/null
-grep -hE '^(reached|did not reach)' "$log"
+grep -hE '^(== tta_[a-z]+ \(|time to |reached|did not reach)' "$log"
 grep -hE '^(arch |mnist |svhn )' "$log"

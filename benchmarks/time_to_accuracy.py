@@ -213,6 +213,21 @@ def train(args: argparse.Namespace, host: dict, report: dict) -> None:
     report["best_accuracy"] = max((c["accuracy"] for c in curve), default=None)
 
 
+def milestones(curve: list[dict], thresholds: list[float]) -> list[dict]:
+    """First evaluation at or above each threshold: accuracy, step, elapsed_s (None if never)."""
+    out = []
+    for threshold in sorted(thresholds):
+        first = next((c for c in curve if c["accuracy"] >= threshold), None)
+        out.append(
+            {
+                "accuracy": threshold,
+                "step": first["step"] if first else None,
+                "elapsed_s": first["elapsed_s"] if first else None,
+            }
+        )
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -244,6 +259,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--target-accuracy", type=float, default=PAPER_ACCURACY)
     p.add_argument("--stop-at-target", action="store_true", help="stop once the target is met")
+    p.add_argument(
+        "--milestones",
+        type=lambda v: [float(x) for x in v.split(",") if x],
+        default=[0.6, 0.7],
+        help="also report the time to these accuracies, comma-separated (default 0.6,0.7), "
+        "so a run that misses the target still shows how fast it got where it got",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the report as JSON here")
     args = p.parse_args(argv)
@@ -295,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
         return 1
+    report["milestones"] = milestones(report["curve"], [*args.milestones, args.target_accuracy])
+    for m in report["milestones"]:
+        when = "never" if m["step"] is None else f"step {m['step']}, {m['elapsed_s']:.1f} s"
+        print(f"time to {m['accuracy']}: {when}")
     reached = (
         f"reached {args.target_accuracy} at step {report['step_at_target']} after "
         f"{report['time_to_target_s']:.1f} s"

@@ -308,6 +308,8 @@ def test_time_to_accuracy_tiny_run(tmp_path, digits_dir):
             *args,
             "--target-accuracy",
             "0.0",  # reached at the first evaluation, so every field gets filled
+            "--milestones",
+            "0.6,1.01",
             "--out",
             str(out),
         ],
@@ -331,6 +333,23 @@ def test_time_to_accuracy_tiny_run(tmp_path, digits_dir):
     for key in ("device_kind", "jax_version", "date", "command"):
         assert key in report
     assert report["settings"]["recipe"] == "improved"
+    # 0.0 is reached at the first evaluation, 1.01 never.
+    assert [m["accuracy"] for m in report["milestones"]] == [0.0, 0.6, 1.01]
+    assert report["milestones"][0]["step"] == 2 and report["milestones"][2]["step"] is None
+
+
+def test_time_to_accuracy_milestones():
+    curve = [
+        {"step": 100, "accuracy": 0.55, "elapsed_s": 3.0},
+        {"step": 200, "accuracy": 0.72, "elapsed_s": 4.0},
+        {"step": 300, "accuracy": 0.69, "elapsed_s": 5.0},
+    ]
+    got = time_to_accuracy.milestones(curve, [0.7666, 0.6, 0.7])
+    assert got == [
+        {"accuracy": 0.6, "step": 200, "elapsed_s": 4.0},
+        {"accuracy": 0.7, "step": 200, "elapsed_s": 4.0},
+        {"accuracy": 0.7666, "step": None, "elapsed_s": None},
+    ]
 
 
 def test_loaders_agree(tmp_path, digits_dir):
