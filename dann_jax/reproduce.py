@@ -40,8 +40,17 @@ PAPER: dict[tuple[str, str], dict[str, tuple[float, str]]] = {
 # Named settings applied on top of the paper recipe; "paper" changes nothing.
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {},
-    # Not the paper: BatchNorm in the extractor with per-domain batch statistics.
-    "improved": {"batchnorm": True, "bn_stats": "per_domain"},
+    # Not the paper: Adam (mu0 = 0.001, the paper's annealing on top), BatchNorm in the
+    # extractor with per-domain batch statistics, dropout 0.5 on the features. Each alone
+    # did worse than the paper recipe over 12,000 steps on MNIST -> MNIST-M (Adam: the
+    # discriminator wins; BatchNorm: unstable); together they did better (README).
+    "improved": {
+        "optimizer": "adam",
+        "lr": 0.001,
+        "batchnorm": True,
+        "bn_stats": "per_domain",
+        "dropout": 0.5,
+    },
 }
 
 MODES = ("source_only", "dann", "target_only")

@@ -41,8 +41,14 @@ def test_cells_recipes_and_references(tmp_path):
     assert table["complete"] is True and len(table["rows"]) == len(calls) == 12
     improved = [c for c in calls if c.workdir.endswith("-improved")]
     assert len(improved) == 6
-    assert all(c.batchnorm and c.bn_stats == "per_domain" for c in improved)
-    assert not any(c.batchnorm for c in calls if c not in improved)
+    for c in improved:
+        assert (c.optimizer, c.lr, c.batchnorm, c.bn_stats, c.dropout) == (
+            "adam", 0.001, True, "per_domain", 0.5,
+        )  # fmt: skip
+    paper = [c for c in calls if c not in improved]
+    assert all(
+        (c.optimizer, c.lr, c.batchnorm, c.dropout) == ("sgd", 0.01, False, 0.0) for c in paper
+    )
     row = next(r for r in table["rows"] if (r["target"], r["mode"]) == ("mnist_m", "dann"))
     assert row["reference"] == 0.7666 and row["reference_source"] == "paper"
     assert row["per_seed"] == [0.69, 0.71]
