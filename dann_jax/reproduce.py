@@ -41,9 +41,10 @@ PAPER: dict[tuple[str, str], dict[str, tuple[float, str]]] = {
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {},
     # Not the paper: Adam (mu0 = 0.001, the paper's annealing on top), BatchNorm in the
-    # extractor with per-domain batch statistics, dropout 0.5 on the features. Each alone
-    # did worse than the paper recipe over 12,000 steps on MNIST -> MNIST-M (Adam: the
-    # discriminator wins; BatchNorm: unstable); together they did better (README).
+    # extractor with per-domain batch statistics, dropout 0.5 on the features. On MNIST ->
+    # MNIST-M over 12,000 steps: 0.8535 +- 0.0126 (3 seeds) against 0.7249 +- 0.0117 for
+    # the paper recipe. Adam alone and per-domain BatchNorm alone did worse than the
+    # paper; dropout is what stabilised the BatchNorm run (README, "Results so far").
     "improved": {
         "optimizer": "adam",
         "lr": 0.001,
