@@ -228,6 +228,19 @@ def milestones(curve: list[dict], thresholds: list[float]) -> list[dict]:
     return out
 
 
+def _accuracies(value: str) -> list[float]:
+    """Parse --milestones: comma-separated non-negative accuracies (above 1: never reached)."""
+    try:
+        out = [float(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        out = None
+    if not out or not all(a >= 0.0 for a in out):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: give comma-separated accuracies between 0 and 1, e.g. 0.6,0.7"
+        )
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -261,7 +274,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stop-at-target", action="store_true", help="stop once the target is met")
     p.add_argument(
         "--milestones",
-        type=lambda v: [float(x) for x in v.split(",") if x],
+        type=_accuracies,
         default=[0.6, 0.7],
         help="also report the time to these accuracies, comma-separated (default 0.6,0.7), "
         "so a run that misses the target still shows how fast it got where it got",

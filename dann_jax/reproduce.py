@@ -164,9 +164,9 @@ def enable_compilation_cache(path: str | os.PathLike) -> None:
 
 def write_table(out: Path, table: dict[str, Any]) -> None:
     """Write ``table.json`` and ``table.md`` (ours beside the paper / tllib), atomically."""
-    from dann_jax.experiment import _atomic_write as _write_atomic
+    from dann_jax.experiment import _atomic_write  # imported here: it pulls in JAX
 
-    _write_atomic(out / "table.json", json.dumps(table, indent=2))
+    _atomic_write(out / "table.json", json.dumps(table, indent=2))
     lines = [
         "| pair | recipe | mode | ours (mean ± std) | per seed | reference | steps | data |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -188,7 +188,7 @@ def write_table(out: Path, table: dict[str, Any]) -> None:
         if resize == "auto"
         else "."
     )
-    _write_atomic(
+    _atomic_write(
         out / "table.md",
         f"{status}Digits, {table['date']}. Protocol: {table['protocol']}. {preprocessing}\n\n"
         + "\n".join(lines)

@@ -338,6 +338,14 @@ def test_time_to_accuracy_tiny_run(tmp_path, digits_dir):
     assert report["milestones"][0]["step"] == 2 and report["milestones"][2]["step"] is None
 
 
+@pytest.mark.parametrize("bad", ["abc", "0.6,x", "-0.1", ","])
+def test_time_to_accuracy_bad_milestones_name_the_fix(bad, capsys):
+    with pytest.raises(SystemExit) as e:
+        time_to_accuracy.parse_args(["--milestones", bad])
+    assert e.value.code == 2
+    assert "comma-separated accuracies" in capsys.readouterr().err
+
+
 def test_time_to_accuracy_milestones():
     curve = [
         {"step": 100, "accuracy": 0.55, "elapsed_s": 3.0},
