@@ -258,7 +258,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("paper", "improved"),
         default="paper",
         help="settings of dann_jax.reproduce.RECIPES: the paper's, or the labelled improved "
-        "one (Adam, BatchNorm with per-domain statistics, dropout 0.5)",
+        "one (BatchNorm with per-domain statistics, dropout 0.5; SGD as in the paper)",
     )
     # The main job's default length on full data (dann_jax.experiment.DEFAULT_STEPS).
     p.add_argument("--steps", type=int, default=12_000, help="training steps (default 12000)")

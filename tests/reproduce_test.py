@@ -43,7 +43,7 @@ def test_cells_recipes_and_references(tmp_path):
     assert len(improved) == 6
     for c in improved:
         assert (c.optimizer, c.lr, c.batchnorm, c.bn_stats, c.dropout) == (
-            "adam", 0.001, True, "per_domain", 0.5,
+            "sgd", 0.01, True, "per_domain", 0.5,
         )  # fmt: skip
     paper = [c for c in calls if c not in improved]
     assert all(
