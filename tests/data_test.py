@@ -218,6 +218,45 @@ def test_usps_builder_round_trip(tmp_path):
     assert_round_trip(d, splits, channels=1)
 
 
+# Each process imports TFDS first, then waits at a file barrier so that both look for
+# the prepared data at the same moment.
+_PREPARE_AT_ONCE = """
+import sys, time
+from pathlib import Path
+import dann_jax.data.builders
+from dann_jax import data
+tmp = Path(sys.argv[1])
+(tmp / f"ready_{sys.argv[2]}").touch()
+while len(list(tmp.glob("ready_*"))) < 2:
+    time.sleep(0.005)
+d = data.load_domain("usps", data_dir=tmp / "tfds", manual_dir=tmp / "raw")
+print(d.origin.split("(")[1].split(";")[0], int(d.x_train.astype("int64").sum()))
+"""
+
+
+def test_two_processes_preparing_at_once_do_not_clash(tmp_path):
+    import subprocess
+
+    splits = write_usps(tmp_path / "raw" / "usps")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PREPARE_AT_ONCE, str(tmp_path), str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    # One prepared, the other waited for it (or came after) and read the same data.
+    last = [out.splitlines()[-1].split() for out, _ in outs]  # TFDS prints above it
+    assert sorted(how for how, _ in last) == ["new", "reused"]
+    expected = int(splits["train"][0].astype(np.int64).sum())
+    assert [int(total) for _, total in last] == [expected, expected]
+
+
 def test_svhn_builder_round_trip_maps_10_to_0(tmp_path):
     splits = write_svhn(tmp_path / "raw" / "svhn")
     d = data.load_domain("svhn", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")

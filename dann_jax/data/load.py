@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from dann_jax.data import raw
@@ -15,6 +18,27 @@ KNOWN_DOMAINS: tuple[str, ...] = ("mnist", "mnist_m", "usps", "svhn")
 def default_data_dir() -> Path:
     """TFDS's default data dir: $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
     return Path(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser()
+
+
+@contextlib.contextmanager
+def _preparation_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path` while one process downloads and prepares."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks (Windows): concurrent first runs may still clash
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"dann_jax: waiting for another process preparing {path.stem}", file=sys.stderr)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def load_domain(
@@ -69,35 +93,44 @@ def load_domain(
             f"Unknown domain {name!r}. Known domains: {', '.join(KNOWN_DOMAINS)}; "
             f"or give a path to an .npz file. {NPZ_HOWTO}"
         )
-    # Lazy: these import tensorflow_datasets.
-    from dann_jax.data import builders
-    from dann_jax.data import download as dl
+    from dann_jax.data import builders  # lazy: imports tensorflow_datasets
 
     data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     builder = builders.make_builder(name, data_dir)
-    if builders.is_prepared(builder):
-        origin = (
-            f"prepared TFDS data {builder.data_path} (reused; from {builders.raw_source(builder)})"
-        )
-    else:
-        if manual_dir is not None:
-            raw.check_files(name, manual_dir)  # fail before TFDS creates anything
-            root = Path(manual_dir).expanduser()
-            builder.raw_label = f"manual dir {root}"
-        elif download:
-            root = dl.download_domain(name, builders.download_root(data_dir))
-            builder.raw_label = f"download into {root}"
-        else:
-            raise DataError(
-                f"{name} is not prepared in {data_dir}, no manual_dir was given "
-                "and download=False. "
-                f"Pass manual_dir=<folder with the upstream files>; layout:\n{raw.LAYOUT}"
-            )
-        builder.raw_root = root
-        builders.prepare(builder)
-        origin = (
-            f"prepared TFDS data {builder.data_path} (new; from {builders.raw_source(builder)})"
-        )
+    fresh = False
+    if not builders.is_prepared(builder):
+        # Runs started together on a fresh data dir (a seed sweep, parallel jobs) would
+        # all prepare, and TFDS's final rename then fails in the slower ones. One
+        # prepares under a lock; the others wait and find the data prepared.
+        with _preparation_lock(data_dir / f"{builder.name}.lock"):
+            builder = builders.make_builder(name, data_dir)
+            if not builders.is_prepared(builder):
+                _download_and_prepare(builder, name, data_dir, manual_dir, download)
+                fresh = True
+    how = "new" if fresh else "reused"
+    origin = f"prepared TFDS data {builder.data_path} ({how}; from {builders.raw_source(builder)})"
     x_train, y_train = builders.read_split(builder, "train")
     x_test, y_test = builders.read_split(builder, "test")
     return Domain(name, "full", x_train, y_train, x_test, y_test, origin)
+
+
+def _download_and_prepare(builder, name: str, data_dir: Path, manual_dir, download: bool) -> None:
+    """Point `builder` at the raw files (manual dir or download) and prepare it."""
+    from dann_jax.data import builders
+    from dann_jax.data import download as dl
+
+    if manual_dir is not None:
+        raw.check_files(name, manual_dir)  # fail before TFDS creates anything
+        root = Path(manual_dir).expanduser()
+        builder.raw_label = f"manual dir {root}"
+    elif download:
+        root = dl.download_domain(name, builders.download_root(data_dir))
+        builder.raw_label = f"download into {root}"
+    else:
+        raise DataError(
+            f"{name} is not prepared in {data_dir}, no manual_dir was given "
+            "and download=False. "
+            f"Pass manual_dir=<folder with the upstream files>; layout:\n{raw.LAYOUT}"
+        )
+    builder.raw_root = root
+    builders.prepare(builder)
