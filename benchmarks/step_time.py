@@ -612,6 +612,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="let PyTorch use TF32 for float32 matmuls/convs on GPU, as XLA does by "
         "default (default on)",
     )
+    p.add_argument(
+        "--require-idle",
+        action="store_true",
+        help="exit with status 2 instead of timing when the 1-minute load average is above "
+        "the usable cores (otherwise such a run is flagged BUSY in its output)",
+    )
     p.add_argument("--out", help="write all rows and the environment as JSON here")
     p.add_argument("--verbose", action="store_true", help="print tracebacks of failing rows")
     args = p.parse_args(argv)
@@ -637,6 +643,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     print(
         f"# device: {env['device_kind']} ({env['platform']}), jax {env['jax_version']}", flush=True
     )
+    print(f"# before: {benchmarks.describe_load(env)}", flush=True)
     rows: list[dict] = []
     for arch in args.archs:
         for batch_size in args.batch_sizes:
@@ -650,11 +657,21 @@ def run(args: argparse.Namespace) -> list[dict]:
             finish_rows(rows, env["device_kind"], args.torch_tf32)
             if args.out:  # after every shape, so a run cut short keeps what it measured
                 write_json(args.out, env, rows)
+    # The load over the last minute includes the benchmark's own threads; with the load
+    # before the run it shows whether anything else was running.
+    env["after"] = benchmarks.machine_load()
+    print(f"# after: {benchmarks.describe_load(env['after'])}", flush=True)
+    if args.out:
+        write_json(args.out, env, rows)
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    load = benchmarks.machine_load()
+    if args.require_idle and load["busy"]:
+        print(f"error: {benchmarks.describe_load(load)}.", file=sys.stderr)
+        return 2
     rows = run(args)
     print(format_table(rows))
     if args.out:

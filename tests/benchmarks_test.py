@@ -80,8 +80,11 @@ def test_step_time_quick_writes_rows(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
-    for key in ("device_kind", "jax_version", "date", "command", "rows"):
+    for key in ("device_kind", "jax_version", "date", "command", "rows", "load_average"):
         assert key in report
+    assert report["usable_cores"] >= 1 and isinstance(report["busy"], bool)
+    assert "load_average" in report["after"]
+    assert "# before: load average" in proc.stdout and "# after: load average" in proc.stdout
     rows = report["rows"]
     assert [r["impl"] for r in rows] == impls
     for r in rows:
@@ -103,6 +106,20 @@ def test_step_time_quick_writes_rows(tmp_path):
     assert 0 < kernels["handwritten"] <= kernels["jit_lean"] < kernels["jit"]
     assert kernels["steps"] is None  # on CPU: K dispatches of a 1-step program
     assert "not installed" in proc.stdout and "dann_jax jit" in proc.stdout
+
+
+def test_busy_machine_is_flagged_and_refused(monkeypatch, capsys):
+    import benchmarks
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 5.0, 1.0))
+    load = benchmarks.machine_load()
+    assert load["busy"] and load["load_average"] == [9.0, 5.0, 1.0]
+    assert "BUSY" in benchmarks.describe_load(load)
+    assert step_time.main(["--quick", "--require-idle"]) == 2  # refused before any timing
+    assert "BUSY" in capsys.readouterr().err
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    idle = benchmarks.machine_load()
+    assert not idle["busy"] and "BUSY" not in benchmarks.describe_load(idle)
 
 
 def test_peak_table():
