@@ -8,10 +8,10 @@ device-resident batch; warm-up (compilation) is excluded; each repeat times
 `--steps-per-call` consecutive steps and ends with a device synchronisation; the table
 reports the median and minimum per-step time over the repeats.
 
-Run from the repository root (no installation needed)::
+Run from the repository root (``benchmarks`` is not part of the installed package)::
 
-    python benchmarks/step_time.py --quick
-    python benchmarks/step_time.py --archs mnist svhn --batch-sizes 64 256 1024 --out step.json
+    python -m benchmarks.step_time --quick
+    python -m benchmarks.step_time --archs mnist svhn --batch-sizes 64 256 1024 --out step.json
 
 PyTorch rows need torch (``pip install -e .[bench]``); without it they say "not installed".
 """
@@ -20,31 +20,27 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from a checkout, without installation
-    sys.path.insert(0, str(ROOT))
 # JAX takes 75% of GPU memory up front by default; leave room for the PyTorch rows.
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-import traceback  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import dataclasses
+import re
+import statistics
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import benchmarks  # noqa: E402
-import dann_jax as dj  # noqa: E402
-from benchmarks import handwritten as hw  # noqa: E402
+import benchmarks
+import dann_jax as dj
+from benchmarks import handwritten as hw
+from dann_jax import io as dj_io
 
 IMPLS = {
     "jit": "dann_jax jit",
@@ -301,16 +297,26 @@ def bench_jit_lean(shape: Shape, precision: str) -> Bench:
 
 
 def bench_steps(shape: Shape, precision: str) -> Bench:
-    """dann_jax's compile_train_steps: K steps per dispatch, batches drawn on the device."""
+    """dann_jax's compile_train_steps: K steps per dispatch, batches drawn on the device.
+
+    FLOPs and kernels come from the program one dispatch runs, divided by the steps it
+    takes: XLA's cost analysis counts a loop body once, so a K-step scan's own count
+    would be K times too low per step.
+    """
     model, tx, state, hp = _library(shape, precision)
     k = shape.k
     run = dj.compile_train_steps(model, tx, num_steps=k, batch_size=shape.batch_size)
-    flops, source, seconds, kernels = compile_with_flops(run, state, shape.data, hp)
+    per = run.steps_per_dispatch
+    if per > 1:  # a rolled scan: count one step's program instead
+        one = dj.compile_train_steps(model, tx, num_steps=1, batch_size=shape.batch_size)
+        flops, source, _, kernels = compile_with_flops(one, state, shape.data, hp)
+        _, _, seconds, _ = compile_with_flops(run, state, shape.data, hp)
+    else:
+        flops, source, seconds, kernels = compile_with_flops(run, state, shape.data, hp)
     note = f"K={k}; includes on-device batch sampling"
-    if not hasattr(run, "lower"):
-        note += "; the library returns K dispatches of a 1-step program here"
+    if run.dispatches > 1:
+        note += f"; {run.dispatches} dispatches of a {per}-step program per call here"
     call = _stepper(run, state, shape.data, hp)
-    flops = flops / k if flops else None
     return Bench(call, jax.block_until_ready, k, precision, flops, source, seconds, note, kernels)
 
 
@@ -568,10 +574,8 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def write_json(path: str, env: dict, rows: list[dict]) -> None:
-    """Write the report (environment + rows) as JSON, atomically."""
-    tmp = Path(path).with_suffix(Path(path).suffix + ".tmp")
-    tmp.write_text(json.dumps({**env, "rows": rows}, indent=2) + "\n")
-    tmp.replace(path)
+    """Write the report (environment + rows) as strict JSON, atomically (`dann_jax.io`)."""
+    dj_io.write_json(path, {**env, "rows": rows})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -19,7 +19,11 @@ else straight from the files with dann_jax's own raw readers (`dann_jax.data.raw
 
 Run from the repository root::
 
-    python benchmarks/time_to_accuracy.py --data-dir DIR --out tta.json
+    python -m benchmarks.time_to_accuracy --data-dir DIR --out tta.json
+
+The ``--out`` JSON is written however the run ends (Ctrl-C and SIGTERM included); its
+``complete`` is true only for a run that finished without diverging, and ``error`` says
+why one did not.
 """
 
 from __future__ import annotations
@@ -29,15 +33,10 @@ import time
 START = time.perf_counter()  # before the heavy imports: they count towards the wall time
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from a checkout, without installation
-    sys.path.insert(0, str(ROOT))
 
 import benchmarks  # noqa: E402
 
@@ -288,22 +287,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    # Checked before JAX is imported, so a wrong --data-dir fails at once.
-    error = check_data_dir(args.data_dir)
-    if error:
-        print(error, file=sys.stderr)
-        return 2
-    report: dict[str, Any] = {
-        "target_accuracy": args.target_accuracy,
-        "reached": False,
-        "time_to_target_s": None,
-        "time_to_target_from_training_start_s": None,
-        "step_at_target": None,
-        "timings": {},
-        "curve": [],
-    }
+def measure(args: argparse.Namespace, report: dict[str, Any]) -> int:
+    """Load, train and summarise into `report`; the exit status (0, or 1 on divergence).
+
+    `report` is filled as the run goes, so whatever stops it leaves what was measured;
+    ``report["complete"]`` is set only at the end of a run that did not diverge.
+    """
     domains, loader = load_domains(args.data_dir, args.tfds_dir, args.loader)
     from dann_jax.config import Config
     from dann_jax.reproduce import RECIPES
@@ -327,8 +316,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
     report["total_s"] = elapsed()
     if "error" in report:
-        if args.out:
-            Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
         return 1
     report["milestones"] = milestones(report["curve"], [*args.milestones, args.target_accuracy])
     for m in report["milestones"]:
@@ -341,11 +328,48 @@ def main(argv: list[str] | None = None) -> int:
         else f"did not reach {args.target_accuracy} (best {report['best_accuracy']:.4f})"
     )
     print(f"{reached}; {report['steps_run']} steps in {report['total_s']:.1f} s in total")
-    if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    report["complete"] = True
     return 0
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (``timeout``, a batch scheduler) as SystemExit, so `main` still writes --out."""
+    sys.exit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Checked before JAX is imported, so a wrong --data-dir fails at once.
+    error = check_data_dir(args.data_dir)
+    if error:
+        print(error, file=sys.stderr)
+        return 2
+    from dann_jax import io as dj_io  # here, not at the top: keeps the data check fast
+
+    report: dict[str, Any] = {
+        "complete": False,
+        "target_accuracy": args.target_accuracy,
+        "reached": False,
+        "time_to_target_s": None,
+        "time_to_target_from_training_start_s": None,
+        "step_at_target": None,
+        "timings": {},
+        "curve": [],
+    }
+    try:
+        return measure(args, report)
+    except BaseException as e:  # Ctrl-C, SIGTERM, a crash: record why the run stopped
+        report.setdefault("error", f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+        raise
+    finally:
+        # Written whatever happened, so a run cut short still leaves a complete JSON file
+        # (with "complete": false) holding the curve measured so far.
+        report.setdefault("total_s", elapsed())
+        if args.out:
+            dj_io.write_json(args.out, report)
+            print(f"wrote {args.out}")
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     sys.exit(main())

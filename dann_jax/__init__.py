@@ -10,11 +10,14 @@ Public API:
 * schedules: `dann_lambda`, `grl_lambda`, `annealed_learning_rate`,
   `learning_rate_schedule`, `progress`;
 * configuration: `Config`, `ConfigError`, `hyperparams`;
-* training: `TrainState`, `make_model`, `make_optimizer`, `create_train_state`,
-  `train_step`, `train_steps`, `compile_train_step`, `compile_train_steps`,
-  `sample_batch`, `normalize`, `make_eval_set`, `evaluate`, `compile_evaluate`,
-  `check_finite`, `NonFiniteLossError`, `replicate`, `shard`, `unreplicate`,
-  `stack_trees`, `tree_index` (several seeds in one program).
+* training: `TrainState`, `TrainSteps`, `make_model`, `make_optimizer`,
+  `create_train_state`, `train_step`, `train_steps`, `compile_train_step`,
+  `compile_train_steps`, `sample_batch`, `check_finite`, `NonFiniteLossError`,
+  `stack_trees`, `tree_index` (several seeds in one program);
+* evaluation (one extractor pass, both heads): `normalize`, `make_eval_set`,
+  `evaluate`, `predict`, `compile_evaluate`, `compile_predict`;
+* data parallelism: `make_mesh`, `put_replicated`, `fetch` (jit over a device mesh, also
+  across hosts) and the ``jax.pmap`` form: `replicate`, `shard`, `unreplicate`.
 
 Separate imports, so the core never imports TensorFlow Datasets, scikit-learn or
 matplotlib: `dann_jax.data` (digit domains as TFDS data sets, the embedded default,
@@ -24,6 +27,14 @@ Embedded Validation, embeddings, confusion matrices).
 """
 
 from dann_jax.config import Config, ConfigError, hyperparams
+from dann_jax.evaluate import (
+    compile_evaluate,
+    compile_predict,
+    evaluate,
+    make_eval_set,
+    normalize,
+    predict,
+)
 from dann_jax.grl import GradientReversal, grad_reverse
 from dann_jax.losses import (
     accuracy,
@@ -39,19 +50,17 @@ from dann_jax.schedules import (
     learning_rate_schedule,
     progress,
 )
+from dann_jax.sharding import fetch, make_mesh, put_replicated
 from dann_jax.train import (
     NonFiniteLossError,
     TrainState,
+    TrainSteps,
     check_finite,
-    compile_evaluate,
     compile_train_step,
     compile_train_steps,
     create_train_state,
-    evaluate,
-    make_eval_set,
     make_model,
     make_optimizer,
-    normalize,
     replicate,
     sample_batch,
     shard,
@@ -74,11 +83,13 @@ __all__ = [
     "LabelClassifier",
     "NonFiniteLossError",
     "TrainState",
+    "TrainSteps",
     "accuracy",
     "annealed_learning_rate",
     "check_finite",
     "classification_loss",
     "compile_evaluate",
+    "compile_predict",
     "compile_train_step",
     "compile_train_steps",
     "create_train_state",
@@ -86,15 +97,19 @@ __all__ = [
     "domain_accuracy",
     "domain_adversarial_loss",
     "evaluate",
+    "fetch",
     "grad_reverse",
     "grl_lambda",
     "hyperparams",
     "learning_rate_schedule",
     "make_eval_set",
+    "make_mesh",
     "make_model",
     "make_optimizer",
     "normalize",
+    "predict",
     "progress",
+    "put_replicated",
     "replicate",
     "sample_batch",
     "shard",

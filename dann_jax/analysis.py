@@ -1,9 +1,9 @@
-"""Adaptation analysis: domain divergence, label-free model selection, confusion, embeddings.
+"""Adaptation metrics: domain divergence, label-free model selection, confusion, embeddings.
 
-Pure numpy / scikit-learn / matplotlib functions over arrays that a training run has
-already produced (features, labels, predictions, per-example losses); nothing here trains
-or calls a DANN model. The experiment runner collects the arrays and writes the results
-with `write_analysis`.
+Pure numpy / scikit-learn / scipy functions over arrays that a training run has already
+produced (features, labels, predictions, per-example losses); nothing here trains, calls
+a DANN model or draws (the figures are in `dann_jax.plots`). The experiment runner
+collects the arrays and writes the results with `write_analysis`.
 
 * `proxy_a_distance`: the proxy A-distance between source and target features (Ganin et
   al. 2016, Sec. 5.1.5; Ben-David et al. 2007/2010).
@@ -11,24 +11,25 @@ with `write_analysis`.
   target risk for model selection (You et al., ICML 2019).
 * `selection_agreement`: how well a label-free validator picks the candidate with the best
   (report-only) target accuracy.
-* `confusion_matrix`, `plot_confusion_matrix`, `embed`, `plot_embeddings` (DANN Fig. 5).
-* `write_analysis`: atomic ``analysis.json``.
+* `confusion_matrix`; `embed` (t-SNE/PCA coordinates, for DANN Fig. 5);
+  `flatten_features` (the input check the others share).
+* `write_analysis`: ``analysis.json`` through `dann_jax.io.write_json` (strict, atomic).
 
-scikit-learn, scipy and matplotlib are imported inside the functions that need them, so
-``import dann_jax.analysis`` costs no more than numpy.
+scikit-learn and scipy are imported inside the functions that need them, and matplotlib
+never, so ``import dann_jax.analysis`` costs no more than numpy.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import threading
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from dann_jax.io import write_json
 
 __all__ = [
     "DEV_C_GRID",
@@ -37,8 +38,7 @@ __all__ = [
     "deep_embedded_validation",
     "dev_risk_from_weights",
     "embed",
-    "plot_confusion_matrix",
-    "plot_embeddings",
+    "flatten_features",
     "proxy_a_distance",
     "selection_agreement",
     "write_analysis",
@@ -51,12 +51,21 @@ DEV_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 # Probabilities of the DEV discriminator are kept in [eps, 1 - eps]: an over-confident
 # discriminator would otherwise give an infinite density ratio (or a zero one).
 _DEV_PROB_EPS = 1e-7
-_SOURCE_COLOR = "tab:blue"
-_TARGET_COLOR = "tab:red"
 
 
-def _flatten(x: Any, name: str) -> np.ndarray:
-    """(N, ...) array-like -> float64 (N, D); rejects empty and non-finite input."""
+def flatten_features(x: Any, name: str) -> np.ndarray:
+    """(N, ...) array-like -> float64 (N, D); rejects empty and non-finite input.
+
+    Args:
+      x: features (or raw inputs) of N examples, any trailing shape.
+      name: what `x` is, for the error message.
+
+    Returns:
+      float64 (N, D) array, D the product of the trailing dimensions.
+
+    Raises:
+      ValueError: `x` is a scalar, has no rows, or holds NaN/inf.
+    """
     x = np.asarray(x)
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"{name}: expected a non-empty (N, ...) array, got shape {x.shape}")
@@ -137,7 +146,7 @@ def proxy_a_distance(
       NIPS 2007; Ben-David et al., "A theory of learning from different domains", Machine
       Learning 2010.
     """
-    xs, xt = _flatten(source, "source"), _flatten(target, "target")
+    xs, xt = flatten_features(source, "source"), flatten_features(target, "target")
     if xs.shape[1] != xt.shape[1]:
         raise ValueError(f"feature sizes differ: source D={xs.shape[1]}, target D={xt.shape[1]}")
     if not 0.0 < test_fraction < 1.0 or not 0.0 < val_fraction < 1.0:
@@ -327,8 +336,8 @@ def deep_embedded_validation(
       Adaptation", ICML 2019, Algorithm 1. Sugiyama et al., "Covariate Shift Adaptation by
       Importance Weighted Cross Validation", JMLR 2007 (IWCV).
     """
-    xv = _flatten(source_val_features, "source_val_features")
-    xt = _flatten(target_features, "target_features")
+    xv = flatten_features(source_val_features, "source_val_features")
+    xt = flatten_features(target_features, "target_features")
     losses = np.asarray(source_val_losses, np.float64).reshape(-1)
     if losses.shape[0] != xv.shape[0]:
         raise ValueError(f"{losses.shape[0]} losses for {xv.shape[0]} validation features")
@@ -339,7 +348,7 @@ def deep_embedded_validation(
     max_logit = math.log((1.0 - _DEV_PROB_EPS) / _DEV_PROB_EPS)
     log_w = np.empty(len(xv))
     if source_train_features is not None:
-        xtr = _flatten(source_train_features, "source_train_features")
+        xtr = flatten_features(source_train_features, "source_train_features")
         if xtr.shape[1] != xv.shape[1]:
             raise ValueError("source_train_features and source_val_features differ in D")
         c = _select_dev_c(xtr, xt, c_grid, seed)
@@ -430,7 +439,7 @@ def selection_agreement(
 
 
 # ----------------------------------------------------------------------------------------
-# Confusion matrix, embeddings, plots
+# Confusion matrix, embeddings
 # ----------------------------------------------------------------------------------------
 
 
@@ -461,96 +470,6 @@ def confusion_matrix(labels: Any, predictions: Any, num_classes: int = 10) -> np
     return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def _new_figure(width: float, height: float):
-    """A matplotlib Figure on an explicit Agg canvas (no pyplot, no global backend)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    # Binding the Agg canvas directly renders headless without touching pyplot's global
-    # state or the process-wide backend (safe in a runner that also uses pyplot).
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _tmp_name(path: str) -> str:
-    """Temporary sibling of path, unique per process and thread, for an atomic replace."""
-    # Same directory, so os.replace is a rename on one file system; a plain open() (not
-    # mkstemp) keeps the usual umask-derived permissions of the final file.
-    return f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
-
-
-def _write_atomically(path: str | os.PathLike, write: Callable[[Any], None], mode: str) -> str:
-    """Call ``write(f)`` on a temp file beside path, then os.replace it into place."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
-def _save_figure(fig, path: str | os.PathLike) -> str:
-    """Save as PNG atomically (temp file in the same directory, then os.replace)."""
-    return _write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=120), "wb")
-
-
-def plot_confusion_matrix(path: str | os.PathLike, matrix: Any, title: str = "") -> str:
-    """Save a confusion-matrix heat map as a PNG.
-
-    Colour is the row-normalised rate (per-class recall on the diagonal), so rare and
-    common classes are comparable; each cell is annotated with its raw count.
-
-    Args:
-      path: output ``.png`` path (parent directories are created).
-      matrix: (K, K) counts, rows = true class (as from `confusion_matrix`).
-      title: figure title.
-
-    Returns:
-      The path written.
-    """
-    m = np.asarray(matrix)
-    if m.ndim != 2 or m.shape[0] != m.shape[1]:
-        raise ValueError(f"matrix must be square (K, K), got {m.shape}")
-    k = m.shape[0]
-    row_sums = m.sum(axis=1, keepdims=True)
-    rates = np.divide(m, row_sums, out=np.zeros(m.shape, np.float64), where=row_sums > 0)
-
-    size = max(4.0, 0.5 * k + 2.0)
-    fig = _new_figure(size, size)
-    ax = fig.add_subplot(1, 1, 1)
-    im = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
-    ax.set_xticks(range(k))
-    ax.set_yticks(range(k))
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if title:
-        ax.set_title(title)
-    if k <= 30:  # beyond that the numbers are unreadable
-        for i in range(k):
-            for j in range(k):
-                ax.text(
-                    j,
-                    i,
-                    f"{m[i, j]:g}",
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="white" if rates[i, j] > 0.5 else "black",
-                )
-    fig.tight_layout()
-    return _save_figure(fig, path)
-
-
 def embed(features: Any, method: str = "tsne", seed: int = 0) -> np.ndarray:
     """2-D embedding of features by t-SNE or PCA.
 
@@ -566,7 +485,7 @@ def embed(features: Any, method: str = "tsne", seed: int = 0) -> np.ndarray:
     References:
       van der Maaten & Hinton, "Visualizing Data using t-SNE", JMLR 2008.
     """
-    x = _flatten(features, "features")
+    x = flatten_features(features, "features")
     if len(x) < 2:
         raise ValueError("embed needs at least 2 points")
     if x.shape[1] < 2:  # PCA/t-SNE need two input dimensions for two output ones
@@ -590,148 +509,18 @@ def embed(features: Any, method: str = "tsne", seed: int = 0) -> np.ndarray:
     raise ValueError(f"method must be 'tsne' or 'pca', got {method!r}")
 
 
-def _subsample(
-    rng: np.random.Generator, x: np.ndarray, labels: np.ndarray | None, n_max: int
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """At most n_max rows of x (and the matching labels), sampled without replacement."""
-    if len(x) <= n_max:
-        return x, labels
-    idx = np.sort(rng.choice(len(x), n_max, replace=False))
-    return x[idx], None if labels is None else labels[idx]
-
-
-def _scatter_domain(ax, xy: np.ndarray, labels: np.ndarray | None, color: str) -> None:
-    """Scatter one domain, each point drawn as its class digit (or a dot if unlabelled)."""
-    if labels is None:
-        ax.scatter(xy[:, 0], xy[:, 1], s=8, c=color, marker="o", alpha=0.6, linewidths=0)
-        return
-    for cls in np.unique(labels):
-        sel = labels == cls
-        # Mathtext markers draw the class label itself, as in the paper's Fig. 5.
-        ax.scatter(
-            xy[sel, 0],
-            xy[sel, 1],
-            s=30,
-            c=color,
-            marker=f"${int(cls)}$",
-            alpha=0.6,
-            linewidths=0,
-        )
-
-
-def plot_embeddings(
-    path: str | os.PathLike,
-    panels: Sequence[Mapping[str, Any]],
-    method: str = "tsne",
-    seed: int = 0,
-    max_points_per_domain: int = 1000,
-) -> str:
-    """Side-by-side 2-D embeddings of source and target features (DANN paper, Fig. 5).
-
-    Each panel embeds its source and target features jointly (one t-SNE/PCA over both,
-    so the two domains share coordinates). Colour is the domain (source blue, target
-    red); each point is drawn as its class label. Typical use: one panel for a
-    source-only model, one for the adapted model.
-
-    Args:
-      path: output ``.png`` path (parent directories are created).
-      panels: list of dicts with ``title`` (str), ``source`` (N_s, D) and ``target``
-        (N_t, D) features, and optionally ``source_labels`` (N_s,) and ``target_labels``
-        (N_t,) integer classes (dots when absent), ``source_name`` / ``target_name``
-        (legend entries; default "source" / "target").
-      method: "tsne" or "pca" (see `embed`).
-      seed: seed of the subsampling and of the embedding.
-      max_points_per_domain: each domain is subsampled (seeded) to at most this many
-        points, which keeps t-SNE to seconds.
-
-    Returns:
-      The path written.
-
-    References:
-      Ganin et al., JMLR 2016, Fig. 5.
-    """
-    from matplotlib.lines import Line2D
-
-    if not panels:
-        raise ValueError("panels is empty")
-    fig = _new_figure(5.0 * len(panels), 5.0)
-    rng = np.random.default_rng(seed)
-    for i, panel in enumerate(panels):
-        xs = _flatten(panel["source"], "source")
-        xt = _flatten(panel["target"], "target")
-        ys = panel.get("source_labels")
-        yt = panel.get("target_labels")
-        ys = None if ys is None else np.asarray(ys).reshape(-1)
-        yt = None if yt is None else np.asarray(yt).reshape(-1)
-        if (ys is not None and len(ys) != len(xs)) or (yt is not None and len(yt) != len(xt)):
-            raise ValueError(f"panel {i}: labels and features differ in length")
-        xs, ys = _subsample(rng, xs, ys, max_points_per_domain)
-        xt, yt = _subsample(rng, xt, yt, max_points_per_domain)
-        xy = embed(np.concatenate([xs, xt]), method=method, seed=seed)
-
-        ax = fig.add_subplot(1, len(panels), i + 1)
-        _scatter_domain(ax, xy[: len(xs)], ys, _SOURCE_COLOR)
-        _scatter_domain(ax, xy[len(xs) :], yt, _TARGET_COLOR)
-        ax.set_title(str(panel.get("title", "")))
-        ax.set_xticks([])
-        ax.set_yticks([])
-        handles = [
-            Line2D(
-                [],
-                [],
-                ls="",
-                marker="o",
-                color=_SOURCE_COLOR,
-                label=panel.get("source_name", "source"),
-            ),
-            Line2D(
-                [],
-                [],
-                ls="",
-                marker="o",
-                color=_TARGET_COLOR,
-                label=panel.get("target_name", "target"),
-            ),
-        ]
-        ax.legend(handles=handles, loc="best", fontsize=8)
-    fig.tight_layout()
-    return _save_figure(fig, path)
-
-
 # ----------------------------------------------------------------------------------------
 # analysis.json
 # ----------------------------------------------------------------------------------------
 
 
-def _to_json(obj: Any) -> Any:
-    """Recursively convert numpy/JAX values to JSON types; NaN/inf become None."""
-    if isinstance(obj, Mapping):
-        return {str(k): _to_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_to_json(v) for v in obj]
-    if isinstance(obj, (str, bool)) or obj is None:
-        return obj
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    elif isinstance(obj, np.ndarray) or hasattr(obj, "__array__"):
-        # Covers JAX arrays too; 0-d arrays become scalars.
-        return _to_json(np.asarray(obj).tolist())
-    if isinstance(obj, float):
-        # Strict JSON has no NaN/Infinity; null keeps the file readable everywhere.
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, (int, bool, str)) or obj is None:
-        return obj
-    raise TypeError(f"cannot convert {type(obj).__name__} to JSON")
-
-
 def write_analysis(workdir: str | os.PathLike, analysis: Mapping[str, Any]) -> str:
-    """Write ``analysis`` to ``<workdir>/analysis.json`` atomically.
+    """Write ``analysis`` to ``<workdir>/analysis.json`` atomically, as strict JSON.
 
-    numpy scalars and arrays (and JAX arrays) are converted to JSON numbers and lists,
-    NaN/inf to null. The file is written to a temporary file in ``workdir`` and moved
-    into place with ``os.replace``, so a reader never sees a partial file.
+    Same as ``dann_jax.io.write_json(<workdir>/analysis.json, analysis, sort_keys=True,
+    make_parents=True)``: numpy scalars and arrays (and JAX arrays) become JSON numbers
+    and lists; NaN/inf become null and are listed under the top-level ``"non_finite"``
+    key; a reader never sees a partial file.
 
     Args:
       workdir: run directory (created if missing).
@@ -741,5 +530,4 @@ def write_analysis(workdir: str | os.PathLike, analysis: Mapping[str, Any]) -> s
       The path of ``analysis.json``.
     """
     path = os.path.join(os.fspath(workdir), "analysis.json")
-    payload = json.dumps(_to_json(analysis), indent=2, sort_keys=True, allow_nan=False)
-    return _write_atomically(path, lambda f: f.write(payload + "\n"), "w")
+    return write_json(path, analysis, sort_keys=True, make_parents=True)

@@ -1,15 +1,97 @@
-"""Error handling shared by the command-line entry points in ``experiments/``."""
+"""Command-line flags built from `dann_jax.config.Config`, and the entry points' error handling.
+
+Every `Config` field is a flag ``--field-name`` whose type, default, choices and help
+come from the field itself, so the scripts in ``experiments/`` cannot drift from the
+configuration.
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import sys
 import textwrap
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from dann_jax.config import Config, ConfigError
+from dann_jax.config import Config, ConfigError, flag
 
-__all__ = ["run_cli"]
+__all__ = ["add_config_arguments", "config_from_args", "make_parser", "parse_config", "run_cli"]
+
+
+def _value_type(hint: Any) -> type:
+    """The type to parse a field's value with: ``int | None`` -> ``int``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        (hint,) = [t for t in typing.get_args(hint) if t is not type(None)]
+    return hint
+
+
+def _argument(field: dataclasses.Field, hint: Any, default: Any) -> dict[str, Any]:
+    """`ArgumentParser.add_argument` keywords of one `Config` field."""
+    # argparse expands %-formatting in help texts; a literal % must not break --help.
+    kwargs: dict[str, Any] = {"default": default, "help": field.metadata["help"].replace("%", "%%")}
+    value_type = _value_type(hint)
+    if value_type is bool:
+        # A flag that is on by default needs a way to turn it off: --no-<name>.
+        kwargs["action"] = argparse.BooleanOptionalAction if default else "store_true"
+    else:
+        kwargs["type"] = value_type
+    if "choices" in field.metadata:
+        kwargs["choices"] = field.metadata["choices"]
+    return kwargs
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    names: Iterable[str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> argparse.ArgumentParser:
+    """Add a flag ``--field-name`` for `Config` fields to `parser`.
+
+    Args:
+      parser: the parser to extend.
+      names: the fields to add, in this order (default: all of them, in `Config`'s).
+      defaults: defaults that differ from `Config`'s, by field name (e.g. a longer
+        run for a script that reproduces a table).
+
+    Returns:
+      `parser`, for chaining.
+    """
+    hints = typing.get_type_hints(Config)  # resolves the string annotations
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    wanted = list(fields) if names is None else list(names)
+    defaults = dict(defaults or {})
+    unknown = sorted((set(wanted) | set(defaults)) - set(fields))
+    if unknown:
+        raise ValueError(f"not Config fields: {unknown}")
+    for name in wanted:
+        default = defaults.get(name, fields[name].default)
+        parser.add_argument(flag(name), **_argument(fields[name], hints[name], default))
+    return parser
+
+
+def make_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """A parser with one flag per `Config` field; `--help` shows each default."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    return add_config_arguments(parser)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The `Config` of parsed flags: every field the namespace has; others keep defaults.
+
+    Not validated here: `run_cli` validates and turns a bad value into a clear message.
+    """
+    names = [f.name for f in dataclasses.fields(Config)]
+    return Config(**{n: getattr(args, n) for n in names if hasattr(args, n)})
+
+
+def parse_config(argv: list[str] | None = None, description: str | None = None) -> Config:
+    """Parse command-line flags (default ``sys.argv[1:]``) into a `Config`."""
+    return config_from_args(make_parser(description).parse_args(argv))
 
 
 def _fail(message: str) -> int:
@@ -18,17 +100,14 @@ def _fail(message: str) -> int:
     return 2
 
 
-def run_cli(
-    config: Config,
-    *,
-    multihost: bool = False,
-    runner: Callable[[Config], Any] | None = None,
-) -> int:
+def run_cli(config: Config, *, runner: Callable[[Config], Any] | None = None) -> int:
     """Validate `config`, run it, and map known failures to a clear message.
+
+    With ``config.multihost`` it calls ``jax.distributed.initialize()`` first (multi-host
+    TPU slices, several processes).
 
     Args:
       config: the run's settings.
-      multihost: initialise ``jax.distributed`` first (multi-host TPU slices).
       runner: the function to run (default `dann_jax.experiment.run`).
 
     Returns:
@@ -41,16 +120,17 @@ def run_cli(
         return _fail(str(e))
     import jax
 
-    if multihost:
+    if config.multihost:
         jax.distributed.initialize()
     from dann_jax import experiment
+    from dann_jax.checkpoint import CheckpointError
     from dann_jax.data import DataError
     from dann_jax.train import NonFiniteLossError
 
     runner = runner or experiment.run
     try:
         runner(config)
-    except (ConfigError, DataError, experiment.RunError) as e:
+    except (ConfigError, DataError, experiment.RunError, CheckpointError) as e:
         return _fail(str(e))
     except NonFiniteLossError as e:
         return _fail(f"training diverged: {e} No results.json was written.")

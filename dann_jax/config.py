@@ -4,21 +4,31 @@
 precision, steps per dispatch) and the numeric hyperparameters. The numeric ones
 (`lambda2`, `lambda3`, `label_smoothing`, learning rate and schedule constants) reach the
 train step as traced arrays through `hyperparams`, so changing them never recompiles.
+
+Each field carries its help text and, for an enumeration, its choices in its metadata:
+the one source of the class docstring, of `Config.validate` and of the command-line
+flags built by `dann_jax.cli`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import textwrap
+from typing import Any
 
 __all__ = [
     "ARCHS",
+    "BN_STATS",
+    "LAMBDA2_SCHEDULES",
     "MODES",
     "OPTIMIZERS",
     "PRECISIONS",
     "RESIZES",
     "Config",
     "ConfigError",
+    "flag",
     "hyperparams",
 ]
 
@@ -35,86 +45,123 @@ class ConfigError(ValueError):
     """An invalid setting; the message names the setting and the allowed values."""
 
 
+def flag(name: str) -> str:
+    """The command-line flag of the `Config` field `name`: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def _setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field whose metadata holds its help text and (if any) its choices."""
+    metadata = {"help": help} if choices is None else {"help": help, "choices": choices}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Settings of one DANN run (defaults: the DANN paper's MNIST -> MNIST-M recipe).
 
-    Attributes:
-      source: source domain name or path to an .npz (see `dann_jax.data`).
-      target: target domain name or path to an .npz.
-      data_dir: folder with the raw upstream files (None: prepared data or download).
-      tfds_dir: where prepared TFDS records live (None: TFDS default).
-      bsds_dir: colour photos (e.g. BSDS500) for synthesising MNIST-M targets.
-      arch: ``"mnist"`` (28x28 inputs) or ``"svhn"`` (32x32 inputs).
-      resize: how images of another size reach the input size: ``"bilinear"``
-        resampling, ``"crop_pad"`` (centre crop / zero padding), ``"mnist_box"``
-        (scaled into MNIST's 20-pixel digit box, then padded), or ``"auto"``: crop
-        MNIST-M (MNIST padded to 32, so its crop to 28 is MNIST's own digits), box
-        USPS (its digits fill the frame), bilinear for the rest. See
-        `dann_jax.data.resize_method`.
-      mode: ``"dann"``; ``"source_only"`` (lambda2 = 0: the discriminator still trains on
-        detached features as a probe, the extractor ignores it); ``"target_only"``
-        (train on labelled target data: the oracle).
-      lambda2: GRL coefficient (final value of the ramp, or the constant).
-      lambda2_schedule: ``"dann"`` ramp 2/(1+exp(-gamma p))-1 or ``"constant"``.
-      gamma: steepness of the lambda ramp (paper: 10).
-      lambda3: weight of the adversarial loss.
-      label_smoothing: label smoothing of the source classification loss.
-      steps: total training steps (p = step / steps); None: the experiment's default
-        for the data found (see `dann_jax.experiment.DEFAULT_STEPS`).
-      batch_size: images per domain per step (global, split over devices).
-      lr: initial learning rate mu0.
-      lr_alpha: annealing alpha (paper: 10); 0 gives a constant learning rate.
-      lr_beta: annealing beta (paper: 0.75).
-      optimizer: ``"sgd"`` (momentum) or ``"adam"``.
-      momentum: SGD momentum (paper: 0.9).
-      batchnorm: BatchNorm in the extractor (off = paper).
-      bn_stats: ``"joint"`` or ``"per_domain"`` BatchNorm statistics.
-      dropout: dropout rate on the extractor output (0 = paper).
-      precision: ``"fp32"`` or ``"bf16"`` compute (parameters stay float32).
-      seed: first random seed.
-      seeds: number of seeds to run (seed, seed+1, ...).
-      vmap_seeds: train all seeds at once in one vmapped program (faster on GPU/TPU,
-        where one paper-size model cannot fill the chip; slower on CPU, where the
-        per-seed convolutions become grouped ones).
-      eval_every: evaluate every this many steps (rounded to a multiple of
-        steps_per_call).
-      steps_per_call: training steps per device dispatch (``lax.scan``).
-      workdir: output folder (results.json, metrics.jsonl, curves.png, checkpoints).
-      analyze: also write the adaptation analysis (proxy A-distance, embeddings, ...).
+    Each field's meaning is its ``help`` metadata (listed below, and by ``--help``).
     """
 
-    source: str = "mnist"
-    target: str = "mnist_m"
-    data_dir: str | None = None
-    tfds_dir: str | None = None
-    bsds_dir: str | None = None
-    arch: str = "mnist"
-    resize: str = "auto"
-    mode: str = "dann"
-    lambda2: float = 1.0
-    lambda2_schedule: str = "dann"
-    gamma: float = 10.0
-    lambda3: float = 1.0
-    label_smoothing: float = 0.0
-    steps: int | None = None
-    batch_size: int = 64
-    lr: float = 0.01
-    lr_alpha: float = 10.0
-    lr_beta: float = 0.75
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    batchnorm: bool = False
-    bn_stats: str = "joint"
-    dropout: float = 0.0
-    precision: str = "fp32"
-    seed: int = 0
-    seeds: int = 1
-    vmap_seeds: bool = False
-    eval_every: int = 500
-    steps_per_call: int = 50
-    workdir: str = "runs/digits"
-    analyze: bool = False
+    source: str = _setting(
+        "mnist",
+        "source domain (mnist, mnist_m, usps, svhn) or path to an .npz with x_train, "
+        "y_train, x_test, y_test (see dann_jax.data)",
+    )
+    target: str = _setting("mnist_m", "target domain (mnist, mnist_m, usps, svhn) or .npz path")
+    data_dir: str | None = _setting(
+        None,
+        "folder with the raw upstream files: mnist/, mnist_m/, usps/, svhn/ (see README); "
+        "unset: prepared TFDS data, a download, or the embedded default",
+    )
+    tfds_dir: str | None = _setting(
+        None, "where prepared TFDS records live; unset: the TFDS default (~/tensorflow_datasets)"
+    )
+    bsds_dir: str | None = _setting(
+        None, "colour photos (e.g. BSDS500) for synthesising the embedded MNIST-M target"
+    )
+    arch: str = _setting(
+        "mnist", "paper architecture: mnist (28x28 inputs) or svhn (32x32 inputs)", ARCHS
+    )
+    resize: str = _setting(
+        "auto",
+        "how images of another size reach the input size: bilinear resampling, crop_pad "
+        "(centre crop / zero padding), mnist_box (scaled into MNIST's 20-pixel digit box, "
+        "then padded), or auto: crop MNIST-M (MNIST padded to 32, so its crop to 28 is "
+        "MNIST's own digits), box USPS (its digits fill the frame), bilinear for the rest "
+        "(see dann_jax.data.resize_method)",
+        RESIZES,
+    )
+    mode: str = _setting(
+        "dann",
+        "dann (domain-adversarial); source_only (lambda2 = 0: the discriminator still "
+        "trains on detached features as a probe, the extractor ignores it); target_only "
+        "(train on labelled target data: the oracle)",
+        MODES,
+    )
+    lambda2: float = _setting(1.0, "GRL coefficient (final value of the ramp, or the constant)")
+    lambda2_schedule: str = _setting(
+        "dann",
+        "dann: the ramp lambda2 * (2/(1+exp(-gamma p))-1) over progress p = step/steps; "
+        "constant: lambda2 throughout",
+        LAMBDA2_SCHEDULES,
+    )
+    gamma: float = _setting(10.0, "steepness of the lambda2 ramp (paper: 10)")
+    lambda3: float = _setting(1.0, "weight of the adversarial loss")
+    label_smoothing: float = _setting(0.0, "label smoothing of the source classification loss")
+    steps: int | None = _setting(
+        None,
+        "total training steps (p = step / steps); unset: the experiment's default for the "
+        "data found, 12000 on full data, 3000 on the embedded default "
+        "(dann_jax.experiment.DEFAULT_STEPS)",
+    )
+    batch_size: int = _setting(64, "images per domain per step (global, split over devices)")
+    lr: float = _setting(
+        0.01, "initial learning rate mu0, annealed to mu0 / (1 + lr_alpha p)^lr_beta"
+    )
+    lr_alpha: float = _setting(
+        10.0, "learning-rate annealing alpha (paper: 10); 0 gives a constant learning rate"
+    )
+    lr_beta: float = _setting(0.75, "learning-rate annealing beta (paper: 0.75)")
+    optimizer: str = _setting("sgd", "sgd (with momentum) or adam", OPTIMIZERS)
+    momentum: float = _setting(0.9, "SGD momentum (paper: 0.9)")
+    batchnorm: bool = _setting(False, "BatchNorm in the extractor (not in the paper)")
+    bn_stats: str = _setting(
+        "joint",
+        "BatchNorm statistics over the joint source + target batch or per domain",
+        BN_STATS,
+    )
+    dropout: float = _setting(0.0, "dropout rate on the extractor features (0 = paper)")
+    precision: str = _setting(
+        "fp32", "compute dtype: fp32 or bf16 (parameters stay float32)", PRECISIONS
+    )
+    seed: int = _setting(0, "first random seed")
+    seeds: int = _setting(1, "number of seeds (seed, seed+1, ...); reports mean and std")
+    vmap_seeds: bool = _setting(
+        False,
+        "train all seeds at once in one vmapped program (faster on GPU/TPU, where one "
+        "paper-size model cannot fill the chip; slower on CPU, where the per-seed "
+        "convolutions become grouped ones)",
+    )
+    eval_every: int = _setting(
+        500,
+        "evaluate and checkpoint every this many steps (rounded to a multiple of steps_per_call)",
+    )
+    steps_per_call: int = _setting(50, "training steps per device dispatch (lax.scan)")
+    workdir: str = _setting(
+        "runs/digits",
+        "output folder (results.json, metrics.jsonl, curves.png, checkpoints); rerun with "
+        "the same workdir to resume",
+    )
+    analyze: bool = _setting(
+        False,
+        "also write the adaptation analysis (analysis.json and figures: proxy A-distance, "
+        "embeddings, ...)",
+    )
+    multihost: bool = _setting(
+        False,
+        "call jax.distributed.initialize() first: multi-host TPU slices / several processes",
+    )
 
     def replace(self, **changes) -> Config:
         """A copy with some fields changed, validated."""
@@ -126,30 +173,27 @@ class Config:
         def choice(name, allowed):
             value = getattr(self, name)
             if value not in allowed:
-                flag = "--" + name.replace("_", "-")
-                raise ConfigError(f"{flag} {value!r} is not valid; choose one of {list(allowed)}.")
+                raise ConfigError(
+                    f"{flag(name)} {value!r} is not valid; choose one of {list(allowed)}."
+                )
 
         def number(name, low=None, high=None, integer=False, low_open=False):
             value = getattr(self, name)
-            flag = "--" + name.replace("_", "-")
+            what = flag(name)
             kind = int if integer else (int, float)
             if isinstance(value, bool) or not isinstance(value, kind):
-                raise ConfigError(f"{flag} must be a number, got {value!r}.")
+                raise ConfigError(f"{what} must be a number, got {value!r}.")
             if not math.isfinite(value):
-                raise ConfigError(f"{flag} must be finite, got {value!r}.")
+                raise ConfigError(f"{what} must be finite, got {value!r}.")
             if low is not None and (value <= low if low_open else value < low):
                 bound = f"> {low}" if low_open else f">= {low}"
-                raise ConfigError(f"{flag} must be {bound}, got {value!r}.")
+                raise ConfigError(f"{what} must be {bound}, got {value!r}.")
             if high is not None and value > high:
-                raise ConfigError(f"{flag} must be <= {high}, got {value!r}.")
+                raise ConfigError(f"{what} must be <= {high}, got {value!r}.")
 
-        choice("arch", ARCHS)
-        choice("resize", RESIZES)
-        choice("mode", MODES)
-        choice("optimizer", OPTIMIZERS)
-        choice("precision", PRECISIONS)
-        choice("bn_stats", BN_STATS)
-        choice("lambda2_schedule", LAMBDA2_SCHEDULES)
+        for field in dataclasses.fields(self):
+            if "choices" in field.metadata:
+                choice(field.name, field.metadata["choices"])
         number("lambda2", low=0)
         number("lambda3", low=0)
         number("gamma", low=0)
@@ -172,6 +216,25 @@ class Config:
                 "seed at a time); drop one of them."
             )
         return self
+
+
+def _attributes_doc(cls: type) -> str:
+    """`cls`'s docstring followed by an ``Attributes:`` list of its fields' help texts."""
+    items = [
+        textwrap.fill(
+            f"{f.name}: {f.metadata['help']}"
+            + (f"; choices: {', '.join(f.metadata['choices'])}" if "choices" in f.metadata else ""),
+            width=88,
+            initial_indent="  ",
+            subsequent_indent="    ",
+        )
+        for f in dataclasses.fields(cls)
+    ]
+    return inspect.cleandoc(cls.__doc__) + "\n\nAttributes:\n" + "\n".join(items)
+
+
+# Generated so that `help(Config)` documents every field from the same text as `--help`.
+Config.__doc__ = _attributes_doc(Config)
 
 
 def hyperparams(config: Config) -> dict:

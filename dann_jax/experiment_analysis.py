@@ -15,39 +15,21 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from dann_jax import analysis, train
-from dann_jax.models import DANN
+from dann_jax import analysis, loop, plots
+from dann_jax.data.pair import PairData
+from dann_jax.evaluate import compile_predict, make_eval_set
 
 __all__ = ["analyze", "make_dev_hook"]
 
 _MAX_DEV = 1000  # examples per domain for DEV at each evaluation (sklearn cost)
 _MAX_PAD = 2000  # examples per domain for the proxy A-distance
-
-
-@functools.partial(jax.jit, static_argnames=("model",))
-def _features_and_losses(params, batch_stats, eval_set, mean, *, model: DANN):
-    """Features, per-example CE losses and predictions over a `make_eval_set` set."""
-    variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
-
-    def one_chunk(chunk):
-        x = train.normalize(chunk["images"], mean)
-        feats = model.apply(variables, x, method=DANN.features)
-        logits = model.apply(variables, x, method=DANN.predict).astype(jnp.float32)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, chunk["labels"])
-        return feats.astype(jnp.float32), loss
-
-    feats, losses = jax.lax.map(one_chunk, eval_set)
-    return feats.reshape(-1, feats.shape[-1]), losses.reshape(-1)
 
 
 def _subset(images: np.ndarray, labels: np.ndarray, n: int, seed: int):
@@ -56,18 +38,18 @@ def _subset(images: np.ndarray, labels: np.ndarray, n: int, seed: int):
     return images[idx], labels[idx]
 
 
-def _features(model, state, images, labels, mean):
-    """(features, per-example losses) of host images under `state` (host numpy)."""
-    es = train.make_eval_set(images, labels, chunk=250)
-    feats, losses = _features_and_losses(
-        state.params, state.batch_stats, jax.device_put(es), jnp.asarray(mean), model=model
-    )
-    n = len(images)
-    return np.asarray(feats)[:n], np.asarray(losses)[:n]
+def _outputs(model, state, images, labels, mean) -> dict[str, np.ndarray]:
+    """Features, logits and per-example losses of host images under a host `state`."""
+    es = make_eval_set(images, labels, chunk=250)
+    out = compile_predict(model)(state.params, state.batch_stats, es, np.asarray(mean))
+    return {k: np.asarray(v)[: len(images)] for k, v in jax.device_get(out).items()}
 
 
-def make_dev_hook(config, data, model, seed: int) -> Callable[[Any, dict], None]:
+def make_dev_hook(config, data: PairData, seed: int) -> Callable[[Any, dict], None]:
     """A per-evaluation hook that adds DEV's ``dev_risk`` (and IWCV) to the record."""
+    from dann_jax.train import make_model
+
+    model = make_model(config)
     src = _subset(data.source_test, data.source_test_labels, _MAX_DEV, seed)
     tgt_images = data.target_train[
         np.random.default_rng(seed + 1).permutation(len(data.target_train))[:_MAX_DEV]
@@ -75,25 +57,25 @@ def make_dev_hook(config, data, model, seed: int) -> Callable[[Any, dict], None]
     tgt = (tgt_images, np.zeros(len(tgt_images), np.int32))  # labels unused
 
     def hook(state, record):
-        fs, ls = _features(model, state, *src, data.mean)
-        ft, _ = _features(model, state, *tgt, data.mean)
-        dev = analysis.deep_embedded_validation(fs, ls, ft, seed=seed)
+        s = _outputs(model, state, *src, data.mean)
+        t = _outputs(model, state, *tgt, data.mean)
+        dev = analysis.deep_embedded_validation(s["features"], s["loss"], t["features"], seed=seed)
         record["dev_risk"] = dev["dev_risk"]
         record["iwcv_risk"] = dev["iwcv_risk"]
 
     return hook
 
 
-def analyze(config, data, dann_result: dict, workdir: Path, log, run_seed) -> dict[str, Any]:
+def analyze(config, data: PairData, dann_result: dict, workdir: Path, log) -> dict[str, Any]:
     """Write ``analysis.json``, ``embeddings.png`` and ``confusion_target.png``.
 
     Args:
       config: the run's config.
-      data: the run's `dann_jax.experiment.Data`.
-      dann_result: `run_seed`'s result for the first seed (state, model, curves).
+      data: the run's `dann_jax.data.PairData`.
+      dann_result: `dann_jax.loop.train_group`'s result for the first seed (state, model,
+        curves).
       workdir: the run's workdir.
       log: progress output.
-      run_seed: `dann_jax.experiment.run_seed` (to train the source-only reference).
 
     Returns:
       The analysis dict (also in ``analysis.json``).
@@ -105,15 +87,18 @@ def analyze(config, data, dann_result: dict, workdir: Path, log, run_seed) -> di
     else:
         log("analysis: training the source-only reference model (same seed and steps)")
         ref_config = dataclasses.replace(config, mode="source_only", analyze=False, seeds=1)
-        reference = run_seed(ref_config, data, seed, workdir / "analysis_source_only", log)
+        group = loop.Group((seed,), False)
+        (reference,) = loop.train_group(
+            ref_config, data, group, workdir / "analysis_source_only", log
+        )
 
     n = _MAX_PAD
     xs, ys = _subset(data.source_test, data.source_test_labels, n, seed)
     xt, yt = _subset(data.target_test, data.target_test_labels, n, seed + 1)
-    fs_ref, _ = _features(reference["model"], reference["state"], xs, ys, data.mean)
-    ft_ref, _ = _features(reference["model"], reference["state"], xt, yt, data.mean)
-    fs, _ = _features(model, state, xs, ys, data.mean)
-    ft, _ = _features(model, state, xt, yt, data.mean)
+    fs_ref = _outputs(reference["model"], reference["state"], xs, ys, data.mean)["features"]
+    ft_ref = _outputs(reference["model"], reference["state"], xt, yt, data.mean)["features"]
+    fs = _outputs(model, state, xs, ys, data.mean)["features"]
+    ft = _outputs(model, state, xt, yt, data.mean)["features"]
     log("analysis: proxy A-distance (raw pixels, source-only features, DANN features)")
     pad = {
         "raw_pixels": analysis.proxy_a_distance(
@@ -124,7 +109,7 @@ def analyze(config, data, dann_result: dict, workdir: Path, log, run_seed) -> di
     }
     log("analysis: embeddings")
     emb_path = workdir / "embeddings.png"
-    analysis.plot_embeddings(
+    plots.plot_embeddings(
         emb_path,
         [
             {
@@ -146,14 +131,11 @@ def analyze(config, data, dann_result: dict, workdir: Path, log, run_seed) -> di
         seed=seed,
         max_points_per_domain=500,
     )
-    evaluate = train.compile_evaluate(model)
-    es = jax.device_put(train.make_eval_set(data.target_test, data.target_test_labels))
-    preds = np.asarray(
-        evaluate(state.params, state.batch_stats, es, jnp.asarray(data.mean))["predictions"]
-    )
-    cm = analysis.confusion_matrix(data.target_test_labels, preds[: len(data.target_test)])
+    logits = _outputs(model, state, data.target_test, data.target_test_labels, data.mean)
+    preds = np.argmax(logits["class_logits"], -1)
+    cm = analysis.confusion_matrix(data.target_test_labels, preds)
     cm_path = workdir / "confusion_target.png"
-    analysis.plot_confusion_matrix(cm_path, cm, f"target test confusion ({config.mode})")
+    plots.plot_confusion_matrix(cm_path, cm, f"target test confusion ({config.mode})")
     curves = dann_result["curves"]
     dev = [c.get("dev_risk") for c in curves]
     selection = None

@@ -233,3 +233,12 @@ class DANN(nn.Module):
     def predict_domain(self, x: jax.Array) -> jax.Array:
         """Domain logits in inference mode (positive = looks like the target)."""
         return self.discriminator(self.extractor(x, False))
+
+    def infer(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(features, class logits, domain logits) in inference mode, one extractor pass.
+
+        The same numbers as `features`, `predict` and `predict_domain` (the inference
+        extractor is deterministic), for a third of the extractor's cost.
+        """
+        features = self.extractor(x, False)
+        return features, self.classifier(features), self.discriminator(features)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from dann_jax.config import Config
+from dann_jax.io import write_json, write_text
 
 __all__ = ["PAPER", "RECIPES", "enable_compilation_cache", "reproduce", "write_table"]
 
@@ -162,10 +162,17 @@ def enable_compilation_cache(path: str | os.PathLike) -> None:
 
 
 def write_table(out: Path, table: dict[str, Any]) -> None:
-    """Write ``table.json`` and ``table.md`` (ours beside the paper / tllib), atomically."""
-    from dann_jax.experiment import _atomic_write  # imported here: it pulls in JAX
+    """Write ``table.json`` and ``table.md`` (ours beside the paper / tllib), atomically.
 
-    _atomic_write(out / "table.json", json.dumps(table, indent=2))
+    Both go through `dann_jax.io`: strict JSON (a NaN accuracy of a diverged cell is
+    written as null and listed under ``"non_finite"``), and each file is replaced whole,
+    so a reader never sees a half-written table.
+
+    Args:
+      out: an existing folder.
+      table: the dict `reproduce` builds (``date``, ``protocol``, ``rows``, ...).
+    """
+    write_json(out / "table.json", table)
     lines = [
         "| pair | recipe | mode | ours (mean ± std) | per seed | reference | steps | data |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -187,7 +194,7 @@ def write_table(out: Path, table: dict[str, Any]) -> None:
         if resize == "auto"
         else "."
     )
-    _atomic_write(
+    write_text(
         out / "table.md",
         f"{status}Digits, {table['date']}. Protocol: {table['protocol']}. {preprocessing}\n\n"
         + "\n".join(lines)

@@ -1,4 +1,5 @@
-"""The DANN train step: one pure function, compiled with ``jit``, ``pmap`` or ``lax.scan``.
+"""The DANN train step: one pure function, compiled with ``jit`` (one device or a mesh),
+``pmap`` or ``lax.scan``.
 
 State is a plain pytree (`TrainState`); `train_step` maps ``(state, batch, hparams)`` to
 ``(state, metrics)``. Everything numeric that a schedule or a sweep changes (lambda2,
@@ -10,10 +11,16 @@ schedules survive a resume and agree across data-parallel replicas.
 Device-resident training: `train_steps` draws K batches on the device from
 device-resident uint8 arrays (``data``) and runs K steps in one ``lax.scan``; the host
 only dispatches and, once per call, reads the metrics.
+
+Data parallelism: pass a ``mesh`` (`dann_jax.sharding.make_mesh`) and the same program is
+partitioned over its devices, the batch split along the mesh and the state replicated
+(the main job's path, also across hosts); ``parallel=True`` gives the ``jax.pmap`` form
+of the same step, with explicit replicas.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -24,8 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dann_jax import losses, schedules
+from dann_jax import losses, schedules, sharding
 from dann_jax.config import Config
+from dann_jax.evaluate import normalize
 from dann_jax.models import DANN
 
 __all__ = [
@@ -33,16 +41,13 @@ __all__ = [
     "LOSS_TERMS",
     "NonFiniteLossError",
     "TrainState",
+    "TrainSteps",
     "check_finite",
-    "compile_evaluate",
     "compile_train_step",
     "compile_train_steps",
     "create_train_state",
-    "evaluate",
-    "make_eval_set",
     "make_model",
     "make_optimizer",
-    "normalize",
     "replicate",
     "sample_batch",
     "shard",
@@ -98,9 +103,11 @@ def make_model(config: Config) -> DANN:
 def make_optimizer(config: Config) -> optax.GradientTransformation:
     """SGD with momentum or Adam, with its learning rate injected by the train step.
 
-    ``optax.inject_hyperparams`` keeps the learning rate in the optimizer state; the
-    train step overwrites it each step with the annealed value, a traced function of
-    ``hparams``, so neither lr0 nor the schedule is baked into the compiled step.
+    ``optax.inject_hyperparams`` keeps the learning rate in the optimizer state. The
+    value given here (``config.lr``) only initialises that slot: `train_step`
+    overwrites it at every step with the annealed rate computed from ``hparams`` (lr0 =
+    ``hparams["lr"]``), so neither lr0 nor the schedule is baked into the compiled step,
+    and the optimizer state always holds the rate of the last step taken.
     """
     if config.optimizer == "sgd":
         return optax.inject_hyperparams(optax.sgd)(
@@ -141,11 +148,6 @@ def create_train_state(
 
     # Compiled: op-by-op initialisation of the paper models takes seconds on CPU.
     return jax.jit(init)(rng)
-
-
-def normalize(images: jax.Array, mean: jax.Array) -> jax.Array:
-    """uint8 images -> float32 in [0, 1] minus the per-channel training mean."""
-    return images.astype(jnp.float32) / 255.0 - mean
 
 
 def _step_keys(rng: jax.Array, step: jax.Array, axis_name: str | None) -> tuple[jax.Array, ...]:
@@ -272,8 +274,8 @@ def train_step(
         # mean gradients is the whole-batch gradient.
         grads = jax.lax.pmean(grads, axis_name)
         metrics = jax.lax.pmean(metrics, axis_name)
-    # The annealed lr enters through the inject_hyperparams state (a new dict, so the
-    # caller's state is never mutated).
+    # The annealed lr replaces the inject_hyperparams slot (see `make_optimizer`; a new
+    # dict, so the caller's state is never mutated).
     opt_state = state.opt_state
     old_lr = jnp.asarray(opt_state.hyperparams["learning_rate"])
     opt_state = opt_state._replace(
@@ -305,6 +307,7 @@ def train_steps(
     lambda2_schedule: str = "dann",
     axis_name: str | None = None,
     unroll: int | bool = 1,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[TrainState, Metrics]:
     """`num_steps` train steps in one ``lax.scan``, batches drawn on the device.
 
@@ -319,10 +322,13 @@ def train_steps(
       model: the `DANN` module.
       tx: the optimizer.
       num_steps: steps per call (static: the scan length).
-      batch_size: images per domain per step on this device (static: a shape).
+      batch_size: images per domain per step on this device (static: a shape); with a
+        ``mesh``, the global batch.
       lambda2_schedule: ``"dann"`` or ``"constant"``.
       axis_name: pmap axis name, or None.
       unroll: ``lax.scan`` unrolling (``True``: fully unrolled).
+      mesh: split each drawn batch along this mesh's ``batch`` axis (the batch itself is
+        drawn exactly as on one device).
 
     Returns:
       ``(new_state, metrics)`` with every metric stacked to shape (num_steps,).
@@ -331,6 +337,8 @@ def train_steps(
     def body(state, _):
         data_key, _ = _step_keys(state.rng, state.step, axis_name)
         batch = sample_batch(data_key, data, batch_size)
+        if mesh is not None:
+            batch = jax.lax.with_sharding_constraint(batch, sharding.batch_sharding(mesh))
         return train_step(
             state,
             batch,
@@ -352,6 +360,21 @@ def train_steps(
     return jax.lax.scan(body, state, None, length=num_steps, unroll=unroll)
 
 
+def _compile(fn: Callable, *, parallel: bool, mesh, batch_arg: bool) -> Callable:
+    """``jax.pmap``, ``jax.jit`` over a mesh, or plain ``jax.jit``; state donated."""
+    if parallel and mesh is not None:
+        raise ValueError("pass either parallel=True (pmap) or a mesh, not both")
+    if parallel:
+        return jax.pmap(fn, axis_name=AXIS, donate_argnums=(0,))
+    if mesh is None:
+        return jax.jit(fn, donate_argnums=(0,))
+    repl = sharding.replicated(mesh)
+    second = sharding.batch_sharding(mesh) if batch_arg else repl
+    return jax.jit(
+        fn, in_shardings=(repl, second, repl), out_shardings=(repl, repl), donate_argnums=(0,)
+    )
+
+
 def compile_train_step(
     model: DANN,
     tx: optax.GradientTransformation,
@@ -359,21 +382,53 @@ def compile_train_step(
     lambda2_schedule: str = "dann",
     parallel: bool = False,
     diagnostics: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable[[TrainState, Batch, dict], tuple[TrainState, Metrics]]:
-    """`train_step` compiled: ``jax.jit`` (one device) or ``jax.pmap`` (all local devices).
+    """`train_step` compiled: ``jax.jit``, ``jax.jit`` over a mesh, or ``jax.pmap``.
 
-    The state argument is donated, so the update happens in place. With
-    ``parallel=True`` every argument carries a leading device axis: use `replicate` for
-    state and hparams and `shard` for the batch; metrics come back replicated.
-    ``diagnostics`` is passed to `train_step`.
+    The state argument is donated, so the update happens in place. With a ``mesh``
+    (`dann_jax.sharding.make_mesh`) state and hparams are replicated over it and the
+    batch is split along its ``batch`` axis. With ``parallel=True`` every argument
+    carries a leading device axis: use `replicate` for state and hparams and `shard` for
+    the batch; metrics come back replicated. ``diagnostics`` is passed to `train_step`.
     """
     fn = functools.partial(
         train_step, model=model, tx=tx, lambda2_schedule=lambda2_schedule,
         axis_name=AXIS if parallel else None, diagnostics=diagnostics,
     )  # fmt: skip
-    if parallel:
-        return jax.pmap(fn, axis_name=AXIS, donate_argnums=(0,))
-    return jax.jit(fn, donate_argnums=(0,))
+    return _compile(fn, parallel=parallel, mesh=mesh, batch_arg=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSteps:
+    """K training steps per call, as `compile_train_steps` builds them.
+
+    Call as ``run(state, data, hparams) -> (state, metrics)``. One call dispatches
+    ``program`` (a compiled function of ``steps_per_dispatch`` steps) ``dispatches``
+    times; ``lower(state, data, hparams)`` lowers ``program`` (for cost analysis: its
+    FLOPs are those of ``steps_per_dispatch`` steps).
+    """
+
+    program: Any
+    num_steps: int
+    steps_per_dispatch: int
+    step_axis: int  # axis of the metrics that counts steps (after device / seed axes)
+
+    @property
+    def dispatches(self) -> int:
+        return self.num_steps // self.steps_per_dispatch
+
+    def __call__(self, state, data, hparams):
+        if self.dispatches == 1:
+            return self.program(state, data, hparams)
+        chunks = []
+        for _ in range(self.dispatches):
+            state, metrics = self.program(state, data, hparams)
+            chunks.append(metrics)
+        return state, jax.tree.map(lambda *xs: jnp.concatenate(xs, self.step_axis), *chunks)
+
+    def lower(self, state, data, hparams):
+        return self.program.lower(state, data, hparams)
 
 
 def compile_train_steps(
@@ -386,10 +441,14 @@ def compile_train_steps(
     parallel: bool = False,
     unroll: int | bool | None = None,
     vmap_seeds: bool = False,
-) -> Callable[[TrainState, dict, dict], tuple[TrainState, Metrics]]:
-    """`train_steps` compiled with ``jax.jit`` or, with ``parallel=True``, ``jax.pmap``.
+    mesh: jax.sharding.Mesh | None = None,
+) -> TrainSteps:
+    """`train_steps` compiled with ``jax.jit`` (optionally over a mesh) or ``jax.pmap``.
 
-    Under ``pmap`` pass ``batch_size`` per device, and `replicate` state, data and
+    With a ``mesh`` state, data and hparams are replicated over it (`dann_jax.sharding.
+    put_replicated`) and every step's global batch of ``batch_size`` per domain is split
+    along it: the result equals one device's on the whole batch. Under ``pmap``
+    (``parallel=True``) pass ``batch_size`` per device, and `replicate` state, data and
     hparams once; each replica draws its own batches from its copy of the data.
 
     With ``vmap_seeds=True`` the state carries a leading seed axis (`stack_trees` of
@@ -409,114 +468,18 @@ def compile_train_steps(
     `train_steps` as is.
     """
     on_cpu = jax.default_backend() == "cpu"
-    if unroll is None and on_cpu and num_steps > 1:
-        one = compile_train_steps(
-            model, tx, num_steps=1, batch_size=batch_size,
-            lambda2_schedule=lambda2_schedule, parallel=parallel, unroll=True,
-            vmap_seeds=vmap_seeds,
-        )  # fmt: skip
-        axis = int(parallel) + int(vmap_seeds)  # the step axis of the metrics
-
-        def dispatch_k(state, data, hparams):
-            chunks = []
-            for _ in range(num_steps):
-                state, metrics = one(state, data, hparams)
-                chunks.append(metrics)
-            return state, jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=axis), *chunks)
-
-        return dispatch_k
+    per_dispatch = num_steps
     if unroll is None:
-        unroll = True if on_cpu else 1
+        per_dispatch, unroll = (1, True) if on_cpu else (num_steps, 1)
     fn = functools.partial(
-        train_steps,
-        model=model,
-        tx=tx,
-        num_steps=num_steps,
-        batch_size=batch_size,
-        lambda2_schedule=lambda2_schedule,
-        axis_name=AXIS if parallel else None,
-        unroll=unroll,
-    )
+        train_steps, model=model, tx=tx, num_steps=per_dispatch, batch_size=batch_size,
+        lambda2_schedule=lambda2_schedule, axis_name=AXIS if parallel else None,
+        unroll=unroll, mesh=mesh,
+    )  # fmt: skip
     if vmap_seeds:
         fn = jax.vmap(fn, in_axes=(0, None, None))  # data and hparams shared by the seeds
-    if parallel:
-        return jax.pmap(fn, axis_name=AXIS, donate_argnums=(0,))
-    return jax.jit(fn, donate_argnums=(0,))
-
-
-def make_eval_set(images: np.ndarray, labels: np.ndarray, chunk: int = 1000) -> dict[str, Any]:
-    """Pad and reshape a test set into (num_chunks, chunk, ...) with a validity mask.
-
-    Done once on the host; the result goes to the device once and `evaluate` runs over
-    it in a single dispatch.
-    """
-    n = len(images)
-    chunk = max(1, min(chunk, n))
-    num_chunks = -(-n // chunk)
-    pad = num_chunks * chunk - n
-    images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-    labels = np.concatenate([np.asarray(labels, np.int32), np.zeros((pad,), np.int32)])
-    mask = np.arange(num_chunks * chunk) < n
-    return {
-        "images": images.reshape(num_chunks, chunk, *images.shape[1:]),
-        "labels": labels.reshape(num_chunks, chunk),
-        "mask": mask.reshape(num_chunks, chunk),
-    }
-
-
-def evaluate(
-    params: Any, batch_stats: Any, eval_set: dict[str, jax.Array], mean: jax.Array, *, model: DANN
-) -> dict[str, jax.Array]:
-    """Accuracy, mean loss, predictions and mean domain score on a `make_eval_set` set.
-
-    Args:
-      params: model parameters.
-      batch_stats: BatchNorm statistics (may be empty).
-      eval_set: from `make_eval_set` (device arrays).
-      mean: per-channel mean used for normalisation.
-      model: the `DANN` module.
-
-    Returns:
-      ``accuracy``, ``loss`` (unsmoothed cross-entropy), ``domain_score`` (mean
-      probability of "target" from the discriminator) and ``predictions`` (num_chunks *
-      chunk,) of which the first N are real.
-    """
-    variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
-
-    def one_chunk(chunk):
-        x = normalize(chunk["images"], mean)
-        logits = model.apply(variables, x, method=DANN.predict).astype(jnp.float32)
-        domain = model.apply(variables, x, method=DANN.predict_domain).astype(jnp.float32)
-        m = chunk["mask"].astype(jnp.float32)
-        correct = (jnp.argmax(logits, -1) == chunk["labels"]).astype(jnp.float32)
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits, chunk["labels"])
-        return (
-            jnp.sum(correct * m),
-            jnp.sum(nll * m),
-            jnp.sum(jax.nn.sigmoid(domain) * m),
-            jnp.argmax(logits, -1).astype(jnp.int32),
-        )
-
-    correct, nll, domain, predictions = jax.lax.map(one_chunk, eval_set)
-    n = jnp.sum(eval_set["mask"].astype(jnp.float32))
-    return {
-        "accuracy": jnp.sum(correct) / n,
-        "loss": jnp.sum(nll) / n,
-        "domain_score": jnp.sum(domain) / n,
-        "predictions": predictions.reshape(-1),
-    }
-
-
-def compile_evaluate(model: DANN, vmap_seeds: bool = False) -> Callable[..., dict[str, jax.Array]]:
-    """`evaluate` under ``jax.jit``; call as ``fn(params, batch_stats, eval_set, mean)``.
-
-    With ``vmap_seeds=True``, params and batch_stats carry a leading seed axis (as in
-    `compile_train_steps`) and every result gains it.
-    """
-    fn = functools.partial(evaluate, model=model)
-    if vmap_seeds:
-        fn = jax.vmap(fn, in_axes=(0, 0, None, None))
-    return jax.jit(fn)
+    program = _compile(fn, parallel=parallel, mesh=mesh, batch_arg=False)
+    return TrainSteps(program, num_steps, per_dispatch, int(parallel) + int(vmap_seeds))
 
 
 def check_finite(metrics: dict[str, Any], first_step: int) -> None:

@@ -9,39 +9,48 @@ Without --data-dir it runs the embedded default pair only (a smoke run, not the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dann_jax.config import Config
+from dann_jax import reproduce
+from dann_jax.cli import add_config_arguments, config_from_args, run_cli
 
 DEFAULT_PAIRS = "mnist:mnist_m,mnist:usps,usps:mnist"
 
+# The `dann_jax.config.Config` flags of this script (their help comes from the fields),
+# with the table's defaults: the paper's length, three seeds, fewer dispatches.
+CONFIG_FLAGS = (
+    "data_dir",
+    "tfds_dir",
+    "steps",
+    "seeds",
+    "batch_size",
+    "steps_per_call",
+    "eval_every",
+)
+TABLE_DEFAULTS = {"steps": 12_000, "seeds": 3, "steps_per_call": 100, "eval_every": 2000}
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """Command-line flags."""
+
+def parser() -> argparse.ArgumentParser:
+    """Command-line flags: some `Config` fields plus the table's own."""
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    add_config_arguments(p, CONFIG_FLAGS, TABLE_DEFAULTS)
     a = p.add_argument
-    a("--data-dir", default=None, help="raw upstream files (mnist/, mnist_m/, usps/, svhn/)")
-    a("--tfds-dir", default=None, help="prepared TFDS records (default ~/tensorflow_datasets)")
     a(
         "--pairs",
         default=None,
         help=f"source:target list (default with --data-dir: {DEFAULT_PAIRS})",
     )
-    a("--modes", default="source_only,dann,target_only")
-    a("--recipes", default="paper", help="comma list of: paper, improved")
-    a("--steps", type=int, default=12_000)
-    a("--seeds", type=int, default=3)
-    a("--batch-size", type=int, default=64)
-    a("--steps-per-call", type=int, default=100)
-    a("--eval-every", type=int, default=2000)
+    a("--modes", default=",".join(reproduce.MODES), help="comma list of modes")
+    a("--recipes", default="paper", help=f"comma list of: {', '.join(reproduce.RECIPES)}")
+    # Not Config's boolean: "auto" picks by backend, so it gets its own dest.
     a(
         "--vmap-seeds",
+        dest="vmap_seeds_choice",
         default="auto",
         choices=("auto", "on", "off"),
         help="train a cell's seeds in one vmapped program (auto: on unless on CPU)",
@@ -51,28 +60,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="JAX persistent compilation cache folder (default OUT/jax_cache; 'none' = off)",
     )
-    a("--out", default="runs/reproduce")
-    return p.parse_args(argv)
+    a("--out", default="runs/reproduce", help="output folder (table.md, table.json, cells)")
+    return p
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Parse flags and run the table; errors become one paragraph and exit code 2."""
-    args = parse_args(argv)
+    args = parser().parse_args(argv)
     pairs = args.pairs or (DEFAULT_PAIRS if args.data_dir else "mnist:mnist_m")
     pairs = [tuple(p.split(":", 1)) for p in pairs.split(",")]
-    base = Config(
-        data_dir=args.data_dir,
-        tfds_dir=args.tfds_dir,
-        steps=args.steps,
-        seeds=args.seeds,
-        batch_size=args.batch_size,
-        steps_per_call=args.steps_per_call,
-        eval_every=args.eval_every,
-        vmap_seeds=args.vmap_seeds == "on",
-    )
-    from dann_jax import reproduce
-    from dann_jax.cli import run_cli
-
+    base = dataclasses.replace(config_from_args(args), vmap_seeds=args.vmap_seeds_choice == "on")
     bad = [p for p in pairs if len(p) != 2]
     recipes = args.recipes.split(",")
     unknown = [r for r in recipes if r not in reproduce.RECIPES]
@@ -83,7 +80,7 @@ def main(argv=None) -> int:
     cache = args.compilation_cache or os.path.join(args.out, "jax_cache")
 
     def runner(config):
-        if args.vmap_seeds == "auto":
+        if args.vmap_seeds_choice == "auto":
             import jax
 
             config = config.replace(vmap_seeds=jax.default_backend() != "cpu")

@@ -10,143 +10,29 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
-import io
 import os
 import shutil
-import struct
 import sys
-import tarfile
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
-import scipy.io
 from PIL import Image
 
 from dann_jax import data
 from dann_jax.data import DataError, Domain
+from tests.helpers import (
+    N_TEST,
+    N_TRAIN,
+    fixture_rng,
+    write_mnist,
+    write_mnist_m_archive,
+    write_mnist_m_folder,
+    write_svhn,
+    write_usps,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-N_TRAIN, N_TEST = 12, 7  # tiny fixtures: a TFDS build of each takes well under a second
-
-
-# -------------------------------------------------------------- fixture writers (upstream format)
-
-
-def _rng(seed: int = 0) -> np.random.Generator:
-    """Fixed-seed generator for fixture content."""
-    return np.random.default_rng(seed)
-
-
-def _fake_split(n: int, shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random uint8 images and 0..9 labels."""
-    rng = _rng(seed)
-    return rng.integers(0, 256, (n, *shape), dtype=np.uint8), rng.integers(0, 10, n)
-
-
-def _idx_bytes(arr: np.ndarray) -> bytes:
-    """Encode a uint8 array in the IDX format (magic 0x0800 | ndim, big-endian dims)."""
-    header = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    return header + arr.astype(np.uint8).tobytes()
-
-
-def write_mnist(folder: Path, gz: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Write the four MNIST IDX files (gzipped or not); return the arrays written."""
-    folder.mkdir(parents=True, exist_ok=True)
-    splits = {"train": _fake_split(N_TRAIN, (28, 28), 1), "test": _fake_split(N_TEST, (28, 28), 2)}
-    for split, prefix in (("train", "train"), ("test", "t10k")):
-        x, y = splits[split]
-        for kind, arr in (("images-idx3", x), ("labels-idx1", y)):
-            payload = _idx_bytes(arr)
-            name = f"{prefix}-{kind}-ubyte"
-            if gz:
-                (folder / f"{name}.gz").write_bytes(gzip.compress(payload))
-            else:
-                (folder / name).write_bytes(payload)
-    return splits
-
-
-def _png(arr: np.ndarray) -> bytes:
-    """PNG bytes of one RGB image."""
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _mnist_m_members(n_listed: dict[str, int] | None = None):
-    """(relative path, bytes) of an MNIST-M release, and the arrays; labels may list a prefix."""
-    splits = {
-        "train": _fake_split(N_TRAIN, (32, 32, 3), 3),
-        "test": _fake_split(N_TEST, (32, 32, 3), 4),
-    }
-    members = []
-    for split, (x, y) in splits.items():
-        members += [(f"mnist_m/mnist_m_{split}/{i:08d}.png", _png(img)) for i, img in enumerate(x)]
-        listed = (n_listed or {}).get(split, len(x))
-        text = "".join(f"{i:08d}.png {y[i]}\n" for i in range(listed))
-        members.append((f"mnist_m/mnist_m_{split}_labels.txt", text.encode()))
-    return members, splits
-
-
-def write_mnist_m_archive(folder: Path, n_listed: dict[str, int] | None = None):
-    """Write mnist_m.tar.gz in the authors' layout; return the arrays."""
-    folder.mkdir(parents=True, exist_ok=True)
-    members, splits = _mnist_m_members(n_listed)
-    with tarfile.open(folder / "mnist_m.tar.gz", "w:gz") as tar:
-        for name, payload in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    return splits
-
-
-def write_mnist_m_folder(folder: Path, nested: bool = True):
-    """Write the extracted release under folder/mnist_m/ (nested) or folder/ (flat)."""
-    members, splits = _mnist_m_members()
-    for name, payload in members:
-        path = folder / (name if nested else name.split("/", 1)[1])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(payload)
-    return splits
-
-
-def write_usps(folder: Path):
-    """Write usps.h5 with float pixels k/255 (so round(x*255) recovers k exactly)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    splits = {"train": _fake_split(N_TRAIN, (16, 16), 5), "test": _fake_split(N_TEST, (16, 16), 6)}
-    with h5py.File(folder / "usps.h5", "w") as f:
-        for split, (x, y) in splits.items():
-            g = f.create_group(split)
-            g["data"] = (x.reshape(len(x), 256) / np.float32(255)).astype(np.float32)
-            g["target"] = y.astype(np.int64)
-    return splits
-
-
-def write_svhn(folder: Path):
-    """Write train/test_32x32.mat (X (32, 32, 3, N), y (N, 1) in 1..10 with 10 for digit 0)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    splits = {
-        "train": _fake_split(N_TRAIN, (32, 32, 3), 7),
-        "test": _fake_split(N_TEST, (32, 32, 3), 8),
-    }
-    for split, (x, y) in splits.items():
-        y = y.copy()
-        y[:2] = 0  # make sure digit 0 (stored as 10) is present
-        splits[split] = (x, y)
-        mat_y = np.where(y == 0, 10, y).reshape(-1, 1).astype(np.uint8)
-        scipy.io.savemat(
-            folder / f"{split}_32x32.mat", {"X": np.transpose(x, (1, 2, 3, 0)), "y": mat_y}
-        )
-    return splits
-
-
-WRITERS = {
-    "mnist": write_mnist,
-    "mnist_m": write_mnist_m_archive,
-    "usps": write_usps,
-    "svhn": write_svhn,
-}
 
 
 def assert_round_trip(domain: Domain, splits, channels: int) -> None:
@@ -544,8 +430,8 @@ def test_embedded_pair_is_deterministic_per_seed():
 
 
 def test_synthesize_mnist_m_is_abs_difference():
-    digits = _rng(1).integers(0, 256, (5, 6, 7), dtype=np.uint8)
-    photo = _rng(2).integers(0, 256, (6, 7, 3), dtype=np.uint8)  # exactly one possible crop
+    digits = fixture_rng(1).integers(0, 256, (5, 6, 7), dtype=np.uint8)
+    photo = fixture_rng(2).integers(0, 256, (6, 7, 3), dtype=np.uint8)  # exactly one possible crop
     out = data.synthesize_mnist_m(digits, [photo], seed=0)
     expected = np.abs(digits[..., None].astype(int) - photo[None].astype(int)).astype(np.uint8)
     assert out.dtype == np.uint8 and out.shape == (5, 6, 7, 3)
@@ -557,7 +443,7 @@ def test_synthesize_mnist_m_is_abs_difference():
 
 
 def test_synthesize_mnist_m_seed_and_errors():
-    digits = _rng(1).integers(0, 256, (8, 28, 28), dtype=np.uint8)
+    digits = fixture_rng(1).integers(0, 256, (8, 28, 28), dtype=np.uint8)
     photos = data.sample_photos()
     assert len(photos) == 2 and photos[0].dtype == np.uint8 and photos[0].shape[2] == 3
     a = data.synthesize_mnist_m(digits, photos, seed=1)
@@ -570,8 +456,8 @@ def test_synthesize_mnist_m_seed_and_errors():
 
 
 def test_load_photos_from_dir(tmp_path):
-    a = _rng(3).integers(0, 256, (40, 30, 3), dtype=np.uint8)
-    g = _rng(4).integers(0, 256, (35, 45), dtype=np.uint8)
+    a = fixture_rng(3).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    g = fixture_rng(4).integers(0, 256, (35, 45), dtype=np.uint8)
     (tmp_path / "sub").mkdir()
     Image.fromarray(a).save(tmp_path / "b.png")
     Image.fromarray(g).save(tmp_path / "sub" / "c.PNG")
@@ -591,7 +477,7 @@ def test_load_photos_from_dir(tmp_path):
 
 
 def test_prepare_images_resizes_and_repeats_grey():
-    x = _rng(5).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    x = fixture_rng(5).integers(0, 256, (4, 28, 28), dtype=np.uint8)
     same = data.prepare_images(x, size=28)
     assert same.shape == (4, 28, 28, 3) and same.dtype == np.uint8
     np.testing.assert_array_equal(same, np.repeat(x[..., None], 3, axis=-1))
@@ -607,10 +493,10 @@ def test_prepare_images_resizes_and_repeats_grey():
 
 
 def test_prepare_images_crop_pad_keeps_pixels():
-    x = _rng(6).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    x = fixture_rng(6).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     cropped = data.prepare_images(x, size=28, resize="crop_pad")
     np.testing.assert_array_equal(cropped, x[:, 2:30, 2:30])  # MNIST-M back to 28
-    digits = _rng(7).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    digits = fixture_rng(7).integers(0, 256, (3, 28, 28), dtype=np.uint8)
     padded = data.prepare_images(digits, size=32, resize="crop_pad")
     assert padded.shape == (3, 32, 32, 3)
     np.testing.assert_array_equal(padded[:, 2:30, 2:30, 1], digits)

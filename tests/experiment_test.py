@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from dann_jax import experiment
+from dann_jax import checkpoint, experiment, train
 from dann_jax.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,8 +107,8 @@ def test_workdir_written_before_a_field_existed(tmp_path):
     del old["resize"], old["vmap_seeds"]
     (tmp_path / "config.json").write_text(json.dumps(old))
     with pytest.raises(experiment.RunError, match="resize: 'bilinear' there, 'auto' now"):
-        experiment._check_workdir(Config(steps=10), tmp_path)
-    experiment._check_workdir(Config(steps=10, resize="bilinear"), tmp_path)  # resumable
+        experiment.check_workdir(Config(steps=10), tmp_path)
+    experiment.check_workdir(Config(steps=10, resize="bilinear"), tmp_path)  # resumable
 
 
 def _interrupt_at(step):
@@ -142,14 +142,14 @@ def test_interrupted_run_resumes_to_the_same_state(tmp_path, monkeypatch):
     assert a["target_accuracy"] == b["target_accuracy"]
     full_log = (tmp_path / "full" / "metrics.jsonl").read_text()
     assert full_log == (tmp_path / "part" / "metrics.jsonl").read_text()
-    like = experiment.train.create_train_state(
+    like = train.create_train_state(
         jax.random.key(0),
-        experiment.train.make_model(config),
-        experiment.train.make_optimizer(config),
+        train.make_model(config),
+        train.make_optimizer(config),
         (28, 28, 3),
     )
-    sa, _ = experiment._load_checkpoint(tmp_path / "full" / "seed_0" / "checkpoint", like)
-    sb, _ = experiment._load_checkpoint(tmp_path / "part" / "seed_0" / "checkpoint", like)
+    sa, _ = checkpoint.restore_latest(tmp_path / "full" / "seed_0" / "checkpoint", like)
+    sb, _ = checkpoint.restore_latest(tmp_path / "part" / "seed_0" / "checkpoint", like)
     assert int(sa.step) == int(sb.step) == 12
     for x, y in zip(jax.tree.leaves(sa.params), jax.tree.leaves(sb.params), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -322,7 +322,7 @@ def test_reproduce_table_on_the_embedded_default(tmp_path):
 
 def test_without_tfds_the_raw_files_are_read_directly(tmp_path, monkeypatch):
     # Accelerator images may lack tensorflow_datasets: --data-dir must still work.
-    from tests.data_test import write_mnist, write_usps
+    from tests.helpers import write_mnist, write_usps
 
     write_mnist(tmp_path / "digits" / "mnist")
     write_usps(tmp_path / "digits" / "usps")

@@ -9,32 +9,7 @@ import pytest
 import dann_jax as dj
 from dann_jax import train
 from dann_jax.models import DANN
-
-
-def _synthetic_data(n=256, size=28, seed=0):
-    """Two domains with learnable labels: class = brightest of 10 horizontal bands."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, size=(2, n))
-    images = rng.integers(0, 60, size=(2, n, size, size, 3)).astype(np.uint8)
-    band = size // 10
-    for d in range(2):
-        for i, y in enumerate(labels[d]):
-            images[d, i, y * band : (y + 1) * band] += 150
-    images[1] = 255 - images[1]  # the target domain: inverted contrast
-    return {
-        "source_images": jnp.asarray(images[0]),
-        "source_labels": jnp.asarray(labels[0], jnp.int32),
-        "target_images": jnp.asarray(images[1]),
-        "mean": jnp.full((3,), 0.5, jnp.float32),
-    }
-
-
-def _setup(**overrides):
-    config = dj.Config(**{"steps": 100, **overrides}).validate()
-    model = dj.make_model(config)
-    tx = dj.make_optimizer(config)
-    state = dj.create_train_state(jax.random.key(config.seed), model, tx, (28, 28, 3))
-    return config, model, tx, state
+from tests.helpers import setup_run, synthetic_data
 
 
 def _batch(data, batch_size, seed):
@@ -42,8 +17,8 @@ def _batch(data, batch_size, seed):
 
 
 def test_label_loss_falls():
-    config, model, tx, state = _setup(steps=60, lr=0.02)
-    data = _synthetic_data()
+    config, model, tx, state = setup_run(steps=60, lr=0.02)
+    data = synthetic_data()
     run = dj.compile_train_steps(model, tx, num_steps=5, batch_size=32)
     hp = dj.hyperparams(config)
     losses = []
@@ -60,11 +35,11 @@ def test_label_loss_falls():
 
 def test_extractor_receives_reversed_domain_gradient():
     lam, lambda3, lr = 0.6, 0.8, 0.01
-    data = _synthetic_data(64)
+    data = synthetic_data(64)
     batch = _batch(data, 16, seed=1)
 
     def one_step(lambda2):
-        config, model, tx, state = _setup(
+        config, model, tx, state = setup_run(
             lambda2=lambda2, lambda3=lambda3, lr=lr, lambda2_schedule="constant", momentum=0.9
         )
         step = dj.compile_train_step(model, tx, lambda2_schedule="constant")
@@ -100,8 +75,8 @@ def test_extractor_receives_reversed_domain_gradient():
 
 
 def test_no_recompile_across_hyperparameter_values():
-    config, model, tx, state = _setup()
-    batch = _batch(_synthetic_data(64), 8, seed=2)
+    config, model, tx, state = setup_run()
+    batch = _batch(synthetic_data(64), 8, seed=2)
 
     @chex.assert_max_traces(n=1)
     def traced_step(state, batch, hparams):
@@ -117,8 +92,10 @@ def test_no_recompile_across_hyperparameter_values():
 @pytest.mark.parametrize("batchnorm", [False, True])
 def test_pmap_on_8_devices_equals_one_device(batchnorm):
     assert jax.local_device_count() == 8
-    config, model, tx, state = _setup(lambda2_schedule="constant", lambda2=0.7, batchnorm=batchnorm)
-    data = _synthetic_data(128)
+    config, model, tx, state = setup_run(
+        lambda2_schedule="constant", lambda2=0.7, batchnorm=batchnorm
+    )
+    data = synthetic_data(128)
     batches = [_batch(data, 64, seed=s) for s in range(3)]
     hp = dj.hyperparams(config)
 
@@ -141,8 +118,8 @@ def test_pmap_on_8_devices_equals_one_device(batchnorm):
 
 
 def test_scanned_steps_equal_single_steps():
-    config, model, tx, state = _setup(steps=20)
-    data = _synthetic_data(128)
+    config, model, tx, state = setup_run(steps=20)
+    data = synthetic_data(128)
     hp = dj.hyperparams(config)
     k = 4
 
@@ -162,8 +139,8 @@ def test_scanned_steps_equal_single_steps():
 
 
 def test_pmapped_scan_runs_and_keeps_replicas_in_sync():
-    config, model, tx, state = _setup(steps=10)
-    data = dj.replicate(_synthetic_data(64))
+    config, model, tx, state = setup_run(steps=10)
+    data = dj.replicate(synthetic_data(64))
     run = dj.compile_train_steps(model, tx, num_steps=2, batch_size=4, parallel=True)
     sp, metrics = run(dj.replicate(state), data, dj.replicate(dj.hyperparams(config)))
     assert metrics["loss"].shape == (8, 2)
@@ -178,8 +155,8 @@ def _seed_states(model, tx, seeds):
 
 @pytest.mark.parametrize(("batchnorm", "unroll"), [(True, None), (False, 1)])
 def test_vmapped_seeds_equal_separate_runs(batchnorm, unroll):
-    config, model, tx, _ = _setup(steps=20, batchnorm=batchnorm, bn_stats="per_domain")
-    data, hp, k, seeds = _synthetic_data(64), dj.hyperparams(config), 2, (0, 5)
+    config, model, tx, _ = setup_run(steps=20, batchnorm=batchnorm, bn_stats="per_domain")
+    data, hp, k, seeds = synthetic_data(64), dj.hyperparams(config), 2, (0, 5)
     states = _seed_states(model, tx, seeds)
     stacked = dj.stack_trees(states)  # new arrays: the runs below may donate `states`
     # unroll=None: K dispatches of one step on CPU; unroll=1: a rolled lax.scan.
@@ -212,8 +189,8 @@ def test_vmapped_seeds_equal_separate_runs(batchnorm, unroll):
 
 
 def test_vmapped_seeds_under_pmap_equal_one_device():
-    config, model, tx, _ = _setup(steps=10, lambda2_schedule="constant", lambda2=0.5)
-    data, hp = _synthetic_data(64), dj.hyperparams(config)
+    config, model, tx, _ = setup_run(steps=10, lambda2_schedule="constant", lambda2=0.5)
+    data, hp = synthetic_data(64), dj.hyperparams(config)
     state = dj.stack_trees(_seed_states(model, tx, (1, 2)))
     # Each replica draws its own batch, so compare with the same program on 8 devices
     # run seed by seed: the seed axis must not mix seeds or devices.
@@ -233,8 +210,8 @@ def test_vmapped_seeds_under_pmap_equal_one_device():
 
 
 def test_diagnostics_off_changes_only_the_metrics():
-    config, model, tx, state = _setup()
-    batch, hp = _batch(_synthetic_data(64), 16, seed=3), dj.hyperparams(config)
+    config, model, tx, state = setup_run()
+    batch, hp = _batch(synthetic_data(64), 16, seed=3), dj.hyperparams(config)
     full, m_full = dj.compile_train_step(model, tx)(jax.tree.map(jnp.copy, state), batch, hp)
     lean, m_lean = dj.compile_train_step(model, tx, diagnostics=False)(state, batch, hp)
     chex.assert_trees_all_equal(lean.params, full.params)
@@ -246,16 +223,16 @@ def test_diagnostics_off_changes_only_the_metrics():
 
 
 def test_bfloat16_precision_trains():
-    config, model, tx, state = _setup(precision="bf16", steps=10)
+    config, model, tx, state = setup_run(precision="bf16", steps=10)
     run = dj.compile_train_steps(model, tx, num_steps=3, batch_size=8)
-    state, metrics = run(state, _synthetic_data(64), dj.hyperparams(config))
+    state, metrics = run(state, synthetic_data(64), dj.hyperparams(config))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
     assert np.all(np.isfinite(np.asarray(metrics["loss"])))
 
 
 def test_non_finite_loss_fails_fast_with_step_and_term():
-    config, model, tx, state = _setup()
-    batch = _batch(_synthetic_data(64), 8, seed=3)
+    config, model, tx, state = setup_run()
+    batch = _batch(synthetic_data(64), 8, seed=3)
     hp = dj.hyperparams(config)
     hp["lambda3"] = jnp.float32(jnp.inf)  # what a diverging run looks like
     step = dj.compile_train_step(model, tx)
@@ -275,8 +252,8 @@ def test_non_finite_loss_fails_fast_with_step_and_term():
 
 
 def test_evaluate_matches_direct_computation():
-    _config, model, _tx, state = _setup()
-    data = _synthetic_data(50)
+    _config, model, _tx, state = setup_run()
+    data = synthetic_data(50)
     eval_set = jax.device_put(
         dj.make_eval_set(
             np.asarray(data["target_images"]), np.asarray(data["source_labels"]), chunk=16
@@ -294,12 +271,3 @@ def test_evaluate_matches_direct_computation():
     np.testing.assert_array_equal(
         np.asarray(out["predictions"][:50]), np.asarray(jnp.argmax(logits, -1))
     )
-
-
-def test_config_errors_name_the_flag():
-    with pytest.raises(dj.ConfigError, match="--optimizer 'rmsprop'"):
-        dj.Config(optimizer="rmsprop").validate()
-    with pytest.raises(dj.ConfigError, match="--steps must be >= 1"):
-        dj.Config(steps=0).validate()
-    with pytest.raises(dj.ConfigError, match="steps is not set"):
-        dj.hyperparams(dj.Config())

@@ -1,0 +1,171 @@
+"""Checkpoints of a run: orbax's CheckpointManager, named keys, a checksum per save.
+
+Each save is a numbered orbax checkpoint (written to a temporary folder and renamed
+when complete, so a kill leaves either the previous checkpoints or a finished new one;
+orbax skips unfinished ones). The state is saved with its field names
+(`flax.serialization.to_state_dict`), so a restore into a differently structured state
+fails loudly instead of silently assigning same-shaped arrays to the wrong fields, and
+with a SHA-256 of its bytes, so a damaged file is detected: `restore_latest` then falls
+back to the previous complete checkpoint and says so, and stops with `CheckpointError`
+when none is intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import numpy as np
+
+__all__ = ["KEEP", "CheckpointError", "restore_latest", "save", "state_digest"]
+
+KEEP = 2  # checkpoints kept: the newest, and one to fall back to if it is damaged
+
+
+class CheckpointError(RuntimeError):
+    """No intact checkpoint could be restored; the message names the fix."""
+
+
+def _to_tree(state: Any) -> dict[str, Any]:
+    """Nested dict of host arrays with the state's field names (PRNG keys as raw data)."""
+    state = state.replace(rng=jax.random.key_data(state.rng))
+    return jax.tree.map(np.asarray, flax.serialization.to_state_dict(state))
+
+
+def _from_tree(tree: dict[str, Any], like: Any) -> Any:
+    """Inverse of `_to_tree`; refuses a tree whose names, shapes or dtypes differ."""
+    template = like.replace(rng=jax.random.key_data(like.rng))
+    want, got = _named_leaves(_to_tree(like)), _named_leaves(tree)
+    if set(want) != set(got):
+        missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+        raise CheckpointError(
+            f"checkpoint fields differ from the run's: missing {missing[:5]}, "
+            f"unexpected {extra[:5]}"
+        )
+    for key, value in want.items():
+        theirs = np.asarray(got[key])
+        if theirs.shape != value.shape or theirs.dtype != value.dtype:
+            raise CheckpointError(
+                f"checkpoint field {key} is {theirs.dtype}{list(theirs.shape)}, "
+                f"the run needs {value.dtype}{list(value.shape)}"
+            )
+    restored = flax.serialization.from_state_dict(template, tree)
+    return restored.replace(rng=jax.random.wrap_key_data(restored.rng))
+
+
+def _named_leaves(tree: Any) -> dict[str, np.ndarray]:
+    """{"['params']['conv1']['kernel']": array, ...}: every leaf under its path."""
+    return {
+        jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
+def state_digest(tree: dict[str, Any]) -> str:
+    """SHA-256 over every array's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name, value in sorted(_named_leaves(tree).items()):
+        h.update(f"{name}:{value.dtype}:{value.shape};".encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+    return h.hexdigest()
+
+
+def _manager(directory: Path):
+    """An orbax CheckpointManager over an existing `directory` (synchronous saves).
+
+    With several processes (multi-host) only process 0 writes, and every process reads
+    on its own: each is then its own primary host.
+    """
+    import orbax.checkpoint as ocp
+
+    extra = {}
+    if jax.process_count() > 1:
+        me = jax.process_index()
+        extra["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me}
+        )
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=KEEP,
+        create=False,  # made by `save` (orbax cannot create it for a subset of processes)
+        enable_async_checkpointing=False,  # the loop waits for the save anyway
+        **extra,
+    )
+    return ocp.CheckpointManager(directory.absolute(), options=options)
+
+
+def save(directory: Path, state: Any, loop: dict[str, Any]) -> None:
+    """Save a host `state` and the loop's bookkeeping as checkpoint number ``state.step``."""
+    import orbax.checkpoint as ocp
+
+    tree = _to_tree(state)
+    step = int(np.asarray(state.step).reshape(-1)[0])
+    meta = {**loop, "sha256": state_digest(tree)}
+    directory.mkdir(parents=True, exist_ok=True)
+    with _manager(directory) as mngr:
+        mngr.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(tree), loop=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
+        mngr.wait_until_finished()
+
+
+def _restore_step(mngr, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
+    """One checkpoint, checked against its recorded checksum."""
+    import orbax.checkpoint as ocp
+
+    template = _to_tree(like)
+    out = mngr.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(template), loop=ocp.args.JsonRestore()
+        ),
+    )
+    tree, loop = jax.tree.map(np.asarray, dict(out["state"])), dict(out["loop"])
+    digest = loop.pop("sha256", None)
+    if digest is None or digest != state_digest(tree):
+        raise CheckpointError(f"checkpoint {step}: the saved state does not match its checksum")
+    return _from_tree(tree, like), loop
+
+
+def restore_latest(
+    directory: Path, like: Any, log: Callable[[str], None] = print
+) -> tuple[Any, dict[str, Any]] | None:
+    """(state, loop bookkeeping) of the newest intact checkpoint, or None when there is none.
+
+    A damaged or unreadable checkpoint is skipped with a message, and the previous one is
+    used; when every checkpoint there is damaged, raises `CheckpointError`.
+    """
+    if not directory.exists():
+        return None
+    if (directory / "loop.json").exists():
+        raise CheckpointError(
+            f"{directory} holds a checkpoint in the format of an older dann_jax, which this "
+            "version cannot resume. Rerun with --restart to start this run over, or use "
+            "another --workdir."
+        )
+    with _manager(directory) as mngr:
+        steps = sorted(mngr.all_steps(), reverse=True)
+        problems = []
+        for step in steps:
+            try:
+                restored = _restore_step(mngr, step, like)
+            except Exception as e:  # orbax/tensorstore raise many kinds on damaged files
+                why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                problems.append(f"step {step}: {why}")
+                log(f"checkpoint {step} in {directory} is damaged or unreadable ({why})")
+                continue
+            if problems:
+                log(f"resuming from the intact checkpoint of step {step} instead")
+            return restored
+    if problems:
+        raise CheckpointError(
+            f"No intact checkpoint in {directory} ({'; '.join(problems)}). Rerun with --restart "
+            "to start this run over, or use another --workdir."
+        )
+    return None

@@ -1,0 +1,171 @@
+"""Helpers shared by the tests: tiny digit data sets in the upstream file formats, and
+small learnable in-memory data with a model to train on it.
+
+Each writer puts a small random data set where a user would put the real files
+(``DIR/mnist/``, ``DIR/mnist_m/``, ``DIR/usps/``, ``DIR/svhn/``) and returns the arrays it
+wrote, so that a test can check a loader against them pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import struct
+import tarfile
+from pathlib import Path
+
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.io
+from PIL import Image
+
+import dann_jax as dj
+
+N_TRAIN, N_TEST = 12, 7  # tiny fixtures: a TFDS build of each takes well under a second
+
+
+def fixture_rng(seed: int = 0) -> np.random.Generator:
+    """Fixed-seed generator for fixture content."""
+    return np.random.default_rng(seed)
+
+
+def _fake_split(n: int, shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random uint8 images and 0..9 labels."""
+    rng = fixture_rng(seed)
+    return rng.integers(0, 256, (n, *shape), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+def _idx_bytes(arr: np.ndarray) -> bytes:
+    """Encode a uint8 array in the IDX format (magic 0x0800 | ndim, big-endian dims)."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    return header + arr.astype(np.uint8).tobytes()
+
+
+def write_mnist(folder: Path, gz: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Write the four MNIST IDX files (gzipped or not); return the arrays written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = {"train": _fake_split(N_TRAIN, (28, 28), 1), "test": _fake_split(N_TEST, (28, 28), 2)}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        x, y = splits[split]
+        for kind, arr in (("images-idx3", x), ("labels-idx1", y)):
+            payload = _idx_bytes(arr)
+            name = f"{prefix}-{kind}-ubyte"
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(payload))
+            else:
+                (folder / name).write_bytes(payload)
+    return splits
+
+
+def _png(arr: np.ndarray) -> bytes:
+    """PNG bytes of one RGB image."""
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _mnist_m_members(n_listed: dict[str, int] | None = None):
+    """(relative path, bytes) of an MNIST-M release, and the arrays; labels may list a prefix."""
+    splits = {
+        "train": _fake_split(N_TRAIN, (32, 32, 3), 3),
+        "test": _fake_split(N_TEST, (32, 32, 3), 4),
+    }
+    members = []
+    for split, (x, y) in splits.items():
+        members += [(f"mnist_m/mnist_m_{split}/{i:08d}.png", _png(img)) for i, img in enumerate(x)]
+        listed = (n_listed or {}).get(split, len(x))
+        text = "".join(f"{i:08d}.png {y[i]}\n" for i in range(listed))
+        members.append((f"mnist_m/mnist_m_{split}_labels.txt", text.encode()))
+    return members, splits
+
+
+def write_mnist_m_archive(folder: Path, n_listed: dict[str, int] | None = None):
+    """Write mnist_m.tar.gz in the authors' layout; return the arrays."""
+    folder.mkdir(parents=True, exist_ok=True)
+    members, splits = _mnist_m_members(n_listed)
+    with tarfile.open(folder / "mnist_m.tar.gz", "w:gz") as tar:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return splits
+
+
+def write_mnist_m_folder(folder: Path, nested: bool = True):
+    """Write the extracted release under folder/mnist_m/ (nested) or folder/ (flat)."""
+    members, splits = _mnist_m_members()
+    for name, payload in members:
+        path = folder / (name if nested else name.split("/", 1)[1])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(payload)
+    return splits
+
+
+def write_usps(folder: Path):
+    """Write usps.h5 with float pixels k/255 (so round(x*255) recovers k exactly)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = {"train": _fake_split(N_TRAIN, (16, 16), 5), "test": _fake_split(N_TEST, (16, 16), 6)}
+    with h5py.File(folder / "usps.h5", "w") as f:
+        for split, (x, y) in splits.items():
+            g = f.create_group(split)
+            g["data"] = (x.reshape(len(x), 256) / np.float32(255)).astype(np.float32)
+            g["target"] = y.astype(np.int64)
+    return splits
+
+
+def write_svhn(folder: Path):
+    """Write train/test_32x32.mat (X (32, 32, 3, N), y (N, 1) in 1..10 with 10 for digit 0)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = {
+        "train": _fake_split(N_TRAIN, (32, 32, 3), 7),
+        "test": _fake_split(N_TEST, (32, 32, 3), 8),
+    }
+    for split, (x, y) in splits.items():
+        y = y.copy()
+        y[:2] = 0  # make sure digit 0 (stored as 10) is present
+        splits[split] = (x, y)
+        mat_y = np.where(y == 0, 10, y).reshape(-1, 1).astype(np.uint8)
+        scipy.io.savemat(
+            folder / f"{split}_32x32.mat", {"X": np.transpose(x, (1, 2, 3, 0)), "y": mat_y}
+        )
+    return splits
+
+
+WRITERS = {
+    "mnist": write_mnist,
+    "mnist_m": write_mnist_m_archive,
+    "usps": write_usps,
+    "svhn": write_svhn,
+}
+
+
+# -------------------------------------------------------------- in-memory training data
+
+
+def synthetic_data(n=256, size=28, seed=0):
+    """Two domains with learnable labels: class = brightest of 10 horizontal bands."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=(2, n))
+    images = rng.integers(0, 60, size=(2, n, size, size, 3)).astype(np.uint8)
+    band = size // 10
+    for d in range(2):
+        for i, y in enumerate(labels[d]):
+            images[d, i, y * band : (y + 1) * band] += 150
+    images[1] = 255 - images[1]  # the target domain: inverted contrast
+    return {
+        "source_images": jnp.asarray(images[0]),
+        "source_labels": jnp.asarray(labels[0], jnp.int32),
+        "target_images": jnp.asarray(images[1]),
+        "mean": jnp.full((3,), 0.5, jnp.float32),
+    }
+
+
+def setup_run(**overrides):
+    """(config, model, optimizer, initial state) of a 100-step run with `overrides`."""
+    config = dj.Config(**{"steps": 100, **overrides}).validate()
+    model = dj.make_model(config)
+    tx = dj.make_optimizer(config)
+    state = dj.create_train_state(jax.random.key(config.seed), model, tx, (28, 28, 3))
+    return config, model, tx, state

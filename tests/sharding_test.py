@@ -1,0 +1,111 @@
+"""Data parallelism by sharding: a mesh of 8 devices computes what one device computes on
+the whole batch, the pmap form agrees with it, and nothing recompiles."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dann_jax as dj
+from dann_jax import sharding, train
+from tests.helpers import setup_run, synthetic_data
+
+
+def _close(a, b, tol=1e-5):
+    chex.assert_trees_all_close(a, b, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_mesh_step_equals_one_device_on_the_whole_batch(batchnorm):
+    mesh = dj.make_mesh()
+    assert mesh.size == 8
+    config, model, tx, state = setup_run(
+        lambda2_schedule="constant", lambda2=0.7, batchnorm=batchnorm, bn_stats="per_domain"
+    )
+    data, hp = synthetic_data(128), dj.hyperparams(config)
+    batches = [dj.sample_batch(jax.random.key(s), data, 64) for s in range(3)]
+
+    single = dj.compile_train_step(model, tx, lambda2_schedule="constant")
+    s1 = jax.tree.map(jnp.copy, state)
+    for b in batches:
+        s1, m1 = single(s1, b, hp)
+
+    step = dj.compile_train_step(model, tx, lambda2_schedule="constant", mesh=mesh)
+    sm, hp_m = dj.put_replicated(state, mesh), dj.put_replicated(hp, mesh)
+    for b in batches:
+        sm, mm = step(sm, jax.device_put(b, sharding.batch_sharding(mesh)), hp_m)
+    assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(sm.params))
+    sm = dj.fetch(sm)
+    _close(sm.params, s1.params)
+    _close(sm.batch_stats, s1.batch_stats)
+    assert int(sm.step) == 3
+    for k in ("loss", "label_loss", "domain_loss", "domain_accuracy"):
+        np.testing.assert_allclose(np.asarray(mm[k]), np.asarray(m1[k]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("vmap_seeds", [False, True])
+def test_mesh_steps_draw_the_one_device_batches(vmap_seeds):
+    mesh = dj.make_mesh()
+    config, model, tx, state = setup_run(steps=20)
+    if vmap_seeds:
+        other = dj.create_train_state(jax.random.key(7), model, tx, (28, 28, 3))
+        state = dj.stack_trees([state, other])
+    data, hp = synthetic_data(64), dj.hyperparams(config)
+    kwargs = dict(num_steps=3, batch_size=16, vmap_seeds=vmap_seeds)
+    one, m1 = dj.compile_train_steps(model, tx, **kwargs)(jax.tree.map(jnp.copy, state), data, hp)
+    run = dj.compile_train_steps(model, tx, mesh=mesh, **kwargs)
+    put = lambda t: dj.put_replicated(t, mesh)
+    sm, mm = run(put(state), put(data), put(hp))
+    _close(dj.fetch(sm).params, one.params)
+    np.testing.assert_allclose(np.asarray(mm["loss"]), np.asarray(m1["loss"]), rtol=1e-5)
+
+
+def test_pmap_form_and_mesh_end_in_the_same_state():
+    config, model, tx, state = setup_run(lambda2_schedule="constant", lambda2=0.5)
+    data, hp = synthetic_data(128), dj.hyperparams(config)
+    batches = [dj.sample_batch(jax.random.key(s), data, 32) for s in range(4)]
+    pmapped = dj.compile_train_step(model, tx, lambda2_schedule="constant", parallel=True)
+    sp, hp_r = dj.replicate(state), dj.replicate(hp)
+    for b in batches:
+        sp, _ = pmapped(sp, dj.shard(b), hp_r)
+    mesh = dj.make_mesh()
+    step = dj.compile_train_step(model, tx, lambda2_schedule="constant", mesh=mesh)
+    sm, hp_m = dj.put_replicated(state, mesh), dj.put_replicated(hp, mesh)
+    for b in batches:
+        sm, _ = step(sm, b, hp_m)
+    _close(dj.fetch(sm).params, dj.unreplicate(sp).params)
+    assert int(dj.fetch(sm).step) == int(dj.unreplicate(sp).step) == 4
+
+
+def test_mesh_steps_do_not_recompile_for_new_hyperparameters(monkeypatch):
+    counted = chex.assert_max_traces(train.train_steps, n=1)
+    monkeypatch.setattr(train, "train_steps", counted)
+    mesh = dj.make_mesh()
+    config, model, tx, state = setup_run()
+    run = dj.compile_train_steps(model, tx, num_steps=2, batch_size=8, mesh=mesh, unroll=True)
+    put = lambda t: dj.put_replicated(t, mesh)
+    state, data = put(state), put(synthetic_data(32))
+    for i in range(3):
+        cfg = config.replace(lambda2=0.3 * i, lr=0.01 * (i + 1), steps=50 + i)
+        state, _ = run(state, data, put(dj.hyperparams(cfg)))
+    assert int(dj.fetch(state).step) == 6
+
+
+def test_put_replicated_and_fetch_round_trip_keys_and_arrays():
+    mesh = dj.make_mesh()
+    tree = {"x": np.arange(6.0).reshape(2, 3), "key": jax.random.key(3), "n": np.int32(4)}
+    placed = dj.put_replicated(tree, mesh)
+    assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(placed))
+    back = dj.fetch(placed)
+    np.testing.assert_array_equal(np.asarray(back["x"]), tree["x"])
+    np.testing.assert_array_equal(
+        jax.random.key_data(back["key"]), jax.random.key_data(tree["key"])
+    )
+    assert int(back["n"]) == 4
+
+
+def test_mesh_and_pmap_cannot_be_combined():
+    _, model, tx, _ = setup_run()
+    with pytest.raises(ValueError, match="either parallel=True"):
+        dj.compile_train_step(model, tx, parallel=True, mesh=dj.make_mesh())
