@@ -178,13 +178,17 @@ def _announce(config: Config, data: PairData, device: dict, workdir: Path, log) 
     )
 
 
-def run(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(
+    config: Config, log: Callable[[str], None] = print, data: PairData | None = None
+) -> dict[str, Any]:
     """Run the experiment described by `config` and write its outputs.
 
     Args:
       config: the run's settings (validated here); ``steps=None`` picks
         `DEFAULT_STEPS` for the kind of data found.
       log: where progress lines go.
+      data: the pair, already loaded with `load_data` for this config's source, target,
+        mode, architecture and resize (e.g. shared by the cells of a table); None loads it.
 
     Returns:
       The results dict also written to ``results.json``.
@@ -196,7 +200,7 @@ def run(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     config.validate()
     start = time.perf_counter()
     workdir = Path(config.workdir)
-    data = load_data(config, log)
+    data = load_data(config, log) if data is None else data
     config = _resolve_steps(config, data, log)
     check_workdir(config, workdir)
     results_path = workdir / "results.json"
