@@ -3,8 +3,10 @@
 Same layers and parameter shapes as dann_jax's paper models (see `handwritten.ARCHS`),
 gradient reversal as a ``torch.autograd.Function``, the same losses (source cross-entropy +
 0.5 * (BCE(D_s, 0) + BCE(D_t, 1))) and ``torch.optim.SGD`` with momentum 0.9 whose learning
-rate is set every step to the paper's annealed value. Runs eagerly or under
-``torch.compile``. Importing this module imports torch: callers catch the ImportError.
+rate is set every step to the paper's annealed value. Runs eagerly (float32, or bfloat16
+under autocast) or under ``torch.compile`` (default mode, or ``reduce-overhead``: CUDA
+graphs, the counterpart of XLA:GPU's command buffers). Importing this module imports
+torch: callers catch the ImportError.
 """
 
 from __future__ import annotations
@@ -91,10 +93,23 @@ def synchronize(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def set_tf32(enabled: bool) -> None:
-    """Allow TF32 for float32 matmuls and convolutions (XLA's default on recent GPUs)."""
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    torch.backends.cudnn.allow_tf32 = enabled
+def configure(tf32: bool) -> None:
+    """The settings that match what XLA does by default on a GPU.
+
+    TF32 for float32 matmuls and convolutions (both backend flags and the matmul
+    precision, which newer PyTorch consults instead), and cuDNN's autotuner: XLA
+    autotunes its convolutions at compile time, so PyTorch gets to pick its algorithms
+    too (during the warm-up calls, outside the timing).
+    """
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    torch.backends.cudnn.benchmark = True
+
+
+def reset_compiler() -> None:
+    """Forget every torch.compile graph (once per shape: each shape compiles afresh)."""
+    torch._dynamo.reset()
 
 
 def to_torch(batch: dict[str, np.ndarray], dev: torch.device) -> tuple[Any, Any, Any]:
@@ -107,22 +122,37 @@ def to_torch(batch: dict[str, np.ndarray], dev: torch.device) -> tuple[Any, Any,
     return images(batch["source_images"]), ys, images(batch["target_images"])
 
 
+def _compiled(model: nn.Module, mode: str | None) -> Callable[..., Any]:
+    """`model` itself (eager), or torch.compile of it in `mode` for static shapes."""
+    if mode is None:
+        return model
+    # dynamic=False: one shape per compilation, as XLA specialises each program.
+    return torch.compile(model, mode=mode, dynamic=False)
+
+
 def make_step(
     arch: str,
     total_steps: int,
     dev: torch.device,
-    compile_model: bool = False,
+    compile_mode: str | None = None,
+    bf16: bool = False,
     lr0: float = 0.01,
     alpha: float = 10.0,
     beta: float = 0.75,
     gamma: float = 10.0,
     seed: int = 0,
 ) -> Callable[[Any, Any, Any], Any]:
-    """A closure ``step(xs, ys, xt) -> loss`` training a fresh model by one SGD step per call."""
+    """A closure ``step(xs, ys, xt) -> loss`` training a fresh model by one SGD step per call.
+
+    ``compile_mode``: None (eager), ``"default"`` or ``"reduce-overhead"`` (torch.compile
+    with CUDA graphs). ``bf16``: the forward under ``torch.autocast`` to bfloat16, the
+    counterpart of dann_jax's ``precision="bf16"`` (float32 parameters and update).
+    """
     torch.manual_seed(seed)
     model = TorchDANN(arch).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=lr0, momentum=0.9)
-    loss_fn = torch.compile(model) if compile_model else model
+    loss_fn = _compiled(model, compile_mode)
+    graphs = compile_mode == "reduce-overhead"
     # lambda is a device tensor so that torch.compile does not specialise (and recompile)
     # on each new Python float.
     lam = torch.zeros((), device=dev)
@@ -134,7 +164,10 @@ def make_step(
         for group in opt.param_groups:
             group["lr"] = lr0 / (1.0 + alpha * p) ** beta
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(xs, ys, xt, lam)
+        if graphs:  # a new iteration: earlier graph outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(xs, ys, xt, lam)
         loss.backward()
         opt.step()
         count[0] += 1

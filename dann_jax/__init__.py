@@ -26,6 +26,7 @@ matplotlib: `dann_jax.data` (digit domains as TFDS data sets, the embedded defau
 Embedded Validation, embeddings, confusion matrices).
 """
 
+from dann_jax.compiled import TrainSteps, compile_train_step, compile_train_steps
 from dann_jax.config import Config, ConfigError, hyperparams
 from dann_jax.evaluate import (
     compile_evaluate,
@@ -50,25 +51,19 @@ from dann_jax.schedules import (
     learning_rate_schedule,
     progress,
 )
-from dann_jax.sharding import fetch, make_mesh, put_replicated
+from dann_jax.sharding import fetch, make_mesh, put_replicated, replicate, shard, unreplicate
 from dann_jax.train import (
     NonFiniteLossError,
     TrainState,
-    TrainSteps,
     check_finite,
-    compile_train_step,
-    compile_train_steps,
     create_train_state,
     make_model,
     make_optimizer,
-    replicate,
     sample_batch,
-    shard,
     stack_trees,
     train_step,
     train_steps,
     tree_index,
-    unreplicate,
 )
 
 __version__ = "0.1.0"

@@ -139,7 +139,7 @@ def compile_evaluate(model: DANN, vmap_seeds: bool = False) -> Callable[..., dic
     """`evaluate` under ``jax.jit``; call as ``fn(params, batch_stats, eval_set, mean)``.
 
     With ``vmap_seeds=True``, params and batch_stats carry a leading seed axis (as in
-    `dann_jax.train.compile_train_steps`) and every result gains it.
+    `dann_jax.compile_train_steps`) and every result gains it.
     """
     fn = functools.partial(evaluate, model=model)
     if vmap_seeds:

@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from dann_jax import analysis, loop, plots
+from dann_jax import analysis, loop, plots, validators
 from dann_jax.data.pair import PairData
 from dann_jax.evaluate import compile_predict, make_eval_set
 
@@ -59,7 +59,9 @@ def make_dev_hook(config, data: PairData, seed: int) -> Callable[[Any, dict], No
     def hook(state, record):
         s = _outputs(model, state, *src, data.mean)
         t = _outputs(model, state, *tgt, data.mean)
-        dev = analysis.deep_embedded_validation(s["features"], s["loss"], t["features"], seed=seed)
+        dev = validators.deep_embedded_validation(
+            s["features"], s["loss"], t["features"], seed=seed
+        )
         record["dev_risk"] = dev["dev_risk"]
         record["iwcv_risk"] = dev["iwcv_risk"]
 
@@ -145,7 +147,7 @@ def analyze(config, data: PairData, dann_result: dict, workdir: Path, log) -> di
             "steps": [c["step"] for c in curves],
             "dev_risk": dev,
             "target_accuracy": [c["target_accuracy"] for c in curves],
-            **analysis.selection_agreement(dev, [c["target_accuracy"] for c in curves]),
+            **validators.selection_agreement(dev, [c["target_accuracy"] for c in curves]),
         }
         selection["chosen_step"] = curves[selection["chosen_index"]]["step"]
     result = {

@@ -28,7 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from dann_jax import checkpoint, io, sharding, train
+from dann_jax import checkpoint, compiled, io, sharding, train
 from dann_jax.config import Config, ConfigError, hyperparams
 from dann_jax.data.pair import PairData
 from dann_jax.evaluate import compile_evaluate, make_eval_set
@@ -171,7 +171,7 @@ def _compile_steps(config: Config, model, tx, mesh, group: Group) -> Callable[[i
 
     def get(n: int):
         if n not in cache:
-            cache[n] = train.compile_train_steps(
+            cache[n] = compiled.compile_train_steps(
                 model, tx, num_steps=n, batch_size=config.batch_size,
                 lambda2_schedule=config.lambda2_schedule, vmap_seeds=group.vmapped, mesh=mesh,
             )  # fmt: skip

@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dann_jax.config import BN_STATS
 from dann_jax.grl import grad_reverse
 
 __all__ = [
@@ -191,8 +192,8 @@ class DANN(nn.Module):
     dtype: Any = jnp.float32
 
     def setup(self):
-        if self.bn_stats not in ("joint", "per_domain"):
-            raise ValueError(f"bn_stats must be 'joint' or 'per_domain', got {self.bn_stats!r}")
+        if self.bn_stats not in BN_STATS:
+            raise ValueError(f"bn_stats must be one of {BN_STATS}, got {self.bn_stats!r}")
         self.extractor = FeatureExtractor(
             self.arch, self.batchnorm, self.dropout_rate, self.bn_axis_name, self.dtype
         )

@@ -13,6 +13,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from dann_jax.config import LAMBDA2_SCHEDULES
+
 __all__ = [
     "LAMBDA_SCHEDULES",
     "annealed_learning_rate",
@@ -22,7 +24,7 @@ __all__ = [
     "progress",
 ]
 
-LAMBDA_SCHEDULES = ("dann", "constant")
+LAMBDA_SCHEDULES = LAMBDA2_SCHEDULES  # defined once, in dann_jax.config
 
 
 def progress(step: jax.Array | int, total_steps: jax.Array | int) -> jax.Array:

@@ -16,12 +16,23 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["BATCH_AXIS", "batch_sharding", "fetch", "make_mesh", "put_replicated", "replicated"]
+__all__ = [
+    "BATCH_AXIS",
+    "batch_sharding",
+    "fetch",
+    "make_mesh",
+    "put_replicated",
+    "replicate",
+    "replicated",
+    "shard",
+    "unreplicate",
+]
 
-BATCH_AXIS = "batch"
+BATCH_AXIS = "batch"  # also `dann_jax.train.AXIS`, the pmap axis name (see `replicate`)
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
@@ -78,3 +89,43 @@ def fetch(tree: Any) -> Any:
         return jax.device_get(x)
 
     return jax.tree.map(get, tree)
+
+
+# ---------------------------------------------------------------- the jax.pmap form
+# `dann_jax.compile_train_step(parallel=True)` takes arguments with a leading device
+# axis: these helpers make and undo it.
+
+
+def replicate(tree: Any, devices: list | None = None) -> Any:
+    """Copy every leaf once onto each local device, with a leading device axis (for pmap)."""
+    devices = devices or jax.local_devices()
+    # The mesh axis is named like the pmap axis: a pmapped step's outputs then carry the
+    # same sharding as these inputs, and its second call does not compile again.
+    mesh = jax.sharding.Mesh(np.array(devices), (BATCH_AXIS,))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(BATCH_AXIS))
+
+    def put(x):
+        x = jnp.asarray(x) if not isinstance(x, np.ndarray) else x
+        shards = [jax.device_put(x[None], d) for d in devices]
+        return jax.make_array_from_single_device_arrays((len(devices), *x.shape), sharding, shards)
+
+    return jax.tree.map(put, tree)
+
+
+def shard(tree: Any, num_devices: int | None = None) -> Any:
+    """Split each leaf's leading (batch) axis into (num_devices, batch / num_devices, ...)."""
+    n = num_devices or jax.local_device_count()
+
+    def split(x):
+        if x.shape[0] % n:
+            raise ValueError(f"batch of {x.shape[0]} does not split evenly over {n} devices")
+        return x.reshape(n, x.shape[0] // n, *x.shape[1:])
+
+    return jax.tree.map(split, tree)
+
+
+def unreplicate(tree: Any) -> Any:
+    """The first local replica of a replicated pytree (also on multi-host pmap outputs)."""
+    return jax.tree.map(
+        lambda x: x.addressable_data(0)[0] if isinstance(x, jax.Array) else x[0], tree
+    )

@@ -48,7 +48,7 @@ _INFO = {
         "Ganin et al. Domain-Adversarial Training of Neural Networks. JMLR 17(59), 2016.",
     ),
     "usps": (
-        "https://www.kaggle.com/datasets/bistaumanga/usps-dataset",
+        "https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets/multiclass.html#usps",
         "Hull. A database for handwritten text recognition research. IEEE TPAMI 16(5), 1994.",
     ),
     "svhn": (

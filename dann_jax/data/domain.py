@@ -13,6 +13,18 @@ class DataError(Exception):
     """Bad or missing data; the message says what is wrong and how to fix it."""
 
 
+class MissingFilesError(DataError):
+    """A domain's raw files are absent from a folder that exists (not: present but corrupt)."""
+
+
+class DownloadError(DataError):
+    """Every mirror of an upstream file failed (network, HTTP error or checksum mismatch)."""
+
+
+# Where a domain's arrays came from, as `Domain.source_kind` and results.json say it.
+SOURCE_KINDS = ("prepared records", "manual dir", "download", "synthesised", "embedded", "npz file")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Domain:
     """One domain's train and test splits as host numpy arrays.
@@ -26,12 +38,16 @@ class Domain:
       name: ``'mnist'``, ``'mnist_m'``, ``'usps'``, ``'svhn'``, ``'embedded_mnist'``,
         ``'embedded_mnist_m'``, or the path of a bring-your-own ``.npz`` file.
       variant: ``'full'`` (the upstream data set), ``'embedded'`` (the small set
-        built from data shipped inside installed packages) or ``'npz'``.
+        built from data shipped inside installed packages), ``'synthesised'`` (MNIST-M
+        built here from MNIST and BSDS500 photos, not the released set) or ``'npz'``.
       x_train: uint8 images, shape ``(N, H, W, C)``.
       y_train: int32 labels in ``[0, 10)``, shape ``(N,)``.
       x_test: uint8 images, shape ``(M, H, W, C)``.
       y_test: int32 labels, shape ``(M,)``.
       origin: human-readable description of where the arrays came from.
+      source_kind: one of `SOURCE_KINDS` (``''`` when the maker did not say): reused
+        prepared records, raw files from a manual dir or a download (prepared in this
+        call), synthesised, embedded, or an npz file.
     """
 
     name: str
@@ -41,6 +57,7 @@ class Domain:
     x_test: np.ndarray
     y_test: np.ndarray
     origin: str
+    source_kind: str = ""
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -1,32 +1,66 @@
 """Download of the upstream raw files (the fallback when no manual dir is given).
 
 Files land in ``<download_root>/<domain>/`` with the same names as in a manual
-dir, so the same readers serve both. Each file is fetched once, to a ``.part``
-file that is verified (sha256, where known) and renamed only when complete.
+dir, so the same readers serve both. Each file is fetched to a ``.part`` file,
+verified (md5 or sha256, whichever is known) and only then renamed to its final
+name: a file under its final name has always been verified. Mirrors are tried in
+order (a dead one, or one serving other bytes, passes to the next); an
+interrupted transfer keeps its ``.part`` and is resumed with an HTTP ``Range``
+request where the server honours it, else restarted from the first byte.
+
+``$DANN_DATA_MIRROR`` (one or more base URLs, space separated) replaces every
+built-in URL by ``<base>/<domain>/<file name>``: for a local mirror, and for tests
+that must not reach the internet.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import http.client
 import os
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from dann_jax.data.domain import DataError
+from dann_jax.data.domain import DownloadError
 from dann_jax.data.raw import LAYOUT
+
+MIRROR_ENV = "DANN_DATA_MIRROR"
+_ATTEMPTS = 3  # per mirror: one transfer and up to two resumptions after interruptions
+_BLOCK = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where one upstream file comes from and the checksum it must have.
+
+    Attributes:
+      urls: mirrors, tried in order.
+      sha256: hex sha256 of the file, or None.
+      md5: hex md5 of the file, or None (used when no sha256 is known).
+    """
+
+    urls: tuple[str, ...]
+    sha256: str | None = None
+    md5: str | None = None
+
 
 _MNIST_MIRRORS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
 )
 _SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
+_LIBSVM_URL = "https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets/multiclass/"
+# The authors' MNIST-M release, as mirrored by Cornell (pytorch-adapt downloads it there).
+_MNIST_M_URL = "https://cornell.box.com/shared/static/jado7quprg6hzzdubvwzh9umr75damwi"
 
-# domain -> file name -> (candidate URLs, sha256 or None). The MNIST and SVHN
-# checksums are those TFDS records for the same upstream files.
-SOURCES: dict[str, dict[str, tuple[tuple[str, ...], str | None]]] = {
+# domain -> file name -> Source. MNIST and SVHN sha256: those TFDS records for the same
+# upstream files; MNIST-M md5: pytorch-adapt's; USPS md5: torchvision's.
+SOURCES: dict[str, dict[str, Source]] = {
     "mnist": {
-        name: (tuple(m + name for m in _MNIST_MIRRORS), sha)
+        name: Source(tuple(m + name for m in _MNIST_MIRRORS), sha256=sha)
         for name, sha in {
             "train-images-idx3-ubyte.gz": (
                 "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"
@@ -42,54 +76,149 @@ SOURCES: dict[str, dict[str, tuple[tuple[str, ...], str | None]]] = {
             ),
         }.items()
     },
+    "mnist_m": {
+        "mnist_m.tar.gz": Source((_MNIST_M_URL,), md5="859df31c91afe82e80e5012ba928f279"),
+    },
+    "usps": {
+        "usps.bz2": Source((_LIBSVM_URL + "usps.bz2",), md5="ec16c51db3855ca6c91edd34d0e9b197"),
+        "usps.t.bz2": Source((_LIBSVM_URL + "usps.t.bz2",), md5="8ea070ee2aca1ac39742fdd1ef5ed118"),
+    },
     "svhn": {
-        "train_32x32.mat": (
+        "train_32x32.mat": Source(
             (_SVHN_URL + "train_32x32.mat",),
-            "435e94d69a87fde4fd4d7f3dd208dfc32cb6ae8af2240d066de1df7508d083b8",
+            sha256="435e94d69a87fde4fd4d7f3dd208dfc32cb6ae8af2240d066de1df7508d083b8",
         ),
-        "test_32x32.mat": (
+        "test_32x32.mat": Source(
             (_SVHN_URL + "test_32x32.mat",),
-            "cdce80dfb2a2c4c6160906d0bd7c68ec5a99d7ca4831afa54f09182025b6a75b",
+            sha256="cdce80dfb2a2c4c6160906d0bd7c68ec5a99d7ca4831afa54f09182025b6a75b",
         ),
     },
 }
 
-# Why some domains cannot be downloaded automatically.
-NO_SOURCE = {
-    "mnist_m": (
-        "MNIST-M has no stable direct download URL (the authors' release, mnist_m.tar.gz, is "
-        "shared through a web page, not a plain file URL). Get mnist_m.tar.gz from the "
-        "DANN authors' page (Ganin et al.) and pass its folder as manual_dir."
-    ),
-    "usps": (
-        "USPS (usps.h5) has no stable direct download URL known to this project (it is "
-        "distributed through Kaggle, 'bistaumanga/usps-dataset', which needs a login). "
-        "Download usps.h5 and pass its folder as manual_dir."
-    ),
+# What else a user can do when a domain cannot be downloaded (appended to the error).
+_HINTS = {
+    "mnist_m": "Or pass bsds_dir (--bsds-dir, BSR_bsds500.tgz) to synthesise MNIST-M instead.",
 }
 
 
-def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
+class _Interrupted(OSError):
+    """The transfer stopped before the end; the ``.part`` file holds what arrived."""
+
+
+def file_digest(path: str | os.PathLike, algorithm: str, chunk: int = _BLOCK) -> str:
+    """Hex digest (``'sha256'``, ``'md5'``, ...) of a file, read in chunks."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
 
 
-def _fetch(url: str, dest: Path, sha256: str | None, timeout: float) -> None:
-    """Stream `url` to ``dest.part``, verify it, then rename it to `dest`."""
+def sha256_of(path: str | os.PathLike, chunk: int = _BLOCK) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    return file_digest(path, "sha256", chunk)
+
+
+def checksum_problem(path: Path, source: Source) -> str | None:
+    """None if `path` has `source`'s checksum (or none is known), else what differs."""
+    for algorithm, expected in (("sha256", source.sha256), ("md5", source.md5)):
+        if expected is not None:
+            got = file_digest(path, algorithm)
+            if got != expected.lower():
+                return f"checksum mismatch (got {algorithm} {got}, expected {expected})"
+            return None
+    return None
+
+
+def mirror_urls(domain: str, name: str, source: Source) -> tuple[str, ...]:
+    """The URLs to try for one file: ``$DANN_DATA_MIRROR`` bases if set, else the built-in."""
+    bases = os.environ.get(MIRROR_ENV, "").split()
+    if bases:
+        return tuple(f"{b.rstrip('/')}/{domain}/{name}" for b in bases)
+    return source.urls
+
+
+def _open(url: str, offset: int, timeout: float):
+    """Open `url`, asking for the bytes from `offset` on when `offset` > 0."""
+    headers = {"User-Agent": "dann_jax"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+
+
+def _resumes_at(resp, offset: int) -> bool:
+    """Whether `resp` continues a file at byte `offset` (206 with a matching Content-Range)."""
+    if not offset or getattr(resp, "status", None) != 206:
+        return False  # 200 (Range ignored) or a file:// URL: the whole file follows
+    match = re.match(r"bytes (\d+)-", resp.headers.get("Content-Range", ""))
+    if match is None or int(match[1]) != offset:
+        raise OSError(f"server answered the Range request for byte {offset} with {match}")
+    return True
+
+
+def _fetch(url: str, part: Path, timeout: float) -> None:
+    """Transfer `url` into `part`, appending to it when the server resumes at its size.
+
+    Raises:
+      _Interrupted: the body ended before the announced length, or the connection
+        broke midway (`part` keeps what arrived, for a resumption).
+      urllib.error.URLError, OSError: the mirror cannot be reached or refuses the file.
+    """
+    offset = part.stat().st_size if part.is_file() else 0
+    try:
+        resp = _open(url, offset, timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and offset:
+            return  # "range not satisfiable": `part` is already whole (or junk: verified next)
+        raise
+    with resp:
+        resumed = _resumes_at(resp, offset)
+        length = resp.headers.get("Content-Length")
+        expected = int(length) if length and length.isdigit() else None
+        got = 0
+        try:
+            with open(part, "ab" if resumed else "wb") as out:
+                while block := resp.read(_BLOCK):
+                    out.write(block)
+                    got += len(block)
+        except (OSError, http.client.HTTPException) as e:
+            raise _Interrupted(f"transfer broke after {got} bytes ({e})") from e
+    # urllib does not raise when a connection closes early: compare with the length.
+    if expected is not None and got < expected:
+        raise _Interrupted(f"connection closed after {got} of {expected} bytes")
+
+
+def _fetch_verified(urls: tuple[str, ...], dest: Path, source: Source, timeout: float) -> list:
+    """Fetch `dest` from the first mirror that gives the right bytes; [] or the failures.
+
+    A ``.part`` left by an earlier run is resumed; if the result fails verification the
+    ``.part`` is deleted and that mirror tried once more from the first byte (the old
+    bytes may have been the bad ones). Nothing is renamed to `dest` unless verified.
+    """
     part = dest.with_name(dest.name + ".part")
-    h = hashlib.sha256()
-    with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, "wb") as out:
-        while block := resp.read(1 << 20):
-            h.update(block)
-            out.write(block)
-    if sha256 is not None and h.hexdigest() != sha256:
-        part.unlink()
-        raise ValueError(f"checksum mismatch (got sha256 {h.hexdigest()}, expected {sha256})")
-    os.replace(part, dest)
+    errors: list[str] = []
+    for url in urls:
+        fresh_retry_done = False
+        for _ in range(_ATTEMPTS):
+            had_part = part.is_file() and part.stat().st_size > 0
+            try:
+                _fetch(url, part, timeout)
+            except _Interrupted as e:
+                errors.append(f"{url}: {e}")
+                continue  # resume from what arrived
+            except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
+                errors.append(f"{url}: {e}")
+                break  # dead mirror: the next one
+            problem = checksum_problem(part, source)
+            if problem is None:
+                os.replace(part, dest)
+                return []
+            part.unlink()
+            errors.append(f"{url}: {problem}")
+            if not had_part or fresh_retry_done:
+                break  # this mirror serves other bytes: the next one
+            fresh_retry_done = True
+    return errors
 
 
 def download_domain(
@@ -100,36 +229,32 @@ def download_domain(
     Args:
       domain: one of the known domain names.
       download_root: folder that gets the per-domain subfolder, laid out like a manual dir.
-      timeout: seconds before one connection attempt gives up.
+      timeout: seconds before one connection attempt (or a stalled read) gives up.
 
     Returns:
       `download_root`, usable as the root for `raw.read_domain`.
 
     Raises:
-      DataError: the domain has no download source, or every URL of a file failed
-        (no network, HTTP error, checksum mismatch); the message lists what was
-        tried and how to supply the files through a manual dir instead.
+      DownloadError: the domain has no download source, or every mirror of a file
+        failed (no network, HTTP error, checksum mismatch); the message lists what
+        was tried and how to supply the files through a manual dir instead.
     """
     if domain not in SOURCES:
-        raise DataError(f"Cannot download {domain}: {NO_SOURCE[domain]}\nLayout:\n{LAYOUT}")
+        raise DownloadError(f"No download source for {domain!r}.\nLayout:\n{LAYOUT}")
     folder = Path(download_root).expanduser() / domain
     folder.mkdir(parents=True, exist_ok=True)
-    for name, (urls, sha) in SOURCES[domain].items():
+    for name, source in SOURCES[domain].items():
         dest = folder / name
-        if dest.is_file() and (sha is None or sha256_of(dest) == sha):
-            continue  # already fetched and verified
-        errors = []
-        for url in urls:
-            try:
-                _fetch(url, dest, sha, timeout)
-                break
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                errors.append(f"{url}: {e}")
-        else:
-            raise DataError(
+        if dest.is_file():
+            if checksum_problem(dest, source) is None:
+                continue  # already fetched and verified
+            dest.unlink()  # not what the checksum says (e.g. an older release): fetch again
+        errors = _fetch_verified(mirror_urls(domain, name, source), dest, source, timeout)
+        if errors:
+            raise DownloadError(
                 f"Could not download {name} for {domain} (no network?). Tried:\n  "
                 + "\n  ".join(errors)
-                + f"\nPut the upstream files in a manual dir instead and pass it as manual_dir "
-                f"(e.g. --data-dir). Layout:\n{LAYOUT}"
+                + "\nPut the upstream files in a manual dir instead and pass it as manual_dir "
+                f"(e.g. --data-dir). {_HINTS.get(domain, '')}\nLayout:\n{LAYOUT}"
             )
     return Path(download_root).expanduser()

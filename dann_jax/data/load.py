@@ -8,11 +8,21 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from dann_jax.data import raw
-from dann_jax.data.domain import DataError, Domain
+import numpy as np
+
+from dann_jax.data import embedded, raw
+from dann_jax.data.domain import DataError, Domain, DownloadError, MissingFilesError
 from dann_jax.data.npz import NPZ_HOWTO, load_npz
 
 KNOWN_DOMAINS: tuple[str, ...] = ("mnist", "mnist_m", "usps", "svhn")
+
+SYNTHESISED_BANNER = (
+    "!" * 78 + "\n"
+    "! MNIST-M NOT AVAILABLE ({why}).\n"
+    "! Using SYNTHESISED MNIST-M instead: MNIST digits blended with photo patches\n"
+    "! from {bsds}, built here. It is NOT the released MNIST-M data set;\n"
+    "! numbers from it are not comparable with the paper's.\n" + "!" * 78
+)
 
 
 def default_data_dir() -> Path:
@@ -47,6 +57,7 @@ def load_domain(
     data_dir: str | os.PathLike | None = None,
     manual_dir: str | os.PathLike | None = None,
     download: bool = True,
+    bsds_dir: str | os.PathLike | None = None,
 ) -> Domain:
     """Load a digit domain (prepared once as a TFDS data set) or a bring-your-own ``.npz``.
 
@@ -60,27 +71,37 @@ def load_domain(
       domain's folder. This is what a ``--data-dir`` flag pointing at the
       upstream files should be passed as.
 
-    For a known name: if ``data_dir`` already holds the prepared version, it is
-    read back as is (raw files are not touched). Otherwise the raw files come
-    from ``manual_dir`` if given (a missing file is an error, never a silent
-    fallback), else from the upstream URLs if ``download`` (into
-    ``<data_dir>/downloads/dann_digits/``), and the data set is prepared once.
-    To re-prepare (e.g. after using a cut-down bundle), delete
-    ``<data_dir>/dann_<name>`` or use another ``data_dir``.
+    A given ``manual_dir`` is never ignored: it must exist and hold the domain's
+    files, prepared records or not. For a known name: if ``data_dir`` already
+    holds the prepared version, it is read back; with a ``manual_dir`` its files
+    are then read too (a truncated or corrupt file is an error) and must have the
+    prepared sizes and labels, else a DataError says to delete the prepared data or
+    use another ``data_dir``. If nothing is prepared, the raw files come from
+    ``manual_dir`` if given, else from the upstream mirrors if ``download`` (into
+    ``<data_dir>/downloads/dann_digits/``, checksummed), and the data set is
+    prepared once. To re-prepare, delete ``<data_dir>/dann_<name>``.
+
+    MNIST-M only: when it cannot be had (no MNIST-M in ``manual_dir``, nothing
+    prepared and no download) and ``bsds_dir`` is given, it is synthesised from
+    MNIST and the BSDS500 train photos (`embedded.synthesised_mnist_m`), said loudly
+    on stderr and in ``variant``/``origin``: it is not the released data set.
 
     Args:
       name_or_npz: one of `KNOWN_DOMAINS`, or a path ending in ``.npz``.
       data_dir: TFDS data dir for the prepared data (ignored for ``.npz``).
       manual_dir: root of the raw upstream files (ignored for ``.npz``).
       download: allow downloading when nothing is prepared and no manual_dir is given.
+      bsds_dir: ``BSR_bsds500.tgz`` or its folder (see `embedded.load_bsds_photos`),
+        the MNIST-M fallback; ignored for other domains.
 
     Returns:
       `Domain` with uint8 NHWC images at native size and int32 labels; ``origin``
-      tells where they came from.
+      tells where they came from and ``source_kind`` which kind of source it was.
 
     Raises:
       DataError: unknown name, missing/invalid raw files (the message names the
-        expected files and layout), failed download, or invalid ``.npz``.
+        expected files and layout), prepared records that differ from
+        ``manual_dir``, failed download, or invalid ``.npz``.
 
     References:
       TFDS array_record data sources: https://www.tensorflow.org/datasets/tfless_tfds
@@ -93,9 +114,20 @@ def load_domain(
             f"Unknown domain {name!r}. Known domains: {', '.join(KNOWN_DOMAINS)}; "
             f"or give a path to an .npz file. {NPZ_HOWTO}"
         )
+    data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    if manual_dir is not None and not Path(manual_dir).expanduser().is_dir():
+        raw.check_files(name, manual_dir)  # raises, naming the expected files
+    if name == "mnist_m" and bsds_dir is not None:
+        return _mnist_m_or_synthesised(data_dir, manual_dir, download, bsds_dir)
+    return _load_known(name, data_dir, manual_dir, download)
+
+
+def _load_known(name: str, data_dir: Path, manual_dir, download: bool) -> Domain:
+    """A known domain from prepared records, preparing them first if needed."""
     from dann_jax.data import builders  # lazy: imports tensorflow_datasets
 
-    data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    if manual_dir is not None:
+        raw.check_files(name, manual_dir)  # fail before TFDS creates (or reuses) anything
     builder = builders.make_builder(name, data_dir)
     fresh = False
     if not builders.is_prepared(builder):
@@ -107,11 +139,62 @@ def load_domain(
             if not builders.is_prepared(builder):
                 _download_and_prepare(builder, name, data_dir, manual_dir, download)
                 fresh = True
-    how = "new" if fresh else "reused"
-    origin = f"prepared TFDS data {builder.data_path} ({how}; from {builders.raw_source(builder)})"
     x_train, y_train = builders.read_split(builder, "train")
     x_test, y_test = builders.read_split(builder, "test")
-    return Domain(name, "full", x_train, y_train, x_test, y_test, origin)
+    source = builders.raw_source(builder)
+    origin = f"prepared records {builder.data_path} ({'new' if fresh else 'reused'}; from {source})"
+    if fresh:  # the raw files were just read in full by the preparation
+        kind = "download" if source.startswith("download") else "manual dir"
+    else:
+        kind = "prepared records"
+        if manual_dir is not None:
+            origin += "; " + _check_against_records(
+                name, manual_dir, builder, source, (y_train, y_test)
+            )
+    return Domain(name, "full", x_train, y_train, x_test, y_test, origin, source_kind=kind)
+
+
+def _check_against_records(name: str, manual_dir, builder, source: str, prepared_labels) -> str:
+    """Read every raw file in `manual_dir`; DataError unless it is the prepared data.
+
+    Sizes and labels are compared (images are not: decoding all of MNIST-M's PNGs
+    would take longer than the check is worth; a different image set with the same
+    labels in the same order is not a realistic mix-up).
+    """
+    root = Path(manual_dir).expanduser()
+    splits = raw.read_domain(name, root)  # a truncated or corrupt file raises here
+    problems = []
+    for split, prepared in zip(raw.SPLITS, prepared_labels, strict=True):
+        labels = np.asarray(splits[split][1])
+        if len(labels) != len(prepared):
+            problems.append(f"{split}: {len(labels)} images there, {len(prepared)} prepared")
+        elif not np.array_equal(labels, prepared):
+            problems.append(f"{split}: same size but other labels")
+    if problems:
+        raise DataError(
+            f"The prepared {name} records in {builder.data_path} (from "
+            f"{source}) are not the data in manual dir {root}: "
+            f"{'; '.join(problems)}. Delete {Path(builder.data_path).parent} to prepare "
+            f"them again from {root}, or use another TFDS data dir (--tfds-dir)."
+        )
+    return f"manual dir {root} checked: same sizes and labels"
+
+
+def _mnist_m_or_synthesised(data_dir: Path, manual_dir, download: bool, bsds_dir) -> Domain:
+    """MNIST-M as usual, else (files absent, download failed) synthesised from BSDS500."""
+    if manual_dir is not None and not raw.has_files("mnist_m", manual_dir):
+        why = f"no MNIST-M files in manual dir {manual_dir}"
+    else:
+        try:
+            return _load_known("mnist_m", data_dir, manual_dir, download)
+        except (MissingFilesError, DownloadError) as e:  # not: present but corrupt files
+            why = str(e).splitlines()[0]
+    print(SYNTHESISED_BANNER.format(why=why[:150], bsds=bsds_dir), file=sys.stderr)
+    mnist = load_domain("mnist", data_dir=data_dir, manual_dir=manual_dir, download=download)
+    photos = embedded.load_bsds_photos(bsds_dir)
+    return embedded.synthesised_mnist_m(
+        mnist, photos, seed=0, photos_from=f"BSDS500 photos from {bsds_dir}"
+    )
 
 
 def _download_and_prepare(builder, name: str, data_dir: Path, manual_dir, download: bool) -> None:
@@ -120,14 +203,13 @@ def _download_and_prepare(builder, name: str, data_dir: Path, manual_dir, downlo
     from dann_jax.data import download as dl
 
     if manual_dir is not None:
-        raw.check_files(name, manual_dir)  # fail before TFDS creates anything
         root = Path(manual_dir).expanduser()
         builder.raw_label = f"manual dir {root}"
     elif download:
         root = dl.download_domain(name, builders.download_root(data_dir))
         builder.raw_label = f"download into {root}"
     else:
-        raise DataError(
+        raise MissingFilesError(
             f"{name} is not prepared in {data_dir}, no manual_dir was given "
             "and download=False. "
             f"Pass manual_dir=<folder with the upstream files>; layout:\n{raw.LAYOUT}"

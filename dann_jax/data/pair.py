@@ -115,10 +115,13 @@ def _load_domains(config, log: Callable[[str], None]) -> tuple[Domain, Domain, b
 
 def _describe(d: Domain, x: np.ndarray, x_test: np.ndarray) -> dict[str, Any]:
     """What results.json says about one domain."""
+    # Domains made without a source_kind: npz files, and read_raw_domain's raw read.
+    fallback = {"npz": "npz file", "embedded": "embedded"}.get(d.variant, "manual dir")
     return {
         "name": d.name,
         "variant": d.variant,
         "origin": d.origin,
+        "source_kind": d.source_kind or fallback,
         "train_size": len(x),
         "test_size": len(x_test),
         "native_shape": list(d.image_shape),

@@ -7,6 +7,10 @@ tested (and reused) on their own. Every reader returns
 int64 array. Manual files are never checksum-checked: offline copies may be
 recompressed (other bytes, same content), so content is validated instead
 (IDX magic numbers, shapes, label ranges).
+
+MNIST and MNIST-M are read here; USPS (`raw_usps`) and SVHN (`raw_svhn`) have
+modules of their own, re-exported here, as are the shared `LAYOUT` and friends
+(`raw_common`).
 """
 
 from __future__ import annotations
@@ -23,57 +27,54 @@ from pathlib import Path
 import numpy as np
 
 from dann_jax.data.domain import NUM_CLASSES, DataError
+from dann_jax.data.raw_common import (
+    EXPECTED_FILES,
+    IMAGE_SHAPES,
+    LAYOUT,
+    SPLITS,
+    check_labels,
+    missing_error,
+    missing_message,
+)
+from dann_jax.data.raw_svhn import SVHN_FILES, locate_svhn, read_svhn, svhn_from_mat
+from dann_jax.data.raw_usps import (
+    USPS_FILE,
+    USPS_LIBSVM_FILES,
+    locate_usps,
+    parse_libsvm_usps,
+    read_usps,
+    usps_to_uint8,
+)
 
-SPLITS = ("train", "test")
-
-# Native image shape of each domain; the TFDS features are fixed to these.
-IMAGE_SHAPES = {
-    "mnist": (28, 28, 1),
-    "mnist_m": (32, 32, 3),
-    "usps": (16, 16, 1),
-    "svhn": (32, 32, 3),
-}
+__all__ = [
+    "EXPECTED_FILES",
+    "IMAGE_SHAPES",
+    "LAYOUT",
+    "MNIST_M_ARCHIVES",
+    "MNIST_STEMS",
+    "SPLITS",
+    "SVHN_FILES",
+    "USPS_FILE",
+    "USPS_LIBSVM_FILES",
+    "PngSequence",
+    "check_files",
+    "check_labels",
+    "domain_folder",
+    "has_files",
+    "missing_message",
+    "parse_libsvm_usps",
+    "parse_mnist_m_labels",
+    "read_domain",
+    "read_idx",
+    "svhn_from_mat",
+    "usps_to_uint8",
+]
 
 MNIST_STEMS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 MNIST_M_ARCHIVES = ("mnist_m.tar.gz", "mnist_m.tgz", "mnist_m.tar")
-SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
-USPS_FILE = "usps.h5"
-
-# Human-readable list of what each domain folder must hold (for error messages).
-EXPECTED_FILES = {
-    "mnist": (
-        "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-        "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz (the IDX files, gzipped or not)"
-    ),
-    "mnist_m": (
-        "mnist_m.tar.gz (the authors' release) or its extracted folder: "
-        "mnist_m/mnist_m_train/NNNNNNNN.png, mnist_m/mnist_m_test/NNNNNNNN.png, "
-        "mnist_m/mnist_m_train_labels.txt, mnist_m/mnist_m_test_labels.txt"
-    ),
-    "usps": "usps.h5 (HDF5 groups train/ and test/, each with data (N, 256) and target (N,))",
-    "svhn": "train_32x32.mat, test_32x32.mat (the SVHN cropped-digits .mat files)",
-}
-
-LAYOUT = """\
-<manual_dir>/
-  mnist/    train-images-idx3-ubyte.gz  train-labels-idx1-ubyte.gz
-            t10k-images-idx3-ubyte.gz   t10k-labels-idx1-ubyte.gz   (un-gzipped IDX also accepted)
-  mnist_m/  mnist_m.tar.gz   (or extracted: mnist_m/mnist_m_{train,test}/NNNNNNNN.png
-                              and mnist_m/mnist_m_{train,test}_labels.txt)
-  usps/     usps.h5
-  svhn/     train_32x32.mat  test_32x32.mat
-A manual_dir may also point straight at one domain's folder."""
-
-
-def missing_message(domain: str, folder: Path, detail: str = "") -> str:
-    """The DataError text for a domain folder that lacks its files."""
-    text = f"No usable {domain} files in {folder}. Expected there: {EXPECTED_FILES[domain]}."
-    if detail:
-        text += f" {detail}"
-    return f"{text}\nExpected layout of the manual dir:\n{LAYOUT}"
 
 
 def domain_folder(root: str | os.PathLike, domain: str) -> Path:
@@ -85,8 +86,21 @@ def domain_folder(root: str | os.PathLike, domain: str) -> Path:
     return root
 
 
+def has_files(domain: str, root: str | os.PathLike) -> bool:
+    """Whether `domain`'s raw files are under `root` (False, not an error, when they are not)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return False
+    return _LOCATORS[domain](domain_folder(root, domain), strict=False) is not None
+
+
 def check_files(domain: str, root: str | os.PathLike) -> Path:
-    """Raise DataError (naming the expected files) unless `domain`'s raw files are under `root`."""
+    """Raise DataError (naming the expected files) unless `domain`'s raw files are under `root`.
+
+    Files absent from an existing folder raise the subclass `MissingFilesError`; a
+    `root` that does not exist raises a plain `DataError` (a mistyped path, not
+    missing data).
+    """
     if not Path(root).expanduser().is_dir():
         folder = Path(root).expanduser() / domain
         raise DataError(missing_message(domain, folder, f"(manual_dir {root} does not exist.)"))
@@ -131,7 +145,7 @@ def _locate_mnist(folder: Path, strict: bool) -> dict[str, Path] | None:
                 missing.append(f"{stem}.gz")
     if missing:
         if strict:
-            raise DataError(missing_message("mnist", folder, f"Missing: {', '.join(missing)}."))
+            raise missing_error("mnist", folder, f"Missing: {', '.join(missing)}.")
         return None
     return found
 
@@ -173,7 +187,7 @@ def _read_mnist(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 f"{files[img_stem].name}/{files[lbl_stem].name}: expected uint8 images "
                 f"(N, 28, 28) and N labels, got images {x.dtype}{x.shape}, labels {y.shape}."
             )
-        out[split] = (x[..., None], _check_labels(y.astype(np.int64), files[lbl_stem]))
+        out[split] = (x[..., None], check_labels(y.astype(np.int64), files[lbl_stem]))
     return out
 
 
@@ -200,7 +214,7 @@ def _locate_mnist_m(folder: Path, strict: bool) -> Path | None:
         if (folder / name).is_file():
             return folder / name
     if strict:
-        raise DataError(missing_message("mnist_m", folder))
+        raise missing_error("mnist_m", folder)
     return None
 
 
@@ -314,113 +328,17 @@ def _labels_of(entries: list[tuple[str, int]]) -> np.ndarray:
     return np.array([label for _, label in entries], dtype=np.int64)
 
 
-# -------------------------------------------------------------- USPS (HDF5)
-
-
-def _locate_usps(folder: Path, strict: bool) -> Path | None:
-    """The usps.h5 file, if present."""
-    path = folder / USPS_FILE
-    if path.is_file():
-        return path
-    if strict:
-        raise DataError(missing_message("usps", folder))
-    return None
-
-
-def usps_to_uint8(data: np.ndarray) -> np.ndarray:
-    """Float (N, 256) pixels in [0, 1] -> uint8 (N, 16, 16, 1) via round(x * 255)."""
-    scaled = np.rint(np.clip(np.asarray(data, dtype=np.float64), 0.0, 1.0) * 255.0)
-    return scaled.astype(np.uint8).reshape(-1, 16, 16, 1)
-
-
-def _read_usps(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Read usps.h5 (groups train/test with data (N, 256) float in [0, 1] and target (N,))."""
-    import h5py  # lazy: only needed for USPS
-
-    path = _locate_usps(folder, strict=True)
-    out = {}
-    try:
-        with h5py.File(path, "r") as f:
-            for split in SPLITS:
-                if split not in f or "data" not in f[split] or "target" not in f[split]:
-                    raise DataError(f"{path}: missing dataset {split}/data or {split}/target.")
-                data, target = f[split]["data"][()], f[split]["target"][()]
-                if data.ndim != 2 or data.shape[1] != 256 or target.shape != (len(data),):
-                    raise DataError(
-                        f"{path}: {split}/data must be (N, 256) and {split}/target (N,), "
-                        f"got {data.shape} and {target.shape}."
-                    )
-                labels = _check_labels(target.astype(np.int64), f"{path}:{split}/target")
-                out[split] = (usps_to_uint8(data), labels)
-    except OSError as e:
-        raise DataError(f"{path} is not a readable HDF5 file ({e}); fetch it again.") from e
-    return out
-
-
-# -------------------------------------------------------------- SVHN (.mat)
-
-
-def _locate_svhn(folder: Path, strict: bool) -> dict[str, Path] | None:
-    """The two SVHN .mat files, if both are present."""
-    paths = {s: folder / n for s, n in SVHN_FILES.items()}
-    missing = [p.name for p in paths.values() if not p.is_file()]
-    if not missing:
-        return paths
-    if strict:
-        raise DataError(missing_message("svhn", folder, f"Missing: {', '.join(missing)}."))
-    return None
-
-
-def svhn_from_mat(x: np.ndarray, y: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """SVHN's X (32, 32, 3, N), y (N, 1) in 1..10 -> images (N, 32, 32, 3), labels (10 -> 0)."""
-    if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or y.size != x.shape[3]:
-        raise DataError(
-            f"{source}: expected X (32, 32, 3, N) and y (N, 1), got {x.shape}, {y.shape}."
-        )
-    images = np.ascontiguousarray(np.transpose(x, (3, 0, 1, 2)), dtype=np.uint8)
-    labels = np.asarray(y, dtype=np.int64).reshape(-1)
-    labels = np.where(labels == 10, 0, labels)  # SVHN stores digit 0 as class 10
-    return images, _check_labels(labels, source)
-
-
-def _read_svhn(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Read train_32x32.mat and test_32x32.mat."""
-    import scipy.io  # lazy: only needed for SVHN
-
-    out = {}
-    for split, path in _locate_svhn(folder, strict=True).items():
-        try:
-            mat = scipy.io.loadmat(path, variable_names=["X", "y"])
-        except (ValueError, OSError, NotImplementedError) as e:
-            raise DataError(f"{path} is not a readable .mat file ({e}); fetch it again.") from e
-        if "X" not in mat or "y" not in mat:
-            raise DataError(f"{path}: expected variables X and y, found {sorted(mat)}.")
-        out[split] = svhn_from_mat(mat["X"], mat["y"], str(path))
-    return out
-
-
-# -------------------------------------------------------------- shared
-
-
-def _check_labels(labels: np.ndarray, source: object) -> np.ndarray:
-    """Raise DataError unless every label is a digit class 0..9."""
-    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise DataError(
-            f"{source}: labels must lie in [0, {NUM_CLASSES}), "
-            f"found range [{labels.min()}, {labels.max()}]."
-        )
-    return labels
-
+# -------------------------------------------------------------- dispatch
 
 _LOCATORS = {
     "mnist": _locate_mnist,
     "mnist_m": _locate_mnist_m,
-    "usps": _locate_usps,
-    "svhn": _locate_svhn,
+    "usps": locate_usps,
+    "svhn": locate_svhn,
 }
 _READERS = {
     "mnist": _read_mnist,
     "mnist_m": _read_mnist_m,
-    "usps": _read_usps,
-    "svhn": _read_svhn,
+    "usps": read_usps,
+    "svhn": read_svhn,
 }
