@@ -105,6 +105,10 @@ def save(directory: Path, state: Any, loop: dict[str, Any]) -> None:
     meta = {**loop, "sha256": state_digest(tree)}
     directory.mkdir(parents=True, exist_ok=True)
     with _manager(directory) as mngr:
+        if step in mngr.all_steps():
+            # Left by a damaged checkpoint that `restore_latest` skipped: this run has
+            # retrained to the same step (deterministically), so it replaces it.
+            mngr.delete(step)
         mngr.save(
             step,
             args=ocp.args.Composite(

@@ -100,6 +100,22 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _out_of_memory(config: Config, error: Exception) -> str:
+    """The message for a run that did not fit in device memory: which flags to lower."""
+    first = str(error).strip().splitlines()[0][:200]
+    seeds = (
+        f" or train fewer seeds at once (--seeds {config.seeds} with --vmap-seeds)"
+        if config.vmap_seeds and config.seeds > 1
+        else ""
+    )
+    return (
+        f"out of device memory ({first}). Lower --batch-size (now {config.batch_size} per "
+        f"domain){seeds}; the training images also live in device memory, so a smaller "
+        "domain helps too. No results.json was written; add --restart to rerun in the same "
+        "--workdir with the new settings."
+    )
+
+
 def run_cli(config: Config, *, runner: Callable[[Config], Any] | None = None) -> int:
     """Validate `config`, run it, and map known failures to a clear message.
 
@@ -134,6 +150,10 @@ def run_cli(config: Config, *, runner: Callable[[Config], Any] | None = None) ->
         return _fail(str(e))
     except NonFiniteLossError as e:
         return _fail(f"training diverged: {e} No results.json was written.")
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        return _fail(_out_of_memory(config, e))
     except KeyboardInterrupt:
         print(
             "\ninterrupted: the last checkpoint is kept; rerun the same command to resume.",

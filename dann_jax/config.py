@@ -162,6 +162,11 @@ class Config:
         False,
         "call jax.distributed.initialize() first: multi-host TPU slices / several processes",
     )
+    restart: bool = _setting(
+        False,
+        "start over in a workdir that holds an earlier run: its checkpoints, metrics and "
+        "results are deleted first (e.g. after a failed run, to retry with other settings)",
+    )
 
     def replace(self, **changes) -> Config:
         """A copy with some fields changed, validated."""
@@ -210,6 +215,12 @@ class Config:
         number("seeds", low=1, integer=True)
         number("eval_every", low=1, integer=True)
         number("steps_per_call", low=1, integer=True)
+        if self.steps_per_call > self.eval_every:
+            raise ConfigError(
+                f"--steps-per-call {self.steps_per_call} is larger than --eval-every "
+                f"{self.eval_every}: a run evaluates between dispatches only. Lower "
+                "--steps-per-call or raise --eval-every."
+            )
         if self.vmap_seeds and self.analyze:
             raise ConfigError(
                 "--vmap-seeds cannot be combined with --analyze (the analysis follows one "

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,14 +38,16 @@ __all__ = ["DEFAULT_STEPS", "RunError", "check_workdir", "load_data", "run"]
 
 # Steps when --steps is not given: the paper-scale run on full data; a run that fits
 # the 10-minute budget of a 2-core CPU on the embedded default.
-DEFAULT_STEPS = {"full": 12_000, "embedded": 3_000, "npz": 12_000}
+DEFAULT_STEPS = {"full": 12_000, "synthesised": 12_000, "embedded": 3_000, "npz": 12_000}
 
 # Behaviour of runs whose config.json predates a field, where it differs from today's
 # default (resize="auto" came later; before it, every domain was resampled bilinearly).
 _DEFAULTS_BEFORE_THE_FIELD = {"resize": "bilinear"}
 
 # Fields that may differ between a run and its resumption.
-_RESUMABLE_FIELDS = ("workdir", "eval_every", "steps_per_call", "analyze", "tfds_dir", "multihost")
+_RESUMABLE_FIELDS = (
+    "workdir", "eval_every", "steps_per_call", "analyze", "tfds_dir", "multihost", "restart",
+)  # fmt: skip
 
 EMBEDDED_WARNING = (
     "EMBEDDED DEFAULT DATA: small MNIST subset -> synthetic MNIST-M-style target; "
@@ -64,8 +68,63 @@ def load_data(config: Config, log: Callable[[str], None] = print) -> PairData:
     return load_pair(config, ARCHITECTURES[config.arch]["input_size"], log)
 
 
-def check_workdir(config: Config, workdir: Path) -> None:
-    """Refuse a workdir that holds a run with a different config; record this one's."""
+# What a run writes in its workdir (removed by --restart; nothing else there is touched).
+_RUN_OUTPUTS = ("config.json", "metrics.jsonl", "results.json", "curves.png", "analysis.json")
+_RUN_FOLDERS = ("seed_*", "seeds_*", "analysis_source_only")
+
+# Domains smaller than this are refused: a model trained on them means nothing.
+MIN_TRAIN_IMAGES = 10
+MIN_IMAGE_SIDE = 8
+
+
+def usable_workdir(workdir: Path) -> None:
+    """Refuse a --workdir that is a file, lies under a file, or cannot be written.
+
+    Checked before any data is loaded, so a bad path fails in a second, not minutes.
+    """
+    if workdir.exists() and not workdir.is_dir():
+        raise RunError(f"--workdir {workdir} is a file, not a folder. Choose another --workdir.")
+    existing = workdir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunError(
+            f"--workdir {workdir} cannot be created: {existing} is a file. "
+            "Choose another --workdir."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(
+            f"--workdir {workdir} cannot be written ({existing} is not writable). "
+            "Choose another --workdir."
+        )
+
+
+def clear_run(workdir: Path, log: Callable[[str], None]) -> None:
+    """--restart: delete an earlier run's outputs in `workdir` (only those)."""
+    removed = [workdir / name for name in _RUN_OUTPUTS if (workdir / name).exists()]
+    removed += [p for pattern in _RUN_FOLDERS for p in workdir.glob(pattern) if p.is_dir()]
+    for path in removed:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if removed:
+        log(f"--restart: deleted the earlier run in {workdir} ({len(removed)} entries)")
+
+
+def _has_checkpoint(workdir: Path) -> bool:
+    """Whether any seed of the run in `workdir` got as far as a saved checkpoint."""
+    return any(
+        any(p.name.isdigit() for p in ckpt.iterdir())
+        for pattern in ("seed_*/checkpoint", "seeds_*/checkpoint")
+        for ckpt in workdir.glob(pattern)
+        if ckpt.is_dir()
+    )
+
+
+def check_workdir(config: Config, workdir: Path, log: Callable[[str], None] = print) -> None:
+    """Refuse a workdir that holds a run with a different config; record this one's.
+
+    A run that failed before its first checkpoint (a NaN or out-of-memory at the start)
+    pins nothing: a new config replaces its config, with a note.
+    """
     saved = workdir / "config.json"
     mine = dataclasses.asdict(config)
     if saved.exists():
@@ -78,12 +137,15 @@ def check_workdir(config: Config, workdir: Path) -> None:
             for k, v in mine.items()
             if k not in _RESUMABLE_FIELDS and theirs.get(k) != v
         }
-        if diff:
-            what = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in sorted(diff.items()))
+        what = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in sorted(diff.items()))
+        if diff and _has_checkpoint(workdir):
             raise RunError(
                 f"The workdir {workdir} holds a run with a different config ({what}). "
-                "Use another --workdir, or delete that folder to start over."
+                "Add --restart to delete that run and start over with this config, or use "
+                "another --workdir."
             )
+        if diff:
+            log(f"the run in {workdir} saved no checkpoint; replacing its config ({what})")
     if loop.is_writer():
         workdir.mkdir(parents=True, exist_ok=True)
         io.write_json(saved, mine)
@@ -106,6 +168,50 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and (population) standard deviation."""
     a = np.asarray(values, np.float64)
     return float(a.mean()), float(a.std())
+
+
+def check_request(config: Config, log: Callable[[str], None]) -> None:
+    """Cheap checks before any data is loaded: domain names, the workdir, surprises."""
+    from dann_jax.data import KNOWN_DOMAINS, DataError
+
+    for role in ("source", "target"):
+        name = getattr(config, role)
+        if not name.lower().endswith(".npz") and name not in KNOWN_DOMAINS:
+            raise DataError(
+                f"--{role} {name!r} is not a known domain. Known domains: "
+                f"{', '.join(KNOWN_DOMAINS)}; or give a path to an .npz file."
+            )
+    usable_workdir(Path(config.workdir))
+    if config.source == config.target:
+        log(
+            f"warning: --source and --target are both {config.source!r}: there is no domain "
+            "shift to adapt to (fine as a sanity check)."
+        )
+    every = max(
+        config.steps_per_call, config.eval_every // config.steps_per_call * config.steps_per_call
+    )
+    if every != config.eval_every:
+        log(
+            f"note: evaluating every {every} steps, the largest multiple of --steps-per-call "
+            f"{config.steps_per_call} up to --eval-every {config.eval_every}"
+        )
+
+
+def check_sizes(data: PairData) -> None:
+    """Refuse domains too small to train on (a handful of images, or tiny images)."""
+    from dann_jax.data import DataError
+
+    for role in ("source", "target"):
+        info = data.info[role]
+        side = min(info["native_shape"][:2])
+        if info["train_size"] < MIN_TRAIN_IMAGES or info["test_size"] < 1 or side < MIN_IMAGE_SIDE:
+            raise DataError(
+                f"The {role} domain {info['name']} is too small to train on: "
+                f"{info['train_size']} training and {info['test_size']} test images of "
+                f"{info['native_shape'][0]}x{info['native_shape'][1]} pixels. A domain needs at "
+                f"least {MIN_TRAIN_IMAGES} training images, 1 test image, and images of at "
+                f"least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels."
+            )
 
 
 def _train_all(config: Config, data: PairData, workdir: Path, log) -> list[dict[str, Any]]:
@@ -200,9 +306,13 @@ def run(
     config.validate()
     start = time.perf_counter()
     workdir = Path(config.workdir)
+    check_request(config, log)
+    if config.restart and loop.is_writer():
+        clear_run(workdir, log)
     data = load_data(config, log) if data is None else data
+    check_sizes(data)
     config = _resolve_steps(config, data, log)
-    check_workdir(config, workdir)
+    check_workdir(config, workdir, log)
     results_path = workdir / "results.json"
     if results_path.exists() and loop.is_writer():
         results_path.unlink()  # about to be rewritten; never leave a stale one behind

@@ -149,6 +149,33 @@ def _trim_metrics(paths: list[Path], step: int) -> None:
         io.write_text(path, "".join(ln + "\n" for ln in kept))
 
 
+class _Eta:
+    """Says once, early, how long the rest of the run should take (from its step time).
+
+    The first chunk is left out of the estimate: it includes compilation.
+    """
+
+    def __init__(self, remaining: int, log, name: str):
+        self.remaining, self.log, self.name = remaining, log, name
+        self.chunks, self.start, self.steps, self.said = 0, 0.0, 0, False
+
+    def chunk_done(self, n: int) -> None:
+        self.chunks += 1
+        self.remaining -= n
+        if self.said or self.chunks == 1:
+            self.start = time.perf_counter()
+            return
+        self.steps += n
+        seconds = time.perf_counter() - self.start
+        if seconds > 2.0 or self.remaining == 0:
+            per_step = seconds / self.steps
+            self.log(
+                f"{self.name}: {1e3 * per_step:.0f} ms per step; about "
+                f"{per_step * self.remaining / 60:.1f} min of training left (evaluations extra)"
+            )
+            self.said = True
+
+
 def _eval_interval(config: Config) -> int:
     """Evaluation interval: a multiple of the steps per call."""
     k = config.steps_per_call
@@ -232,10 +259,12 @@ def train_group(
     bar = _progress(config.steps, step, group.name.replace("_", " "))
     with contextlib.ExitStack() as stack:
         logs = [stack.enter_context(p.open("a")) for p in metrics_paths] if is_writer() else []
+        eta = _Eta(config.steps - step, log, group.name)
         while step < config.steps:
             n = min(config.steps_per_call, config.steps - step, every - step % every)
             last_train = run_chunk(steps_for(n), placed, group, step)
             step += n
+            eta.chunk_done(n)
             records = [
                 {"step": step, **{f"train_{k}": v for k, v in t.items()}} for t in last_train
             ]

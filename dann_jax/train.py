@@ -51,7 +51,9 @@ __all__ = [
 ]
 
 AXIS = sharding.BATCH_AXIS  # pmap axis name
-LOSS_TERMS = ("loss", "label_loss", "domain_loss")
+# The components first: a NaN in either makes the total NaN too, and the message should
+# name where it started.
+LOSS_TERMS = ("label_loss", "domain_loss", "loss")
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -352,23 +354,40 @@ def train_steps(
     return jax.lax.scan(body, state, None, length=num_steps, unroll=unroll)
 
 
+_TERM_NAMES = {
+    "label_loss": "the label classifier's source cross-entropy",
+    "domain_loss": "the domain discriminator's cross-entropy",
+    "loss": "the total",
+}
+
+
 def check_finite(metrics: dict[str, Any], first_step: int) -> None:
     """Raise `NonFiniteLossError` if any loss term in (host) metrics is NaN or infinite.
+
+    The message names the first step that went wrong and every term that is non-finite
+    there, the components (label loss, domain loss) before the total.
 
     Args:
       metrics: scalars, or arrays of shape (K,) for K scanned steps.
       first_step: global step of the first entry (the step count before the call).
     """
-    for term in LOSS_TERMS:
-        values = np.atleast_1d(np.asarray(metrics[term]))
-        bad = np.flatnonzero(~np.isfinite(values))
-        if bad.size:
-            step = first_step + int(bad[0]) + 1
-            raise NonFiniteLossError(
-                f"non-finite {term} ({values[bad[0]]}) at step {step}. The run stopped "
-                "before saving this state. Try a lower --lr, a smaller --lambda3 or "
-                "--lambda2, or check the input data for NaNs."
-            )
+    values = {t: np.atleast_1d(np.asarray(metrics[t])) for t in LOSS_TERMS}
+    bad = np.zeros(len(values["loss"]), bool)
+    for v in values.values():
+        bad |= ~np.isfinite(v)
+    if not bad.any():
+        return
+    i = int(np.flatnonzero(bad)[0])
+    terms = [
+        f"{t} ({values[t][i]}; {_TERM_NAMES[t]})"
+        for t in LOSS_TERMS
+        if not np.isfinite(values[t][i])
+    ]
+    raise NonFiniteLossError(
+        f"non-finite {', '.join(terms)} at step {first_step + i + 1}. The run stopped before "
+        "saving this state. Try a lower --lr, a smaller --lambda3 or --lambda2, or check the "
+        "input data for NaNs; add --restart to rerun in the same --workdir with new settings."
+    )
 
 
 def stack_trees(trees: list[Any]) -> Any:

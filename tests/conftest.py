@@ -9,6 +9,9 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# No test reaches the internet: every download (dann_jax.data.download) goes to a closed
+# port on this machine instead, and fails at once, unless a test serves files itself.
+os.environ["DANN_DATA_MIRROR"] = "http://127.0.0.1:9"
 
 import jax
 

@@ -1,18 +1,25 @@
-"""Tests of dann_jax.data: TFDS builders on tiny upstream-format fixtures, npz, embedded pair.
+"""Tests of dann_jax.data: TFDS builders on tiny upstream-format fixtures, downloads, npz,
+embedded pair, synthesised MNIST-M.
 
-Every TFDS data dir is a tmp dir. The real-data tests read the offline copies in
-``../shared/data/digits`` (relative to the repo root; ``DANN_DIGITS_DIR`` overrides)
-and skip when they are absent.
+Every TFDS data dir is a tmp dir. No test reaches the internet: downloads go to a
+server on 127.0.0.1 started in the test process (or to file:// URLs), and every
+other test points ``$DANN_DATA_MIRROR`` at a closed local port. The real-data tests
+read the offline copies in ``../shared/data/digits`` (relative to the repo root;
+``DANN_DIGITS_DIR`` overrides) and skip when they are absent.
 """
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
+import http.server
 import importlib.util
 import os
 import shutil
+import socket
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +27,19 @@ import pytest
 from PIL import Image
 
 from dann_jax import data
-from dann_jax.data import DataError, Domain
+from dann_jax.data import DataError, Domain, download, raw
 from tests.helpers import (
     N_TEST,
     N_TRAIN,
     fixture_rng,
+    usps_libsvm_text,
+    write_bsds_archive,
     write_mnist,
     write_mnist_m_archive,
     write_mnist_m_folder,
     write_svhn,
     write_usps,
+    write_usps_libsvm,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +64,19 @@ def _quiet_tfds():
 
     tfds.display_progress_bar(False)
     yield
+
+
+def _closed_port_url() -> str:
+    """A 127.0.0.1 URL nothing listens on (connections are refused at once)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.fixture(autouse=True)
+def _no_internet(monkeypatch):
+    """Any download a test does not serve itself goes to a dead local port, not upstream."""
+    monkeypatch.setenv(download.MIRROR_ENV, _closed_port_url())
 
 
 # -------------------------------------------------------------- builders on fixtures
@@ -168,10 +191,14 @@ def test_builds_and_reads_without_tensorflow(tmp_path):
 def test_prepared_data_is_reused_without_raw_files(tmp_path):
     splits = write_mnist(tmp_path / "raw" / "mnist")
     data.load_domain("mnist", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
-    shutil.rmtree(tmp_path / "raw")  # a second call must not need (or read) them
-    d = data.load_domain("mnist", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
+    shutil.rmtree(tmp_path / "raw")  # a second call without manual_dir must not need them
+    d = data.load_domain("mnist", data_dir=tmp_path / "tfds")
     assert_round_trip(d, splits, channels=1)
     assert "reused" in d.origin
+    assert d.source_kind == "prepared records"
+    # ...but a manual_dir that is given and gone is never silently ignored.
+    with pytest.raises(DataError, match="does not exist"):
+        data.load_domain("mnist", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
     d2 = data.load_domain("mnist", data_dir=tmp_path / "tfds", download=False)
     np.testing.assert_array_equal(d2.x_test, d.x_test)
 
@@ -285,17 +312,18 @@ def test_no_manual_dir_and_no_download_is_clear(tmp_path):
 
 
 @pytest.mark.parametrize("domain", ["usps", "mnist_m"])
-def test_domains_without_url_say_so(tmp_path, domain):
-    with pytest.raises(DataError, match="manual_dir"):
+def test_failed_download_says_to_use_a_manual_dir(tmp_path, domain):
+    # Both now have a download source; with no reachable mirror the error names the fix.
+    with pytest.raises(data.DownloadError, match="manual_dir"):
         data.load_domain(domain, data_dir=tmp_path / "tfds")
+    assert not list((tmp_path / "tfds" / "downloads" / "dann_digits" / domain).iterdir())
 
 
 def _serve_as_file_urls(monkeypatch, src_dir: Path, sha: dict[str, str | None]):
     """Point the MNIST download table at file:// URLs (tests the download path offline)."""
-    from dann_jax.data import download
-
+    monkeypatch.delenv(download.MIRROR_ENV, raising=False)
     table = {
-        name: ((src_dir.joinpath(name).resolve().as_uri(),), sha.get(name))
+        name: download.Source((src_dir.joinpath(name).resolve().as_uri(),), sha256=sha.get(name))
         for name in download.SOURCES["mnist"]
     }
     monkeypatch.setitem(download.SOURCES, "mnist", table)
@@ -328,6 +356,290 @@ def test_download_checksum_mismatch_and_no_network_are_clear(tmp_path, monkeypat
     _serve_as_file_urls(monkeypatch, tmp_path / "nowhere", {})
     with pytest.raises(DataError, match="no network"):
         data.load_domain("mnist", data_dir=tmp_path / "tfds2")
+
+
+# -------------------------------------------------------------- downloads over local HTTP
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves `server.routes[path]`: {'body': bytes, 'range': honour Range?, 'cuts': [n, ...]}.
+
+    Each entry of 'cuts' makes one response stop after n body bytes (the announced
+    Content-Length stays whole), like a dropped connection. Unknown paths get 404.
+    """
+
+    def do_GET(self):
+        self.server.log.append((self.path, self.headers.get("Range")))
+        route = self.server.routes.get(self.path)
+        if route is None:
+            self.send_error(404)
+            return
+        body, start = route["body"], 0
+        asked = self.headers.get("Range")
+        if asked and route.get("range", True):
+            start = int(asked.removeprefix("bytes=").rstrip("-"))
+            if start >= len(body):
+                self.send_error(416)
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        payload = body[start:]
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        cuts = route.get("cuts", [])
+        self.wfile.write(payload[: cuts.pop(0)] if cuts else payload)
+
+    def log_message(self, *args):
+        pass  # quiet test output
+
+
+@pytest.fixture
+def http_files():
+    """A file server on 127.0.0.1 in this process: set `.routes`, read `.log`, use `.url`."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.routes, server.log = {}, []
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _md5(payload: bytes) -> str:
+    return hashlib.md5(payload).hexdigest()
+
+
+def _serve_domain(monkeypatch, server, domain: str, folder: Path, mirrors=("m1",)) -> dict:
+    """Serve `folder`'s files under each mirror prefix; SOURCES point there with their md5."""
+    monkeypatch.delenv(download.MIRROR_ENV, raising=False)
+    files = {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    table = {
+        name: download.Source(tuple(f"{server.url}/{m}/{name}" for m in mirrors), md5=_md5(b))
+        for name, b in files.items()
+    }
+    monkeypatch.setitem(download.SOURCES, domain, table)
+    return files
+
+
+def _dl_folder(tmp_path: Path, domain: str) -> Path:
+    return tmp_path / "tfds" / "downloads" / "dann_digits" / domain
+
+
+def test_http_download_happy_path_md5(tmp_path, monkeypatch, http_files):
+    splits = write_usps_libsvm(tmp_path / "upstream")
+    files = _serve_domain(monkeypatch, http_files, "usps", tmp_path / "upstream")
+    http_files.routes = {f"/m1/{n}": {"body": b} for n, b in files.items()}
+    d = data.load_domain("usps", data_dir=tmp_path / "tfds")
+    assert_round_trip(d, splits, channels=1)
+    assert d.source_kind == "download" and "download" in d.origin
+    assert sorted(p.name for p in _dl_folder(tmp_path, "usps").iterdir()) == sorted(files)
+    assert all(rng is None for _, rng in http_files.log)  # nothing to resume
+
+
+def test_http_checksum_mismatch_leaves_nothing_as_complete(tmp_path, monkeypatch, http_files):
+    write_mnist(tmp_path / "upstream")
+    files = _serve_domain(monkeypatch, http_files, "mnist", tmp_path / "upstream")
+    http_files.routes = {f"/m1/{n}": {"body": b"other bytes " + b} for n, b in files.items()}
+    with pytest.raises(data.DownloadError, match="checksum mismatch") as err:
+        data.load_domain("mnist", data_dir=tmp_path / "tfds")
+    assert "md5" in str(err.value) and "manual_dir" in str(err.value)
+    assert not list(_dl_folder(tmp_path, "mnist").iterdir())  # no final file, no .part
+    assert not (tmp_path / "tfds" / "dann_mnist" / "1.0.0").exists()
+
+
+@pytest.mark.parametrize("first", ["404", "wrong file", "refused"])
+def test_http_dead_first_mirror_uses_the_second(tmp_path, monkeypatch, http_files, first):
+    splits = write_mnist(tmp_path / "upstream")
+    files = _serve_domain(monkeypatch, http_files, "mnist", tmp_path / "upstream", ("m1", "m2"))
+    http_files.routes = {f"/m2/{n}": {"body": b} for n, b in files.items()}
+    if first == "wrong file":
+        http_files.routes |= {f"/m1/{n}": {"body": b[::-1]} for n, b in files.items()}
+    if first == "refused":
+        dead = _closed_port_url()
+        table = {
+            n: download.Source((f"{dead}/{n}", s.urls[1]), md5=s.md5)
+            for n, s in download.SOURCES["mnist"].items()
+        }
+        monkeypatch.setitem(download.SOURCES, "mnist", table)
+    d = data.load_domain("mnist", data_dir=tmp_path / "tfds")
+    assert_round_trip(d, splits, channels=1)
+    served = {path for path, _ in http_files.log}
+    assert served >= {f"/m2/{n}" for n in files}
+    assert (first == "refused") != (served >= {f"/m1/{n}" for n in files})
+
+
+def test_http_all_mirrors_failing_lists_every_one(tmp_path, monkeypatch, http_files):
+    write_mnist(tmp_path / "upstream")
+    _serve_domain(monkeypatch, http_files, "mnist", tmp_path / "upstream", ("m1", "m2"))
+    with pytest.raises(data.DownloadError) as err:
+        data.load_domain("mnist", data_dir=tmp_path / "tfds")
+    text = str(err.value)
+    assert "/m1/t10k-images-idx3-ubyte.gz: HTTP Error 404" in text
+    assert "/m2/t10k-images-idx3-ubyte.gz: HTTP Error 404" in text
+
+
+@pytest.mark.parametrize("honours_range", [True, False])
+def test_http_interrupted_download_resumes_or_restarts(
+    tmp_path, monkeypatch, http_files, honours_range
+):
+    splits = write_mnist_m_archive(tmp_path / "upstream")
+    files = _serve_domain(monkeypatch, http_files, "mnist_m", tmp_path / "upstream")
+    body = files["mnist_m.tar.gz"]
+    http_files.routes = {
+        "/m1/mnist_m.tar.gz": {"body": body, "range": honours_range, "cuts": [len(body) // 3]}
+    }
+    d = data.load_domain("mnist_m", data_dir=tmp_path / "tfds")
+    assert_round_trip(d, splits, channels=3)
+    ranges = [r for _, r in http_files.log]
+    assert ranges == [None, f"bytes={len(body) // 3}-"]  # the second request resumes...
+    assert (_dl_folder(tmp_path, "mnist_m") / "mnist_m.tar.gz").read_bytes() == body
+    assert not (_dl_folder(tmp_path, "mnist_m") / "mnist_m.tar.gz.part").exists()
+
+
+def test_http_part_file_of_an_earlier_run(tmp_path, monkeypatch, http_files):
+    write_mnist_m_archive(tmp_path / "upstream")
+    files = _serve_domain(monkeypatch, http_files, "mnist_m", tmp_path / "upstream")
+    body = files["mnist_m.tar.gz"]
+    http_files.routes = {"/m1/mnist_m.tar.gz": {"body": body}}
+    folder = _dl_folder(tmp_path, "mnist_m")
+    folder.mkdir(parents=True)
+    part = folder / "mnist_m.tar.gz.part"
+    part.write_bytes(body[:100])  # a killed run: resumed from byte 100
+    root = download.download_domain("mnist_m", folder.parent)
+    assert (root / "mnist_m" / "mnist_m.tar.gz").read_bytes() == body
+    assert [r for _, r in http_files.log] == ["bytes=100-"]
+    # A .part with junk in it fails verification, and the file is fetched again whole.
+    (folder / "mnist_m.tar.gz").unlink()
+    part.write_bytes(b"junk" * 50)
+    http_files.log.clear()
+    download.download_domain("mnist_m", folder.parent)
+    assert (folder / "mnist_m.tar.gz").read_bytes() == body
+    assert [r for _, r in http_files.log] == ["bytes=200-", None]
+    assert not part.exists()
+    # A verified file is not fetched again; one with other bytes is.
+    http_files.log.clear()
+    download.download_domain("mnist_m", folder.parent)
+    assert http_files.log == []
+    (folder / "mnist_m.tar.gz").write_bytes(b"truncated")
+    download.download_domain("mnist_m", folder.parent)
+    assert (folder / "mnist_m.tar.gz").read_bytes() == body
+
+
+def test_mirror_env_replaces_the_urls(tmp_path, monkeypatch, http_files):
+    splits = write_usps_libsvm(tmp_path / "upstream")
+    files = _serve_domain(monkeypatch, http_files, "usps", tmp_path / "upstream")
+    monkeypatch.setenv(download.MIRROR_ENV, f"{_closed_port_url()} {http_files.url}/local/")
+    http_files.routes = {f"/local/usps/{n}": {"body": b} for n, b in files.items()}
+    d = data.load_domain("usps", data_dir=tmp_path / "tfds")
+    assert_round_trip(d, splits, channels=1)
+    assert {p for p, _ in http_files.log} == {"/local/usps/usps.bz2", "/local/usps/usps.t.bz2"}
+
+
+def test_download_table_has_the_documented_sources():
+    mnist_m = download.SOURCES["mnist_m"]["mnist_m.tar.gz"]
+    assert mnist_m.md5 == "859df31c91afe82e80e5012ba928f279"
+    assert mnist_m.urls[0].startswith("https://cornell.box.com/")
+    usps = download.SOURCES["usps"]
+    assert usps["usps.bz2"].md5 == "ec16c51db3855ca6c91edd34d0e9b197"
+    assert usps["usps.t.bz2"].md5 == "8ea070ee2aca1ac39742fdd1ef5ed118"
+    assert all("csie.ntu.edu.tw" in s.urls[0] for s in usps.values())
+    for files in download.SOURCES.values():
+        for source in files.values():
+            assert source.urls and (source.md5 or source.sha256)
+
+
+# -------------------------------------------------------------- USPS in two formats
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_usps_libsvm_and_h5_give_the_same_images(tmp_path, compress):
+    splits = write_usps(tmp_path / "h5" / "usps")
+    write_usps_libsvm(tmp_path / "svm" / "usps", compress=compress)
+    from_h5 = raw.read_domain("usps", tmp_path / "h5")
+    from_svm = raw.read_domain("usps", tmp_path / "svm")
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(from_svm[split][0], from_h5[split][0])
+        np.testing.assert_array_equal(from_svm[split][1], from_h5[split][1])
+        np.testing.assert_array_equal(from_svm[split][0][..., 0], splits[split][0])
+    d = data.load_domain("usps", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "svm")
+    assert_round_trip(d, splits, channels=1)
+
+
+def test_parse_libsvm_usps_sparse_labels_and_errors():
+    images, labels = raw.parse_libsvm_usps("1 1:-1 3:1 256:0.5\n\n10 2:-1\n", "f")
+    assert images.shape == (2, 16, 16, 1) and images.dtype == np.uint8
+    assert labels.tolist() == [0, 9]  # labels 1..10 -> digits 0..9
+    flat = images.reshape(2, 256)
+    assert flat[0, :4].tolist() == [0, 128, 255, 128]  # absent index = value 0 = mid grey
+    assert flat[0, 255] == round(0.75 * 255) and flat[1, 1] == 0
+    x = fixture_rng(8).integers(0, 256, (3, 16, 16), dtype=np.uint8)
+    again, _ = raw.parse_libsvm_usps(usps_libsvm_text(x, np.array([0, 5, 9])), "f")
+    np.testing.assert_array_equal(again[..., 0], x)
+    for bad, match in [
+        ("11 1:0", "label 11 is not in 1..10"),
+        ("3 0:1", "indices must be integers in 1..256"),
+        ("3 257:1", "indices must be"),
+        ("3 1:0.5 2", "index:value"),
+        ("x 1:0", "index:value"),
+        ("", "no examples"),
+    ]:
+        with pytest.raises(DataError, match=match):
+            raw.parse_libsvm_usps(bad, "f")
+
+
+def test_usps_half_of_libsvm_pair_names_the_missing_file(tmp_path):
+    write_usps_libsvm(tmp_path / "usps")
+    (tmp_path / "usps" / "usps.t.bz2").unlink()
+    with pytest.raises(data.MissingFilesError, match=r"Missing: usps\.t\.bz2"):
+        raw.check_files("usps", tmp_path)
+    (tmp_path / "usps" / "usps.t.bz2").write_bytes(bz2.compress(b"1 1:0\n")[:-5])
+    with pytest.raises(DataError, match="corrupt bzip2"):
+        raw.read_domain("usps", tmp_path)
+
+
+# -------------------------------------------------------------- a given manual dir is checked
+
+
+def _prepared_mnist(tmp_path: Path):
+    """MNIST prepared from tmp_path/raw into tmp_path/tfds; returns the fixture arrays."""
+    splits = write_mnist(tmp_path / "raw" / "mnist")
+    d = data.load_domain("mnist", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
+    assert d.source_kind == "manual dir" and "(new; from manual dir" in d.origin
+    return splits
+
+
+def test_given_manual_dir_is_checked_when_records_are_prepared(tmp_path):
+    splits = _prepared_mnist(tmp_path)
+    d = data.load_domain("mnist", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
+    assert_round_trip(d, splits, channels=1)
+    assert d.source_kind == "prepared records"
+    assert "reused" in d.origin and "checked: same sizes and labels" in d.origin
+    with pytest.raises(DataError, match="does not exist") as err:
+        data.load_domain("mnist", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "typo")
+    assert "train-images-idx3-ubyte.gz" in str(err.value)
+
+
+def test_truncated_manual_dir_is_an_error_when_records_are_prepared(tmp_path):
+    _prepared_mnist(tmp_path)
+    path = tmp_path / "raw" / "mnist" / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(DataError, match="corrupt gzip"):
+        data.load_domain("mnist", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
+    path.unlink()
+    with pytest.raises(data.MissingFilesError, match=r"Missing: train-images-idx3-ubyte\.gz"):
+        data.load_domain("mnist", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "raw")
+
+
+def test_manual_dir_with_other_data_than_the_records_is_an_error(tmp_path):
+    write_mnist_m_archive(tmp_path / "cut" / "mnist_m", n_listed={"train": 5})
+    data.load_domain("mnist_m", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "cut")
+    write_mnist_m_archive(tmp_path / "full" / "mnist_m")
+    with pytest.raises(DataError, match=r"train: 12 images there, 5 prepared") as err:
+        data.load_domain("mnist_m", data_dir=tmp_path / "tfds", manual_dir=tmp_path / "full")
+    assert "Delete" in str(err.value) and "dann_mnist_m" in str(err.value)
 
 
 # -------------------------------------------------------------- npz
@@ -471,6 +783,104 @@ def test_load_photos_from_dir(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"No \.jpg"):
         data.load_photos_from_dir(tmp_path / "empty")
+
+
+# -------------------------------------------------------------- MNIST-M synthesised from BSDS500
+
+
+def test_load_bsds_photos_accepts_archive_and_folders(tmp_path):
+    archive = tmp_path / "dl" / "BSR_bsds500.tgz"
+    photos = write_bsds_archive(archive)
+    got = data.load_bsds_photos(archive)
+    assert len(got) == 3  # train JPEGs only: not val/, not Thumbs.db
+    for a, b in zip(got, photos, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(data.load_bsds_photos(tmp_path / "dl")[2], photos[2])
+    shutil.unpack_archive(archive, tmp_path / "x")
+    np.testing.assert_array_equal(data.load_bsds_photos(tmp_path / "x")[0], photos[0])
+    train = tmp_path / "x" / "BSR" / "BSDS500" / "data" / "images" / "train"
+    np.testing.assert_array_equal(data.load_bsds_photos(train)[1], photos[1])
+    with pytest.raises(DataError, match=r"BSR_bsds500\.tgz"):
+        data.load_bsds_photos(tmp_path / "absent")
+    (tmp_path / "bad.tgz").write_bytes(archive.read_bytes()[:300])
+    with pytest.raises(DataError, match="not a readable tar"):
+        data.load_bsds_photos(tmp_path / "bad.tgz")
+
+
+def _mnist_domain(seed: int = 0) -> Domain:
+    rng = fixture_rng(seed)
+    x = rng.integers(0, 256, (20, 28, 28, 1), dtype=np.uint8)
+    x[x < 128] = 0  # a background, as MNIST's
+    y = rng.integers(0, 10, 20).astype(np.int32)
+    return Domain("mnist", "full", x[:14], y[:14], x[14:], y[14:], "fixture", "manual dir")
+
+
+def test_synthesised_mnist_m_recipe_determinism_and_label(tmp_path):
+    mnist = _mnist_domain()
+    flat = np.broadcast_to(np.array([10, 200, 255], np.uint8), (40, 50, 3)).copy()
+    d = data.synthesised_mnist_m(mnist, [flat], seed=0)
+    assert d.name == "mnist_m" and d.variant == d.source_kind == "synthesised"
+    assert "synthesised MNIST-M" in d.origin and "not the released data set" in d.origin
+    assert d.x_train.shape == (14, 28, 28, 3) and d.x_test.shape == (6, 28, 28, 3)
+    np.testing.assert_array_equal(d.y_train, mnist.y_train)
+    # Binarised digit on 3 channels: ink (> 0) gives 255 - patch, background the patch.
+    ink = mnist.x_train[..., 0] > 0
+    np.testing.assert_array_equal(d.x_train[ink], np.broadcast_to([245, 55, 0], (ink.sum(), 3)))
+    background = np.broadcast_to([10, 200, 255], ((~ink).sum(), 3))
+    np.testing.assert_array_equal(d.x_train[~ink], background)
+    photos = write_bsds_archive(tmp_path / "BSR_bsds500.tgz")
+    a = data.synthesised_mnist_m(mnist, photos, seed=3)
+    b = data.synthesised_mnist_m(mnist, data.load_bsds_photos(tmp_path), seed=3)
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    np.testing.assert_array_equal(a.x_test, b.x_test)
+    assert not np.array_equal(a.x_train, data.synthesised_mnist_m(mnist, photos, seed=4).x_train)
+
+
+def test_missing_mnist_m_with_bsds_is_synthesised_loudly(tmp_path, capsys):
+    write_mnist(tmp_path / "raw" / "mnist")  # no mnist_m/ in the manual dir
+    write_bsds_archive(tmp_path / "BSR_bsds500.tgz")
+    kwargs = {"data_dir": tmp_path / "tfds", "manual_dir": tmp_path / "raw"}
+    d = data.load_domain("mnist_m", bsds_dir=tmp_path / "BSR_bsds500.tgz", **kwargs)
+    assert "SYNTHESISED MNIST-M" in capsys.readouterr().err
+    assert d.variant == d.source_kind == "synthesised" and "not the released" in d.origin
+    assert d.x_train.shape == (N_TRAIN, 28, 28, 3) and d.x_test.shape == (N_TEST, 28, 28, 3)
+    mnist = data.load_domain("mnist", **kwargs)
+    np.testing.assert_array_equal(d.y_test, mnist.y_test)
+    again = data.load_domain("mnist_m", bsds_dir=tmp_path, **kwargs)
+    np.testing.assert_array_equal(again.x_train, d.x_train)
+    assert not (tmp_path / "tfds" / "dann_mnist_m").exists()  # never stored as the real one
+    # Without bsds_dir the absence is an error, as before.
+    with pytest.raises(data.MissingFilesError, match=r"mnist_m\.tar\.gz"):
+        data.load_domain("mnist_m", **kwargs)
+
+
+def test_corrupt_mnist_m_is_an_error_even_with_bsds(tmp_path):
+    write_mnist(tmp_path / "raw" / "mnist")
+    (tmp_path / "raw" / "mnist_m").mkdir()
+    (tmp_path / "raw" / "mnist_m" / "mnist_m.tar.gz").write_bytes(b"\x1f\x8b junk")
+    write_bsds_archive(tmp_path / "BSR_bsds500.tgz")
+    with pytest.raises(DataError, match="not a readable tar"):
+        data.load_domain(
+            "mnist_m",
+            data_dir=tmp_path / "tfds",
+            manual_dir=tmp_path / "raw",
+            bsds_dir=tmp_path / "BSR_bsds500.tgz",
+        )
+
+
+def test_failed_mnist_m_download_with_bsds_is_synthesised(tmp_path, monkeypatch, http_files):
+    splits = write_mnist(tmp_path / "upstream")
+    files = _serve_domain(monkeypatch, http_files, "mnist", tmp_path / "upstream")
+    http_files.routes = {f"/m1/{n}": {"body": b} for n, b in files.items()}
+    write_bsds_archive(tmp_path / "BSR_bsds500.tgz")  # mnist_m: only the dead default mirror
+    monkeypatch.setitem(
+        download.SOURCES,
+        "mnist_m",
+        {"mnist_m.tar.gz": download.Source((f"{_closed_port_url()}/m.tgz",), md5="0" * 32)},
+    )
+    d = data.load_domain("mnist_m", data_dir=tmp_path / "tfds", bsds_dir=tmp_path)
+    assert d.source_kind == "synthesised" and "download into" in d.origin  # MNIST digits
+    np.testing.assert_array_equal(d.y_train, splits["train"][1])
 
 
 # -------------------------------------------------------------- preprocessing

@@ -4,10 +4,12 @@ small learnable in-memory data with a model to train on it.
 Each writer puts a small random data set where a user would put the real files
 (``DIR/mnist/``, ``DIR/mnist_m/``, ``DIR/usps/``, ``DIR/svhn/``) and returns the arrays it
 wrote, so that a test can check a loader against them pixel for pixel.
+``write_bsds_archive`` writes a tiny ``BSR_bsds500.tgz`` (a few JPEGs in its layout).
 """
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
 import struct
@@ -103,16 +105,65 @@ def write_mnist_m_folder(folder: Path, nested: bool = True):
     return splits
 
 
+def _usps_splits():
+    """The USPS fixture arrays (the same for both file formats)."""
+    return {"train": _fake_split(N_TRAIN, (16, 16), 5), "test": _fake_split(N_TEST, (16, 16), 6)}
+
+
 def write_usps(folder: Path):
     """Write usps.h5 with float pixels k/255 (so round(x*255) recovers k exactly)."""
     folder.mkdir(parents=True, exist_ok=True)
-    splits = {"train": _fake_split(N_TRAIN, (16, 16), 5), "test": _fake_split(N_TEST, (16, 16), 6)}
+    splits = _usps_splits()
     with h5py.File(folder / "usps.h5", "w") as f:
         for split, (x, y) in splits.items():
             g = f.create_group(split)
             g["data"] = (x.reshape(len(x), 256) / np.float32(255)).astype(np.float32)
             g["target"] = y.astype(np.int64)
     return splits
+
+
+def usps_libsvm_text(x: np.ndarray, y: np.ndarray) -> str:
+    """LIBSVM lines of uint8 (N, 16, 16) images: labels y + 1, values k/255*2-1 in [-1, 1]."""
+    lines = []
+    for img, label in zip(x.reshape(len(x), 256), y, strict=True):
+        values = img.astype(np.float64) / 255.0 * 2.0 - 1.0
+        lines.append(f"{label + 1} " + " ".join(f"{i + 1}:{v:.6f}" for i, v in enumerate(values)))
+    return "\n".join(lines) + "\n"
+
+
+def write_usps_libsvm(folder: Path, compress: bool = True):
+    """Write usps.bz2 and usps.t.bz2 holding the same images and labels as `write_usps`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = _usps_splits()
+    for split, name in (("train", "usps.bz2"), ("test", "usps.t.bz2")):
+        text = usps_libsvm_text(*splits[split]).encode()
+        (folder / name).write_bytes(bz2.compress(text) if compress else text)
+    return splits
+
+
+def write_bsds_archive(path: Path, n_train: int = 3) -> list[np.ndarray]:
+    """Write a tiny BSR_bsds500.tgz: `n_train` 40x50 train JPEGs, one val JPEG, a Thumbs.db.
+
+    Returns the train photos as decoded back from the JPEGs, in name order.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base = "BSR/BSDS500/data/images"
+    rng = fixture_rng(9)
+    members, photos = [], []
+    for i in range(n_train):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(buf, "JPEG")
+        members.append((f"{base}/train/{1000 + i}.jpg", buf.getvalue()))
+        photos.append(np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(buf, "JPEG")
+    members += [(f"{base}/val/2000.jpg", buf.getvalue()), (f"{base}/train/Thumbs.db", b"x")]
+    with tarfile.open(path, "w:gz") as tar:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return photos
 
 
 def write_svhn(folder: Path):

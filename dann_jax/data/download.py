@@ -150,9 +150,10 @@ def _resumes_at(resp, offset: int) -> bool:
     """Whether `resp` continues a file at byte `offset` (206 with a matching Content-Range)."""
     if not offset or getattr(resp, "status", None) != 206:
         return False  # 200 (Range ignored) or a file:// URL: the whole file follows
-    match = re.match(r"bytes (\d+)-", resp.headers.get("Content-Range", ""))
+    answered = resp.headers.get("Content-Range", "")
+    match = re.match(r"bytes (\d+)-", answered)
     if match is None or int(match[1]) != offset:
-        raise OSError(f"server answered the Range request for byte {offset} with {match}")
+        raise OSError(f"asked for the bytes from {offset} on, got Content-Range {answered!r}")
     return True
 
 
@@ -169,6 +170,7 @@ def _fetch(url: str, part: Path, timeout: float) -> None:
         resp = _open(url, offset, timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416 and offset:
+            e.close()
             return  # "range not satisfiable": `part` is already whole (or junk: verified next)
         raise
     with resp:

@@ -75,7 +75,19 @@ def load_npz(path: str | os.PathLike) -> Domain:
     if not p.is_file():
         raise _bad(path, "no such file.")
     try:
-        with np.load(p, allow_pickle=False) as f:
+        loaded = np.load(p, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise _bad(path, f"not a readable .npz file ({e}).") from e
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        # np.save writes one bare array (.npy format), whatever the file is called.
+        raise _bad(
+            path,
+            f"it holds a single array of shape {getattr(loaded, 'shape', '?')} (written by "
+            "np.save?), not named arrays; write it with np.savez(path, x_train=..., "
+            "y_train=..., x_test=..., y_test=...).",
+        )
+    try:
+        with loaded as f:
             missing = [k for k in NPZ_KEYS if k not in f.files]
             if missing:
                 raise _bad(path, f"missing key(s) {missing}; found {sorted(f.files)}.")

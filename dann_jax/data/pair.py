@@ -89,6 +89,7 @@ def _load_one(name: str, config) -> Domain:
         data_dir=config.tfds_dir,
         manual_dir=config.data_dir,
         download=config.data_dir is None,
+        bsds_dir=config.bsds_dir,
     )
 
 
@@ -98,14 +99,14 @@ def _load_domains(config, log: Callable[[str], None]) -> tuple[Domain, Domain, b
     if config.data_dir is not None or not default_pair:
         return _load_one(config.source, config), _load_one(config.target, config), False
     try:
-        # Target first: MNIST-M has no public URL, so a machine without it falls back
-        # at once instead of downloading MNIST for nothing.
+        # Target first: a machine that cannot get MNIST-M falls back at once instead of
+        # downloading MNIST for nothing.
         target = _load_one(config.target, config)
         return _load_one(config.source, config), target, False
     except DataError as e:
         first = str(e).splitlines()[0]
         log("\n" + "!" * 78 + "\n" + EMBEDDED_BANNER + f"! (why: {first[:150]})\n" + "!" * 78)
-    photos = embedded.load_photos_from_dir(config.bsds_dir) if config.bsds_dir else None
+    photos = embedded.load_bsds_photos(config.bsds_dir) if config.bsds_dir else None
     source, target = embedded.embedded_pair(seed=0, photos=photos)
     if config.bsds_dir:
         origin = target.origin + f"; photos from {config.bsds_dir}"
@@ -150,9 +151,11 @@ def load_pair(config, input_size: int, log: Callable[[str], None] = print) -> Pa
     if config.mode == "target_only":
         xs, ys = xt, np.asarray(target.y_train, np.int32)
     mean = channel_mean(np.concatenate([xs, xt]))
-    npz = "npz" in (source.variant, target.variant)
+    variants = (source.variant, target.variant)
     info = {
-        "variant": "embedded" if is_embedded else ("npz" if npz else "full"),
+        "variant": "embedded"
+        if is_embedded
+        else next((v for v in ("npz", "synthesised") if v in variants), "full"),
         "source": _describe(source, xs, xs_test),
         "target": _describe(target, xt, xt_test),
         "input_shape": [input_size, input_size, 3],

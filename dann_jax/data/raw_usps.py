@@ -73,7 +73,7 @@ def parse_libsvm_usps(text: str, source: str) -> tuple[np.ndarray, np.ndarray]:
                 f"{source}, line {lineno}: expected 'label index:value ...' ({e})."
             ) from e
         if label != int(label) or not 1 <= label <= 10:
-            raise DataError(f"{source}, line {lineno}: label {label} is not in 1..10.")
+            raise DataError(f"{source}, line {lineno}: label {label:g} is not in 1..10.")
         if idx.size and (idx.min() < 1 or idx.max() > _PIXELS or (idx != np.rint(idx)).any()):
             raise DataError(f"{source}, line {lineno}: indices must be integers in 1..256.")
         row = np.zeros(_PIXELS)
