@@ -1,0 +1,228 @@
+"""The pure part of `dann_jax.select`: the grid, scoring a cell, and the table.
+
+`grid` lists the arms (training runs) of a pair and seed; `score_cell` measures every
+validator against the report-only target accuracy over one cell's candidates (Spearman,
+regret, the pick, the negative-transfer guard); `summarize` averages cells into rows;
+`write_outputs` writes ``selection.json`` and ``selection.md`` through `dann_jax.io`.
+Nothing here trains a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dann_jax import io, validators
+
+__all__ = [
+    "DEFAULT_LAMBDA2",
+    "PROTOCOL",
+    "Arm",
+    "default_arm",
+    "grid",
+    "score_cell",
+    "summarize",
+    "write_outputs",
+]
+
+DEFAULT_LAMBDA2 = 1.0  # the paper's (and Config's) lambda2: the "default" run's value
+
+PROTOCOL = (
+    "Candidates: every checkpoint of every arm (per recipe: source-only, and DANN per "
+    "lambda2). Per pair and seed, each validator's Spearman ρ between its preference and "
+    "the target test accuracy across the candidates, and its regret = best candidate's "
+    "target accuracy − picked candidate's; then mean ± std over seeds. Baselines: the last "
+    "step of the default run (DANN, first recipe, lambda2 1.0) and of source-only. Target "
+    "labels are used only to report, never to pick."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One training run of the grid: a recipe, a mode and (for DANN) lambda2."""
+
+    recipe: str
+    mode: str
+    lambda2: float
+
+    @property
+    def name(self) -> str:
+        """``source_only``, or ``dann_l<lambda2>``."""
+        return "source_only" if self.mode == "source_only" else f"dann_l{self.lambda2:g}"
+
+
+def grid(recipes: Sequence[str], lambda2_grid: Sequence[float]) -> list[Arm]:
+    """Per recipe: a source-only arm, then one DANN arm per lambda2."""
+    return [
+        arm
+        for r in recipes
+        for arm in (Arm(r, "source_only", 0.0), *(Arm(r, "dann", float(x)) for x in lambda2_grid))
+    ]
+
+
+def default_arm(arms: Sequence[Arm]) -> Arm:
+    """What one would run without selection: DANN, first recipe, lambda2 nearest 1."""
+    first = [a for a in arms if a.mode == "dann" and a.recipe == arms[0].recipe]
+    return min(first, key=lambda a: abs(a.lambda2 - DEFAULT_LAMBDA2))
+
+
+def _last_step_id(candidates: list[dict], arm: Arm) -> str:
+    """The id of an arm's last-step candidate."""
+    mine = [c for c in candidates if c["id"].startswith(f"{arm.recipe}/{arm.name}@")]
+    return max(mine, key=lambda c: c["step"])["id"]
+
+
+def score_cell(
+    candidates: list[dict], arms: Sequence[Arm], picker: str, guard_use: Sequence[str] | None
+) -> dict:
+    """Every validator's agreement with the target accuracy, the pick and the guard.
+
+    Args:
+      candidates: from `train_cell` (each with ``scores`` and ``target_accuracy``).
+      arms: the grid (its first recipe's source-only and default arms are baselines).
+      picker: the validator whose choice is "the pick".
+      guard_use: validators the guard consults (None: every one computed; names not
+        computed are left out).
+
+    Ties go to the first candidate in grid order (`selection_agreement`), and the guard
+    needs a source-only candidate strictly ahead.
+
+    Returns:
+      dict with ``validators`` (name -> `dann_jax.validators.selection_agreement` plus
+      ``picked_id`` and ``regret``), ``baselines`` (the default arm's and the source-only
+      arm's last step, with regret), ``picked`` (the picker's candidate), ``guard`` and
+      ``oracle`` (best target accuracy, reported only).
+    """
+    accs = np.array([c["target_accuracy"] for c in candidates], np.float64)
+    # A validator missing for some candidates (e.g. reverse_dann, added on a rerun) is
+    # NaN there, and so counts as broken for the guard.
+    names = [n for n in validators.VALIDATORS if any(n in c["scores"] for c in candidates)]
+    per_validator, prefs = {}, {}
+    for name in names:
+        raw = np.array([c["scores"].get(name, math.nan) for c in candidates], np.float64)
+        prefs[name] = validators.preference(name, raw)
+        if not np.isfinite(raw).any():
+            per_validator[name] = None
+            continue
+        agree = validators.selection_agreement(prefs[name], accs, lower_is_better=False)
+        agree["picked_id"] = candidates[agree["chosen_index"]]["id"]
+        agree["regret"] = agree.pop("gap")  # oracle accuracy minus the picked one's
+        per_validator[name] = agree
+    oracle = float(accs.max())
+    by_id = {c["id"]: c for c in candidates}
+    baselines = {}
+    for label, arm in (
+        ("default_last_step", default_arm(arms)),
+        ("source_only_last_step", arms[0]),
+    ):
+        c = by_id[_last_step_id(candidates, arm)]
+        baselines[label] = {"id": c["id"], "regret": oracle - c["target_accuracy"]}
+    is_so = [c["mode"] == "source_only" for c in candidates]
+    use = None if guard_use is None else [n for n in guard_use if n in prefs]
+    guard = validators.negative_transfer_guard(prefs, is_so, use=use)
+    pick = per_validator.get(picker)
+    return {
+        "validators": per_validator,
+        "baselines": baselines,
+        "picked": None if pick is None else {"validator": picker, **by_id[pick["picked_id"]]},
+        "guard": guard,
+        "oracle": {"target_accuracy": oracle, "id": candidates[int(np.argmax(accs))]["id"]},
+    }
+
+
+def _mean_std(values: list[float]) -> dict[str, Any]:
+    """Mean, population std and count of the finite values (None when there are none)."""
+    a = np.array([v for v in values if v is not None and math.isfinite(v)], np.float64)
+    if a.size == 0:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": float(a.mean()), "std": float(a.std()), "n": int(a.size)}
+
+
+def summarize(cells: list[dict]) -> list[dict]:
+    """One row per validator (then the baselines): Spearman and regret per pair and overall.
+
+    Spearman and regret are first computed within a cell (one pair and seed, over its
+    candidates), then averaged over the seeds of a pair and over all cells.
+    """
+    pairs = list(dict.fromkeys(c["pair"] for c in cells))
+    names = list(dict.fromkeys(n for c in cells for n in c["score"]["validators"]))
+    rows = []
+
+    def row(label, direction, get):
+        entry = {"validator": label, "better": direction, "pairs": {}}
+        for p in [*pairs, "all"]:
+            mine = [c for c in cells if p in ("all", c["pair"])]
+            got = [get(c) for c in mine]
+            entry["pairs"][p] = {
+                "spearman": _mean_std([g[0] for g in got]),
+                "regret": _mean_std([g[1] for g in got]),
+            }
+        rows.append(entry)
+
+    def of_validator(name):
+        def get(cell):
+            v = cell["score"]["validators"].get(name)
+            return (None, None) if v is None else (v["spearman"], v["regret"])
+
+        return get
+
+    for name in names:
+        better = "lower" if validators.VALIDATORS[name].lower_is_better else "higher"
+        row(name, better, of_validator(name))
+    for label in ("default_last_step", "source_only_last_step"):
+        row(label, "-", lambda c, label=label: (None, c["score"]["baselines"][label]["regret"]))
+    return rows
+
+
+def _fmt(stat: dict, digits: int = 3) -> str:
+    """``mean ± std`` (or a dash)."""
+    if stat["mean"] is None:
+        return "—"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def write_outputs(out: Path, result: dict) -> None:
+    """``selection.json`` and ``selection.md`` (atomically, via `dann_jax.io`)."""
+    io.write_json(out / "selection.json", result)
+    pairs = list(result["rows"][0]["pairs"]) if result["rows"] else []
+    head = "| validator | better | " + " | ".join(f"{p} ρ | {p} regret" for p in pairs) + " |"
+    lines = [head, "| --- | --- |" + " --- | --- |" * len(pairs)]
+    for r in result["rows"]:
+        cols = " | ".join(
+            f"{_fmt(r['pairs'][p]['spearman'], 2)} | {_fmt(r['pairs'][p]['regret'])}" for p in pairs
+        )
+        lines.append(f"| {r['validator']} | {r['better']} | {cols} |")
+    picks = []
+    for c in result["cells"]:
+        s, pick = c["score"], c["score"]["picked"]
+        what = "—" if pick is None else f"{pick['id']} (target acc {pick['target_accuracy']:.4f})"
+        guard = f" **{s['guard']['message']}**" if s["guard"]["harmful"] else ""
+        picks.append(
+            f"* {c['pair']} seed {c['seed']}: {result['picker']} picked {what}; best "
+            f"{s['oracle']['id']} ({s['oracle']['target_accuracy']:.4f}).{guard}"
+        )
+    status = "" if result["complete"] else "INCOMPLETE: not every pair and seed finished. "
+    io.write_text(
+        out / "selection.md",
+        f"{status}Label-free selection, {result['date']}. {result['protocol']}\n\n"
+        f"{_settings(result)}\n\n"
+        + "\n".join(lines) + "\n\n" + "\n".join(picks) + "\n",
+    )  # fmt: skip
+
+
+def _settings(result: dict) -> str:
+    """One line: run length, checkpoints, grid, validation size, data."""
+    cfg, g = result.get("base_config", {}), result.get("grid", {})
+    return (
+        f"Runs of {cfg.get('steps')} steps, a candidate every {cfg.get('eval_every')} steps; "
+        f"recipes {g.get('recipes')}, lambda2 {g.get('lambda2')}, seeds {g.get('seeds')}; "
+        f"{result.get('val_size')} examples per validation subset; "
+        f"{result.get('data_variant', '?')} data; "
+        f"{sum(c.get('wall_seconds', 0.0) for c in result['cells']) / 60:.1f} min of training "
+        f"and scoring on {result.get('device', {}).get('kind', '?')}."
+    )

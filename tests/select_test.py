@@ -1,0 +1,139 @@
+"""Label-free selection: scoring on constructed candidates, and a tiny end-to-end run."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dann_jax import select, validators
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "selection.py"
+TINY = [
+    "--steps", "10", "--eval-every", "5", "--steps-per-call", "5", "--batch-size", "16",
+    "--lambda2-grid", "1.0", "--recipes", "paper", "--seeds", "1", "--val-size", "60",
+    "--reverse-steps", "5",
+]  # fmt: skip
+
+
+def _cli(*args, cwd, timeout=300):
+    """Run experiments/selection.py on one CPU device, with no data to find."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = ""  # one device, as a user's CPU run
+    env["JAX_PLATFORMS"] = "cpu"
+    env["TFDS_DATA_DIR"] = str(Path(cwd) / "no_tfds_here")
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env,
+    )  # fmt: skip
+
+
+def test_grid_and_default_arm():
+    arms = select.grid(["paper", "improved"], [0.3, 1.0])
+    assert [(a.recipe, a.name) for a in arms] == [
+        ("paper", "source_only"), ("paper", "dann_l0.3"), ("paper", "dann_l1"),
+        ("improved", "source_only"), ("improved", "dann_l0.3"), ("improved", "dann_l1"),
+    ]  # fmt: skip
+    assert select.default_arm(arms) == select.Arm("paper", "dann", 1.0)
+    assert select.default_arm(select.grid(["improved"], [0.1, 0.5])).lambda2 == 0.5
+
+
+def _candidate(arm, step, acc, **scores):
+    return {
+        "id": f"{arm.recipe}/{arm.name}@{step}", "recipe": arm.recipe, "mode": arm.mode,
+        "lambda2": arm.lambda2, "step": step, "target_accuracy": acc, "source_accuracy": 0.9,
+        "scores": scores,
+    }  # fmt: skip
+
+
+def test_score_cell_spearman_regret_and_baselines():
+    so, dann = select.grid(["paper"], [1.0])
+    candidates = [
+        _candidate(so, 5, 0.50, snd=1.0, dev=0.1),
+        _candidate(so, 10, 0.55, snd=2.0, dev=0.4),
+        _candidate(dann, 5, 0.60, snd=3.0, dev=0.3),
+        _candidate(dann, 10, 0.70, snd=4.0, dev=0.2),
+    ]
+    out = select.score_cell(candidates, [so, dann], "dev", None)
+    snd, dev = out["validators"]["snd"], out["validators"]["dev"]
+    assert snd["spearman"] == pytest.approx(1.0) and snd["regret"] == pytest.approx(0.0)
+    assert snd["picked_id"] == "paper/dann_l1@10"
+    # DEV (lower is better) picks the source-only model at step 5: regret 0.70 - 0.50.
+    assert dev["picked_id"] == "paper/source_only@5"
+    assert dev["regret"] == pytest.approx(0.20)
+    assert out["picked"]["id"] == "paper/source_only@5" and out["picked"]["validator"] == "dev"
+    assert out["oracle"] == {"target_accuracy": 0.70, "id": "paper/dann_l1@10"}
+    assert out["baselines"]["default_last_step"] == {"id": "paper/dann_l1@10", "regret": 0.0}
+    assert out["baselines"]["source_only_last_step"]["regret"] == pytest.approx(0.15)
+    assert out["guard"]["harmful"] is False  # snd prefers adapting
+    assert out["guard"]["prefers_source_only"] == {"snd": False, "dev": True}
+
+
+def test_guard_in_the_table_when_every_validator_prefers_source_only(tmp_path):
+    so, dann = select.grid(["paper"], [1.0])
+    candidates = [
+        _candidate(so, 10, 0.80, snd=5.0, mean_entropy=0.1),
+        _candidate(dann, 5, 0.60, snd=3.0, mean_entropy=0.5),
+        _candidate(dann, 10, 0.70, snd=4.0, mean_entropy=0.4),
+    ]
+    score = select.score_cell(candidates, [so, dann], "snd", None)
+    assert score["guard"]["harmful"] is True
+    cells = [{"pair": "a→b", "seed": 0, "candidates": candidates, "score": score}]
+    result = {
+        "date": "today", "protocol": select.PROTOCOL, "picker": "snd", "complete": True,
+        "cells": cells, "rows": select.summarize(cells),
+    }  # fmt: skip
+    select.write_outputs(tmp_path, result)
+    md = (tmp_path / "selection.md").read_text()
+    assert validators.HARMFUL_MESSAGE in md
+    assert "| snd | higher | 1.00 ± 0.00 | 0.000 ± 0.000 |" in md
+    rows = json.loads((tmp_path / "selection.json").read_text())["rows"]
+    assert [r["validator"] for r in rows] == [
+        "mean_entropy", "snd", "default_last_step", "source_only_last_step",
+    ]  # fmt: skip
+    assert rows[2]["pairs"]["all"]["regret"]["mean"] == pytest.approx(0.10)
+
+
+def test_cli_rejects_bad_flags(tmp_path):
+    proc = _cli("--recipes", "nope", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and "unknown --recipes" in proc.stderr
+    proc = _cli("--select", "reverse_dann", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and "--reverse-steps" in proc.stderr
+
+
+def test_tiny_selection_run_on_the_embedded_default(tmp_path):
+    out = tmp_path / "sel"
+    proc = _cli(*TINY, "--out", out, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "selection.json").read_text())
+    assert result["complete"] and result["data_variant"] == "embedded"
+    (cell,) = result["cells"]
+    # Two arms (source-only, DANN lambda2 = 1) x two checkpoints (steps 5 and 10).
+    assert sorted(c["id"] for c in cell["candidates"]) == [
+        "paper/dann_l1@10", "paper/dann_l1@5", "paper/source_only@10", "paper/source_only@5",
+    ]  # fmt: skip
+    computed = set(validators.VALIDATORS)  # reverse_dann too: --reverse-steps 5
+    for c in cell["candidates"]:
+        assert set(c["scores"]) == computed
+        assert all(math.isfinite(v) for v in c["scores"].values()), c
+        assert 0.0 <= c["target_accuracy"] <= 1.0
+    score = cell["score"]
+    assert set(score["validators"]) == computed
+    assert score["picked"]["validator"] == "reverse_validation"
+    assert set(score["guard"]) >= {"harmful", "used", "broken", "prefers_source_only"}
+    rows = {r["validator"]: r for r in result["rows"]}
+    assert set(rows) == computed | {"default_last_step", "source_only_last_step"}
+    assert "picked paper/" in proc.stdout + proc.stderr
+    assert "reverse DANN (5 steps)" in proc.stdout + proc.stderr
+    md = (out / "selection.md").read_text()
+    assert "| reverse_validation | higher |" in md and "default_last_step" in md
+    # Rerun: every arm resumes from its last checkpoint, and the validator values come
+    # back with the checkpoint's records.
+    again = _cli(*TINY, "--out", out, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    (resumed,) = json.loads((out / "selection.json").read_text())["cells"]
+    assert resumed["candidates"] == cell["candidates"] and resumed["score"] == cell["score"]
