@@ -22,8 +22,10 @@ Public API:
 Separate imports, so the core never imports TensorFlow Datasets, scikit-learn or
 matplotlib: `dann_jax.data` (digit domains as TFDS data sets, the embedded default,
 .npz domains), `dann_jax.experiment` (the digits job behind ``experiments/digits.py``),
-`dann_jax.reproduce` (the paper's table), `dann_jax.analysis` (proxy A-distance, Deep
-Embedded Validation, embeddings, confusion matrices).
+`dann_jax.reproduce` (the paper's table), `dann_jax.analysis` (proxy A-distance, t-SNE,
+confusion matrices), `dann_jax.plots` (figures), `dann_jax.validators` (label-free model
+selection: DEV, reverse validation, ...) and `dann_jax.select` (the selection experiment
+behind ``experiments/selection.py``), `dann_jax.io` (atomic writes, strict JSON).
 """
 
 from dann_jax.compiled import TrainSteps, compile_train_step, compile_train_steps

@@ -1,4 +1,5 @@
-"""``--analyze``: what `dann_jax.analysis` measures, computed on a finished digits run.
+"""``--analyze``: what `dann_jax.analysis` and `dann_jax.validators` measure, on a finished
+digits run.
 
 * Proxy A-distance (DANN paper Sec. 5.1.5) on raw pixels, on the features of a
   source-only model and on the features of the DANN model (the source-only model is
