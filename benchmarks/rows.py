@@ -33,7 +33,7 @@ IMPLS = {
     "handwritten": "hand-written jit",
     "handwritten_bf16": "hand-written jit bf16",
     "torch_eager": "torch eager",
-    "torch_bf16": "torch eager bf16 autocast",
+    "torch_bf16": "torch eager bf16",
     "torch_compile": "torch.compile",
     "torch_compile_cg": "torch.compile cudagraphs",
 }
@@ -256,6 +256,8 @@ def bench_torch(shape: Shape, impl: str, tf32: bool) -> Bench:
         note += ", TF32 " + ("on" if tf32 else "off") + ", cudnn.benchmark"
     if mode:
         note += f", mode={mode}, dynamic=False"
+    if bf16:
+        note += ", bf16 autocast"
     precision = "bf16" if bf16 else "fp32"
     bench = Bench(lambda: step(xs, ys, xt), lambda _: td.synchronize(dev), 1, precision, note=note)
     # torch.compile compiles on the first call: count that as compile time, like XLA's.

@@ -41,7 +41,7 @@ from dann_jax import io as dj_io
 # Rough seconds per row and shape to compile and warm up, and per timed step, used only
 # to say what a run will take before it starts (guesses, not measurements).
 _EXPECT = {
-    "gpu": {"jax": 4.0, "torch": 3.0, "torch_compile": 20.0, "step": 0.002},
+    "gpu": {"jax": 3.0, "torch": 3.0, "torch_compile": 15.0, "step": 0.002},
     "cpu": {"jax": 8.0, "torch": 2.0, "torch_compile": 60.0, "step": 0.1},
 }
 

@@ -118,25 +118,32 @@ def _expand(comps: dict[str, list[str]], name: str, depth: int = 0) -> list[tupl
     return out
 
 
+def _launches(ops: list[tuple[str, str]]) -> int:
+    """How many of the instructions launch work (see `_NOT_KERNELS`)."""
+    return sum(op not in _NOT_KERNELS for op, _ in ops)
+
+
 def count_kernels(hlo_text: str) -> int | None:
     """Launches per training step in an optimized HLO module: fusions, library calls, ops.
 
-    Counts the instructions of the computation that runs once per step (the entry; for a
-    scanned K-step program, its loop body), following `call`s into the computations they
-    run (XLA:GPU's command buffers) and leaving out those that launch nothing
-    (`_NOT_KERNELS`). On a GPU each counted instruction is roughly one kernel, so at small
-    shapes, where launches rather than FLOPs bound the step, the count explains a
-    step-time gap between two programs of the same model. None if the text is not
-    recognised.
+    Counts the instructions of the computation that runs once per step, following
+    `call`s into the computations they run (XLA:GPU's command buffers) and leaving out
+    those that launch nothing (`_NOT_KERNELS`). That computation is the entry, or, for a
+    scanned K-step program, its step loop's body: the loop whose body launches more
+    than everything outside loops (small loops, such as XLA:CPU's random-bit
+    generation, are neither the step nor followed). On a GPU each counted instruction is
+    roughly one kernel, so at small shapes, where launches rather than FLOPs bound the
+    step, the count explains a step-time gap between two programs of the same model.
+    None if the text is not recognised.
     """
     comps = _computations(hlo_text)
     if "ENTRY" not in comps:
         return None
     ops = _expand(comps, "ENTRY")
+    outside = _launches(ops)
     bodies = [m.group(1) for op, line in ops if op == "while" and (m := _BODY.search(line))]
-    if bodies:
-        ops = max((_expand(comps, b) for b in bodies), key=len)
-    return sum(op not in _NOT_KERNELS for op, _ in ops)
+    inside = max((_launches(_expand(comps, b)) for b in bodies), default=0)
+    return inside if inside > outside else outside
 
 
 def compile_with_flops(

@@ -343,14 +343,14 @@ def run(
 
 def _plot(path: Path, config: Config, data: PairData, per_seed, log) -> None:
     """``curves.png``; without matplotlib the run still completes (with a warning)."""
-    try:
-        from dann_jax import plots
-    except ImportError as e:
-        log(f"warning: no curves.png ({e}); pip install matplotlib to get it")
-        return
+    from dann_jax import plots  # imports matplotlib only when it draws
+
     info = data.info
     title = (
         f"{config.mode}: {info['source']['name']} -> {info['target']['name']} "
         f"({info['variant']}), lambda2={config.lambda2}"
     )
-    plots.plot_curves(path, per_seed, title)
+    try:
+        plots.plot_curves(path, per_seed, title)
+    except ImportError as e:
+        log(f"warning: no curves.png ({e}); pip install matplotlib to get it")

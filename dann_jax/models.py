@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dann_jax import cpu_conv
 from dann_jax.config import BN_STATS
 from dann_jax.grl import grad_reverse
 
@@ -61,6 +62,10 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 }
 
 
+# How a convolution is computed; `dann_jax.train.make_model` picks per backend.
+CONV_IMPLS = {"xla": jax.lax.conv_general_dilated, "patch": cpu_conv.cpu_conv}
+
+
 def _arch(name: str) -> dict[str, Any]:
     """Look up an architecture by name with a helpful error."""
     if name not in ARCHITECTURES:
@@ -90,6 +95,9 @@ class FeatureExtractor(nn.Module):
       bn_axis_name: pmap axis over which BatchNorm statistics are averaged, so a
         data-parallel step normalises with whole-batch statistics (sync BatchNorm).
       dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
+      conv_impl: ``"xla"`` (`lax.conv_general_dilated`) or ``"patch"`` (the same
+        forward, gradients written out for XLA:CPU: `dann_jax.cpu_conv`); the same
+        parameters and numbers either way.
     """
 
     arch: str = "mnist"
@@ -97,12 +105,17 @@ class FeatureExtractor(nn.Module):
     dropout_rate: float = 0.0
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Map images (N, H, W, C) to flat features (N, D)."""
+        conv = CONV_IMPLS[self.conv_impl]
         for features, kernel, padding, window, stride, pool_padding in _arch(self.arch)["convs"]:
-            x = nn.Conv(features, (kernel, kernel), padding=padding, dtype=self.dtype)(x)
+            x = nn.Conv(
+                features, (kernel, kernel), padding=padding, dtype=self.dtype,
+                conv_general_dilated=conv,
+            )(x)  # fmt: skip
             if self.batchnorm:
                 x = nn.BatchNorm(
                     use_running_average=not train,
@@ -178,6 +191,7 @@ class DANN(nn.Module):
       dropout_rate: dropout on the extractor's output features.
       bn_axis_name: pmap axis name for synchronised BatchNorm statistics.
       dtype: computation dtype; parameters are float32 whatever it is.
+      conv_impl: how the extractor's convolutions are computed (see `FeatureExtractor`).
 
     References:
       Ganin et al., JMLR 2016, Sec. 4 (eq. 18) and Fig. 1.
@@ -190,13 +204,15 @@ class DANN(nn.Module):
     dropout_rate: float = 0.0
     bn_axis_name: str | None = None
     dtype: Any = jnp.float32
+    conv_impl: str = "xla"
 
     def setup(self):
         if self.bn_stats not in BN_STATS:
             raise ValueError(f"bn_stats must be one of {BN_STATS}, got {self.bn_stats!r}")
         self.extractor = FeatureExtractor(
-            self.arch, self.batchnorm, self.dropout_rate, self.bn_axis_name, self.dtype
-        )
+            self.arch, self.batchnorm, self.dropout_rate, self.bn_axis_name, self.dtype,
+            self.conv_impl,
+        )  # fmt: skip
         self.classifier = LabelClassifier(self.arch, self.num_classes, self.dtype)
         self.discriminator = DomainDiscriminator(self.arch, self.dtype)
 

@@ -83,14 +83,21 @@ class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or infinite; the message names the step and the term."""
 
 
-def make_model(config: Config) -> DANN:
-    """The DANN module described by `config` (architecture, BatchNorm, dropout, dtype)."""
+def make_model(config: Config, backend: str | None = None) -> DANN:
+    """The DANN module described by `config` (architecture, BatchNorm, dropout, dtype).
+
+    The one place that picks code per backend: on CPU the convolutions' gradients are
+    written out (`dann_jax.cpu_conv`: same parameters and numbers, faster on XLA:CPU);
+    on GPU and TPU the model is plain ``lax.conv_general_dilated``.
+    """
+    backend = backend or jax.default_backend()
     return DANN(
         arch=config.arch,
         batchnorm=config.batchnorm,
         bn_stats=config.bn_stats,
         dropout_rate=config.dropout,
         dtype=jnp.bfloat16 if config.precision == "bf16" else jnp.float32,
+        conv_impl="patch" if backend == "cpu" else "xla",
     )
 
 

@@ -8,50 +8,22 @@ hidden from them by a stub package that fails to import, so the torch rows must 
 
 from __future__ import annotations
 
-import gzip
-import io
+import functools
 import json
 import os
-import struct
-import subprocess
-import sys
-import tarfile
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image
 
 import dann_jax as dj
 from benchmarks import handwritten as hw
-from benchmarks import step_time, time_to_accuracy
+from benchmarks import rows, step_time, time_to_accuracy, timing, xla_cost
+from tests.helpers import ROW_FIELDS, run_script
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-ROW_FIELDS = {
-    "arch", "batch_size", "impl", "label", "status", "precision", "step_ms_median",
-    "step_ms_min", "images_per_s", "speedup_vs_torch_eager", "flops_per_step", "flops_source",
-    "achieved_tflops", "peak_tflops", "peak_name", "fraction_of_peak", "compile_s",
-    "kernels_per_step", "repeats", "steps_per_repeat", "note",
-}  # fmt: skip
-
-
-def _run_script(args: list[str], tmp_path: Path, timeout: int = 300):
-    """Run a benchmark script from the repo root with torch hidden; return the process."""
-    stub = tmp_path / "no_torch" / "torch"
-    stub.mkdir(parents=True, exist_ok=True)
-    (stub / "__init__.py").write_text('raise ImportError("torch hidden by benchmarks_test")\n')
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(stub.parent), str(REPO_ROOT)]))
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 # -------------------------------------------------------------- step_time
@@ -62,7 +34,7 @@ def test_step_time_quick_writes_rows(tmp_path):
     args = ["--quick", "--archs", "mnist", "--batch-sizes", "8", "--repeats", "2"]
     # bf16 rows run the same code with another Config; left out to keep the test short.
     impls = [i for i in step_time.IMPLS if not i.endswith("bf16")]
-    proc = _run_script(
+    proc = run_script(
         [
             "benchmarks/step_time.py",
             *args,
@@ -106,6 +78,56 @@ def test_step_time_quick_writes_rows(tmp_path):
     assert "not installed" in proc.stdout and "dann_jax jit" in proc.stdout
 
 
+def test_step_time_cut_short_keeps_its_rows(tmp_path, monkeypatch):
+    """An interrupt (the device script's deadline sends SIGINT) still writes the JSON,
+    with the rows measured so far and ``complete`` false; exit status 130."""
+
+    def measure(args, env, rows):
+        rows.append(timing.base_row("mnist", 8, "jit"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(step_time, "_measure_all", measure)
+    out = tmp_path / "step.json"
+    assert step_time.main(["--quick", "--warm-up-s", "0", "--out", str(out)]) == 130
+    report = json.loads(out.read_text())
+    assert report["complete"] is False and report["stopped"] == "interrupted after 1 rows"
+    assert [r["impl"] for r in report["rows"]] == ["jit"] and "after" in report
+
+
+def test_time_to_accuracy_cut_short_writes_its_json(tmp_path, monkeypatch, digits_dir):
+    def measure(args, report):
+        report["curve"].append({"step": 100, "accuracy": 0.5, "elapsed_s": 1.0})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(time_to_accuracy, "measure", measure)
+    out = tmp_path / "tta.json"
+    with pytest.raises(KeyboardInterrupt):
+        time_to_accuracy.main(["--data-dir", str(digits_dir), "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["complete"] is False and report["error"] == "KeyboardInterrupt"
+    assert report["curve"] == [{"step": 100, "accuracy": 0.5, "elapsed_s": 1.0}]
+
+
+def test_bf16_rows_are_compared_with_torch_bf16():
+    rows_ = [timing.base_row("mnist", 64, i) for i in ("jit", "jit_bf16", "torch_eager")]
+    for r, ms in zip(rows_, (2.0, 1.0, 4.0), strict=True):
+        r["step_ms_median"] = ms
+    timing.finish_rows(rows_, "cpu", True)
+    assert rows_[0]["speedup_vs_torch_eager"] == 2.0
+    assert rows_[1]["speedup_vs_torch_eager"] is None  # no torch bf16 row: left blank
+    bf16 = timing.base_row("mnist", 64, "torch_bf16")
+    bf16["step_ms_median"] = 3.0
+    timing.finish_rows([*rows_, bf16], "cpu", True)
+    assert rows_[1]["speedup_vs_torch_eager"] == 3.0 and bf16["precision"] == "bf16"
+
+
+def test_expected_seconds_grow_with_the_work():
+    small = step_time.parse_args(["--quick", "--impls", "jit", "--warm-up-s", "0"])
+    big = step_time.parse_args(["--quick", "--warm-up-s", "0", "--batch-sizes", "8", "16"])
+    assert 0 < step_time.expected_seconds(small, "cpu") < step_time.expected_seconds(big, "cpu")
+    assert step_time.expected_seconds(big, "gpu") < step_time.expected_seconds(big, "cpu")
+
+
 def test_busy_machine_is_flagged_and_refused(monkeypatch, capsys):
     import benchmarks
 
@@ -121,18 +143,18 @@ def test_busy_machine_is_flagged_and_refused(monkeypatch, capsys):
 
 
 def test_peak_table():
-    assert step_time.peak_for("NVIDIA H100 80GB HBM3", "bf16", True)[0] == 989e12
-    assert step_time.peak_for("NVIDIA H100 80GB HBM3", "fp32", True)[0] == 494e12
-    assert step_time.peak_for("NVIDIA H100 80GB HBM3", "fp32", False)[0] == 67e12
-    assert step_time.peak_for("NVIDIA H200", "bf16", True)[0] == 989e12
-    assert step_time.peak_for("NVIDIA H100 PCIe", "bf16", True)[0] == 756e12
-    assert step_time.peak_for("cpu", "fp32", True) == (None, None)
+    assert xla_cost.peak_for("NVIDIA H100 80GB HBM3", "bf16", True)[0] == 989e12
+    assert xla_cost.peak_for("NVIDIA H100 80GB HBM3", "fp32", True)[0] == 494e12
+    assert xla_cost.peak_for("NVIDIA H100 80GB HBM3", "fp32", False)[0] == 67e12
+    assert xla_cost.peak_for("NVIDIA H200", "bf16", True)[0] == 989e12
+    assert xla_cost.peak_for("NVIDIA H100 PCIe", "bf16", True)[0] == 756e12
+    assert xla_cost.peak_for("cpu", "fp32", True) == (None, None)
 
 
 def test_cost_analysis_dict_or_list():
-    assert step_time._flops_of({"flops": 10.0}) == 10.0
-    assert step_time._flops_of([{"flops": 7.0}]) == 7.0
-    assert step_time._flops_of([]) is None and step_time._flops_of({}) is None
+    assert xla_cost._flops_of({"flops": 10.0}) == 10.0
+    assert xla_cost._flops_of([{"flops": 7.0}]) == 7.0
+    assert xla_cost._flops_of([]) is None and xla_cost._flops_of({}) is None
 
 
 _HLO = """HloModule jit_step, entry_computation_layout={(f32[8]{0})->f32[8]{0}}
@@ -165,10 +187,82 @@ ENTRY %main.7 (x: f32[8]) -> f32[8] {
 
 def test_count_kernels_counts_launches_of_one_step():
     # A scanned program: the loop body's fusion and library call, not the bookkeeping.
-    assert step_time.count_kernels(_HLO) == 2
+    assert xla_cost.count_kernels(_HLO) == 2
     entry_only = _HLO.replace("while(", "copy(").replace(", condition=%cond, body=%body", "")
-    assert step_time.count_kernels(entry_only) == 1  # the copy; constants etc. launch nothing
-    assert step_time.count_kernels("not HLO") is None
+    assert xla_cost.count_kernels(entry_only) == 1  # the copy; constants etc. launch nothing
+    assert xla_cost.count_kernels("not HLO") is None
+    # A loop whose body launches less than the rest is not the step (XLA:CPU's
+    # random-bit loops): the entry is counted, the loop left out.
+    busy_entry = _HLO.replace(
+        "  ROOT %b =",
+        "".join(f"  %e{i} = f32[8]{{0}} exponential(f32[8]{{0}} %y)\n" for i in range(3))
+        + "  ROOT %b =",
+    )
+    assert xla_cost.count_kernels(busy_entry) == 3
+
+
+_COMMAND_BUFFER = """HloModule jit_step, entry_computation_layout={(f32[8]{0})->f32[]}
+
+%fused_a (p: f32[8]) -> f32[8] {
+  %p = f32[8]{0} parameter(0)
+  ROOT %n = f32[8]{0} negate(f32[8]{0} %p)
+}
+
+%command_buffer (p0: f32[8]) -> f32[8] {
+  %p0 = f32[8]{0} parameter(0)
+  %f1 = f32[8]{0} fusion(f32[8]{0} %p0), kind=kLoop, calls=%fused_a
+  %g = f32[8]{0} custom-call(f32[8]{0} %f1), custom_call_target="__cublas$gemm"
+  ROOT %f2 = f32[8]{0} fusion(f32[8]{0} %g), kind=kLoop, calls=%fused_a
+}
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %s = f32[] add(f32[] %a, f32[] %b)
+}
+
+ENTRY %main (x: f32[8]) -> f32[] {
+  %x = f32[8]{0} parameter(0)
+  %call = f32[8]{0} call(f32[8]{0} %x), to_apply=%command_buffer
+  %c = f32[] constant(0)
+  ROOT %r = f32[] reduce(f32[8]{0} %call, f32[] %c), dimensions={0}, to_apply=%add
+}
+"""
+
+
+def test_count_kernels_follows_command_buffers():
+    # XLA:GPU groups kernels into command buffers, each one `call` in its caller: the
+    # three kernels inside count, the call does not; a reduce's to_apply is not followed.
+    assert xla_cost.count_kernels(_COMMAND_BUFFER) == 4
+    # The same inside a scanned step: the loop body's command buffer is the step.
+    body_call = _HLO.replace(
+        "  %f = f32[8]{0} fusion(f32[8]{0} %x), kind=kLoop, calls=%fused_computation\n"
+        '  %g = f32[8]{0} custom-call(f32[8]{0} %f), custom_call_target="__cublas$gemm"\n',
+        "  %g = f32[8]{0} call(f32[8]{0} %x), to_apply=%command_buffer\n",
+    )
+    cb = _COMMAND_BUFFER.split("\n\n")[2]  # the command buffer computation
+    assert "to_apply=%command_buffer" in body_call
+    assert xla_cost.count_kernels(body_call + "\n" + cb + "\n") == 3
+
+
+def test_k_steps_row_takes_its_flops_from_the_one_step_program(monkeypatch):
+    """The `steps` row's FLOPs and kernels are one step's program's, not the K-step
+    program's divided by K (XLA counts a loop body once: that would be K times too low)."""
+    # On a CPU dann_jax dispatches K one-step programs; force the rolled K-step scan an
+    # accelerator gets.
+    rolled = functools.partial(dj.compile_train_steps, unroll=1)
+    monkeypatch.setattr(dj, "compile_train_steps", rolled)
+    shape = rows.make_shape("mnist", 8, 4)
+    bench = rows.bench_steps(shape, "fp32")
+    assert bench.steps_per_call == 4 and "dispatches" not in bench.note
+    model, tx, state, hp = rows._library(shape)
+    one = rolled(model, tx, num_steps=1, batch_size=8)
+    flops, _, _, kernels = xla_cost.compile_with_flops(one, state, shape.data, hp)
+    assert bench.flops_per_step == pytest.approx(flops) and bench.kernels == kernels
+    k_steps = rolled(model, tx, num_steps=4, batch_size=8)
+    k_flops, _, _, k_kernels = xla_cost.compile_with_flops(k_steps, state, shape.data, hp)
+    assert k_flops < 1.5 * flops  # the loop body counted once, not four times
+    assert k_kernels == pytest.approx(kernels, rel=0.2)  # the body is one step
 
 
 # -------------------------------------------------------------- hand-written step == library
@@ -250,183 +344,3 @@ def test_handwritten_step_matches_library():
         jax.tree.leaves(hw_state[1]), jax.tree.leaves(hw.from_flax(state.params)), strict=True
     ):
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
-
-
-# -------------------------------------------------------------- time_to_accuracy
-
-
-def _idx(arr: np.ndarray) -> bytes:
-    """IDX encoding of a uint8 array (magic 0x0800 | ndim, big-endian dims)."""
-    header = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    return header + arr.astype(np.uint8).tobytes()
-
-
-def _png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _write_digits(root: Path, n_train: int = 192, n_test: int = 64) -> None:
-    """MNIST IDX .gz files and an MNIST-M tar.gz in the upstream layouts, random content."""
-    rng = np.random.default_rng(0)
-    (root / "mnist").mkdir(parents=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        for kind, arr in (("images-idx3", images), ("labels-idx1", labels)):
-            (root / "mnist" / f"{prefix}-{kind}-ubyte.gz").write_bytes(gzip.compress(_idx(arr)))
-    (root / "mnist_m").mkdir()
-    with tarfile.open(root / "mnist_m" / "mnist_m.tar.gz", "w:gz") as tar:
-
-        def add(name: str, payload: bytes) -> None:
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-
-        for split, n in (("train", n_train), ("test", n_test)):
-            images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-            labels = rng.integers(0, 10, n)
-            for i in range(n):
-                add(f"mnist_m/mnist_m_{split}/{i:08d}.png", _png(images[i]))
-            text = "".join(f"{i:08d}.png {labels[i]}\n" for i in range(n))
-            add(f"mnist_m/mnist_m_{split}_labels.txt", text.encode())
-
-
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("digits")
-    _write_digits(root)
-    return root
-
-
-def test_time_to_accuracy_without_data_exits_2(tmp_path):
-    proc = _run_script(
-        ["benchmarks/time_to_accuracy.py", "--data-dir", str(tmp_path / "none")], tmp_path
-    )
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--data-dir" in lines[0] and "mnist_m.tar.gz" in lines[0]
-
-
-def test_time_to_accuracy_tiny_run(tmp_path, digits_dir):
-    out = tmp_path / "tta.json"
-    args = ["--steps", "4", "--eval-every", "2", "--steps-per-call", "2", "--batch-size", "8"]
-    args += ["--recipe", "improved"]  # BatchNorm state through the benchmark's loop too
-    proc = _run_script(
-        [
-            "benchmarks/time_to_accuracy.py",
-            "--data-dir",
-            str(digits_dir),
-            "--loader",
-            "raw",  # the path taken where tensorflow_datasets is missing (the GPU machine)
-            *args,
-            "--target-accuracy",
-            "0.0",  # reached at the first evaluation, so every field gets filled
-            "--milestones",
-            "0.6,1.01",
-            "--out",
-            str(out),
-        ],
-        tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(out.read_text())
-    assert report["data"] == {
-        "loader": "raw",
-        "source_train": 192,
-        "target_train": 192,
-        "target_test": 64,
-    }
-    assert [c["step"] for c in report["curve"]] == [2, 4]
-    assert all(0.0 <= c["accuracy"] <= 1.0 for c in report["curve"])
-    assert report["reached"] is True and report["step_at_target"] == 2
-    assert 0 < report["time_to_target_s"] <= report["total_s"]
-    assert report["steps_run"] == 4 and report["steps_per_call"] == 2
-    for key in ("load_s", "to_device_s", "init_s", "compile_s", "train_loop_s", "eval_s"):
-        assert report["timings"][key] >= 0
-    for key in ("device_kind", "jax_version", "date", "command"):
-        assert key in report
-    assert report["settings"]["recipe"] == "improved"
-    # 0.0 is reached at the first evaluation, 1.01 never.
-    assert [m["accuracy"] for m in report["milestones"]] == [0.0, 0.6, 1.01]
-    assert report["milestones"][0]["step"] == 2 and report["milestones"][2]["step"] is None
-
-
-@pytest.mark.parametrize("bad", ["abc", "0.6,x", "-0.1", ","])
-def test_time_to_accuracy_bad_milestones_name_the_fix(bad, capsys):
-    with pytest.raises(SystemExit) as e:
-        time_to_accuracy.parse_args(["--milestones", bad])
-    assert e.value.code == 2
-    assert "comma-separated accuracies" in capsys.readouterr().err
-
-
-def test_time_to_accuracy_milestones():
-    curve = [
-        {"step": 100, "accuracy": 0.55, "elapsed_s": 3.0},
-        {"step": 200, "accuracy": 0.72, "elapsed_s": 4.0},
-        {"step": 300, "accuracy": 0.69, "elapsed_s": 5.0},
-    ]
-    got = time_to_accuracy.milestones(curve, [0.7666, 0.6, 0.7])
-    assert got == [
-        {"accuracy": 0.6, "step": 200, "elapsed_s": 4.0},
-        {"accuracy": 0.7, "step": 200, "elapsed_s": 4.0},
-        {"accuracy": 0.7666, "step": None, "elapsed_s": None},
-    ]
-
-
-def test_loaders_agree(tmp_path, digits_dir):
-    """The TFDS path and the raw-file fallback give the same arrays."""
-    via_tfds, used = time_to_accuracy.load_domains(str(digits_dir), str(tmp_path / "tfds"), "tfds")
-    assert used == "tfds"
-    via_raw, used = time_to_accuracy.load_domains(str(digits_dir), None, "raw")
-    assert used == "raw"
-    for name in ("mnist", "mnist_m"):
-        for ours, theirs in zip(via_raw[name], via_tfds[name], strict=True):
-            np.testing.assert_array_equal(ours, theirs)
-
-
-# -------------------------------------------------------------- device_check.sh
-
-
-def test_device_check_script_runs_every_part_on_cpu(tmp_path, digits_dir):
-    # The accelerator image lacks tensorflow_datasets (and mlxtend, array_record): hide
-    # them, and torch (its rows are tested above), then run the device script with the
-    # parts shrunk to a few steps.
-    hidden = tmp_path / "hidden"
-    for name in ("torch", "tensorflow_datasets", "mlxtend", "array_record"):
-        (hidden / name).mkdir(parents=True)
-        (hidden / name / "__init__.py").write_text(f'raise ImportError("{name} hidden")\n')
-    out = tmp_path / "out"
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(hidden),
-        PYTHON=sys.executable,
-        XLA_FLAGS="",
-        JAX_PLATFORMS="cpu",
-        DATA_DIR=str(digits_dir),
-        REPRODUCE_ARGS="--steps 4 --seeds 2 --steps-per-call 2 --eval-every 2 --batch-size 8 "
-        "--pairs mnist:mnist_m --modes dann --recipes improved --vmap-seeds on",
-        TTA_ARGS="--steps 4 --eval-every 2 --steps-per-call 2 --batch-size 8",
-        STEP_ARGS="--quick --impls jit handwritten --repeats 1",
-    )
-    proc = subprocess.run(
-        ["bash", "benchmarks/device_check.sh", str(out), "reproduce", "tta", "step_mnist"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    log = (out / "log.txt").read_text() if (out / "log.txt").exists() else proc.stdout
-    assert proc.returncode == 0, log[-3000:]
-    for part in ("reproduce", "tta_paper", "tta_improved", "step_mnist"):
-        assert f"== {part}: exit 0" in log, log[-3000:]
-    files = sorted(p.name for p in out.iterdir())
-    expected = (
-        "env.txt log.txt step_mnist.json table.json table.md tta_improved.json tta_paper.json"
-    )
-    assert files == expected.split()
-    table = json.loads((out / "table.json").read_text())
-    assert table["complete"] and [r["recipe"] for r in table["rows"]] == ["improved"]
-    assert all(r["vmap_seeds"] and len(r["per_seed"]) == 2 for r in table["rows"])
-    assert json.loads((out / "tta_improved.json").read_text())["settings"]["recipe"] == "improved"
-    rows = json.loads((out / "step_mnist.json").read_text())["rows"]
-    assert {r["impl"] for r in rows if r["status"] == "ok"} == {"jit", "handwritten"}
-    assert "| mnist → mnist_m | improved | dann |" in proc.stdout  # the summary at the end

@@ -3,17 +3,40 @@
 XLA_FLAGS must be set before JAX initialises its backends, hence at import of this file.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the whole session, subprocesses included (they
+# inherit the environment): many tests compile the same paper-model step, and on two
+# cores compilation is a good part of the suite's time. A hit is the same executable.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="dann_jax_test_xla_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # No test reaches the internet: every download (dann_jax.data.download) goes to a closed
 # port on this machine instead, and fails at once, unless a test serves files itself.
 os.environ["DANN_DATA_MIRROR"] = "http://127.0.0.1:9"
 
 import jax
+import pytest
 
 # Catch accidental dtype promotions (e.g. a bfloat16 gradient silently upcast).
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+    """Tiny MNIST and MNIST-M in the upstream formats (for the benchmark scripts)."""
+    from tests.helpers import write_digits
+
+    root = tmp_path_factory.mktemp("digits")
+    write_digits(root)
+    return root

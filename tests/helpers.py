@@ -12,7 +12,10 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import os
 import struct
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -220,3 +223,58 @@ def setup_run(**overrides):
     tx = dj.make_optimizer(config)
     state = dj.create_train_state(jax.random.key(config.seed), model, tx, (28, 28, 3))
     return config, model, tx, state
+
+
+# -------------------------------------------------------------- benchmark scripts
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+ROW_FIELDS = {
+    "arch", "batch_size", "impl", "label", "status", "precision", "step_ms_median",
+    "step_ms_min", "images_per_s", "speedup_vs_torch_eager", "flops_per_step", "flops_source",
+    "achieved_tflops", "peak_tflops", "peak_name", "fraction_of_peak", "compile_s",
+    "kernels_per_step", "repeats", "steps_per_repeat", "note",
+}  # fmt: skip
+
+
+def run_script(args: list[str], tmp_path: Path, timeout: int = 300):
+    """Run a benchmark script from the repo root with torch hidden; return the process."""
+    stub = tmp_path / "no_torch" / "torch"
+    stub.mkdir(parents=True, exist_ok=True)
+    (stub / "__init__.py").write_text('raise ImportError("torch hidden by benchmarks_test")\n')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(stub.parent), str(REPO_ROOT)]))
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def write_digits(root: Path, n_train: int = 192, n_test: int = 64) -> None:
+    """MNIST IDX .gz files and an MNIST-M tar.gz in the upstream layouts, random content."""
+    rng = np.random.default_rng(0)
+    (root / "mnist").mkdir(parents=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        for kind, arr in (("images-idx3", images), ("labels-idx1", labels)):
+            payload = gzip.compress(_idx_bytes(arr))
+            (root / "mnist" / f"{prefix}-{kind}-ubyte.gz").write_bytes(payload)
+    (root / "mnist_m").mkdir()
+    with tarfile.open(root / "mnist_m" / "mnist_m.tar.gz", "w:gz") as tar:
+
+        def add(name: str, payload: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+
+        for split, n in (("train", n_train), ("test", n_test)):
+            images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+            labels = rng.integers(0, 10, n)
+            for i in range(n):
+                add(f"mnist_m/mnist_m_{split}/{i:08d}.png", _png(images[i]))
+            text = "".join(f"{i:08d}.png {labels[i]}\n" for i in range(n))
+            add(f"mnist_m/mnist_m_{split}_labels.txt", text.encode())

@@ -70,3 +70,46 @@ def test_a_run_cut_short_leaves_the_finished_cells_marked_incomplete(tmp_path):
     table = json.loads((tmp_path / "table.json").read_text())
     assert table["complete"] is False and len(table["rows"]) == 2 and table["cells"] == 3
     assert (tmp_path / "table.md").read_text().startswith("INCOMPLETE: 2 of 3 cells finished.")
+
+
+def test_cells_run_most_wanted_mode_first():
+    cells = reproduce.cell_order([("a", "b"), ("c", "d")], ["dann", "target_only"], ["p", "i"])
+    assert [m for _, _, m in cells] == ["dann"] * 4 + ["target_only"] * 4
+    assert cells[:2] == [(("a", "b"), "p", "dann"), (("a", "b"), "i", "dann")]
+
+
+def test_each_pair_is_loaded_once_per_process(tmp_path, monkeypatch):
+    """Recipes and source-only / DANN share a pair's data; the oracle loads its own."""
+    from dann_jax import experiment
+
+    loads, runs = [], []
+    monkeypatch.setattr(
+        experiment, "load_data", lambda config, log: loads.append(config) or object()
+    )
+    fake, _ = _fake_run()
+
+    def run(config, log, data):
+        runs.append(data)
+        return fake(config)
+
+    monkeypatch.setattr(experiment, "run", run)
+    pairs = [("mnist", "mnist_m"), ("usps", "mnist")]
+    table = reproduce.reproduce(
+        Config(steps=10, seeds=2), pairs, reproduce.MODES, ["paper", "improved"], tmp_path,
+        log=lambda s: None,
+    )  # fmt: skip
+    assert table["complete"] and len(runs) == 12
+    assert sorted((c.source, c.target, c.mode == "target_only") for c in loads) == [
+        ("mnist", "mnist_m", False), ("mnist", "mnist_m", True),
+        ("usps", "mnist", False), ("usps", "mnist", True),
+    ]  # fmt: skip
+    assert len({id(d) for d in runs}) == 4  # each loaded pair object reused by its cells
+
+
+def test_expected_seconds_counts_cells_steps_and_loads():
+    cells = reproduce.cell_order([("mnist", "usps")], reproduce.MODES, ["paper"])
+    gpu = reproduce.expected_seconds(Config(steps=1000, seeds=3, vmap_seeds=True), cells, "gpu")
+    cpu = reproduce.expected_seconds(Config(steps=1000, seeds=3), cells, "cpu")
+    assert 0 < gpu < cpu
+    longer = reproduce.expected_seconds(Config(steps=2000, seeds=3), cells, "cpu")
+    assert longer > cpu

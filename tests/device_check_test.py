@@ -1,0 +1,143 @@
+"""benchmarks/device_check.sh in miniature on CPU: every part, every output well-formed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import REPO_ROOT, ROW_FIELDS
+
+# -------------------------------------------------------------- device_check.sh
+
+# Every part shrunk to a few steps on tiny shapes (later flags win over the script's).
+_TINY = {
+    "REPRODUCE_ARGS": "--steps 4 --seeds 2 --steps-per-call 2 --eval-every 2 --batch-size 8 "
+    "--pairs mnist:mnist_m --modes dann --recipes improved --vmap-seeds on",
+    "TTA_ARGS": "--steps 4 --eval-every 2 --steps-per-call 2 --batch-size 8",
+    "STEP_ARGS": "--quick --impls jit handwritten --repeats 1 --batch-sizes 8",
+}
+
+
+def _hidden(tmp_path: Path, names: tuple[str, ...]) -> Path:
+    """A folder of stub packages that fail to import, to put first on PYTHONPATH."""
+    hidden = tmp_path / "hidden"
+    for name in names:
+        (hidden / name).mkdir(parents=True, exist_ok=True)
+        (hidden / name / "__init__.py").write_text(f'raise ImportError("{name} hidden")\n')
+    return hidden
+
+
+def _device_check(out: Path, parts: list[str], env: dict[str, str]):
+    """Run benchmarks/device_check.sh from the repo root; the process."""
+    return subprocess.run(
+        ["bash", "benchmarks/device_check.sh", str(out), *parts],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def _check_outputs(out: Path, parts: list[str]) -> None:
+    """Every file a device_check.sh call wrote is well-formed and complete on its own."""
+    env_txt = (out / "env.txt").read_text()
+    assert "preflight ok" in env_txt and "jax " in env_txt, env_txt
+    log = (out / "log.txt").read_text()
+    assert "== plan:" in log and "== done in" in log
+    expected = {"env.txt", "log.txt"}
+    for part in parts:
+        names = ["tta_improved", "tta_paper"] if part == "tta" else [part]
+        for name in names:
+            assert re.search(rf"== {name} \(at \d+ s; expected ~\d+ s, limit \d+ s\)", log)
+            assert f"== {name}: exit 0" in log, log[-3000:]
+        if part == "reproduce":
+            expected |= {"table.json", "table.md"}
+            table = json.loads((out / "table.json").read_text())
+            assert table["complete"] and len(table["rows"]) == table["cells"]
+            md = (out / "table.md").read_text()
+            assert md.startswith("Digits, ") and "| pair | recipe | mode |" in md
+        for name in names if part != "reproduce" else []:
+            expected.add(f"{name}.json")
+            report = json.loads((out / f"{name}.json").read_text())
+            assert report["complete"] is True and report["device_kind"], name
+            if name.startswith("tta_"):
+                assert report["settings"]["recipe"] == name[4:] and report["curve"]
+                assert report["steps_run"] == 4
+            else:
+                assert report["settings"]["archs"] == [name[5:]] and report["rows"]
+                assert all(set(r) == ROW_FIELDS and r["status"] == "ok" for r in report["rows"])
+    assert {p.name for p in out.iterdir()} == expected
+
+
+def test_device_check_script_runs_every_part_on_cpu(tmp_path, digits_dir):
+    # The accelerator image lacks tensorflow_datasets (and mlxtend, array_record): hide
+    # them, and torch (its rows are tested above), then run the device script with the
+    # parts shrunk to a few steps.
+    hidden = _hidden(tmp_path, ("torch", "tensorflow_datasets", "mlxtend", "array_record"))
+    out = tmp_path / "out"
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(hidden),
+        PYTHON=sys.executable,
+        XLA_FLAGS="",
+        JAX_PLATFORMS="cpu",
+        PLATFORM="cpu",  # the preflight's check of the JAX platform (gpu on the device)
+        DATA_DIR=str(digits_dir),
+        PAIRS="mnist:mnist_m",  # the preflight checks these pairs' data
+        **_TINY,
+    )
+    proc = _device_check(out, ["reproduce", "tta", "step_mnist"], env)
+    log = (out / "log.txt").read_text() if (out / "log.txt").exists() else proc.stdout
+    assert proc.returncode == 0, log[-3000:]
+    for part in ("reproduce", "tta_paper", "tta_improved", "step_mnist"):
+        assert f"== {part}: exit 0" in log, log[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    expected = (
+        "env.txt log.txt step_mnist.json table.json table.md tta_improved.json tta_paper.json"
+    )
+    assert files == expected.split()
+    table = json.loads((out / "table.json").read_text())
+    assert table["complete"] and [r["recipe"] for r in table["rows"]] == ["improved"]
+    assert all(r["vmap_seeds"] and len(r["per_seed"]) == 2 for r in table["rows"])
+    assert json.loads((out / "tta_improved.json").read_text())["settings"]["recipe"] == "improved"
+    rows = json.loads((out / "step_mnist.json").read_text())["rows"]
+    assert {r["impl"] for r in rows if r["status"] == "ok"} == {"jit", "handwritten"}
+    assert "| mnist → mnist_m | improved | dann |" in proc.stdout  # the summary at the end
+    _check_outputs(out, ["reproduce", "tta", "step_mnist"])
+
+
+def test_device_check_two_documented_calls_in_miniature(tmp_path, digits_dir):
+    """The README's two calls (every part), on an image without tqdm either: nothing
+    optional may stop a run; then a failing preflight stops everything."""
+    # matplotlib is not hidden here: without it `dann_jax.experiment.run` still fails
+    # when it draws curves.png (its ImportError guard covers `import dann_jax.plots`,
+    # which imports matplotlib lazily, not the drawing).
+    names = ("torch", "tensorflow_datasets", "mlxtend", "array_record", "tqdm")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(_hidden(tmp_path, names)),
+        PYTHON=sys.executable,
+        XLA_FLAGS="",
+        JAX_PLATFORMS="cpu",
+        PLATFORM="cpu",
+        DATA_DIR=str(digits_dir),
+        PAIRS="mnist:mnist_m",
+        **_TINY,
+    )
+    first, second = ["step_mnist", "step_svhn", "tta"], ["reproduce"]
+    for parts in (first, second):
+        out = tmp_path / parts[0]
+        proc = _device_check(out, parts, env)
+        assert proc.returncode == 0, (out / "log.txt").read_text()[-3000:]
+        _check_outputs(out, parts)
+        assert "warning: tqdm does not import" in (out / "env.txt").read_text()
+        # The summary at the end: the step tables, or the reproduction table.
+        summary = r"^svhn +8 " if parts == first else r"^\| mnist → mnist_m \| improved \|"
+        assert re.search(summary, proc.stdout, re.MULTILINE), proc.stdout[-2000:]
+    # A preflight failure (here: the wrong platform) ends the call before any part.
+    out = tmp_path / "failed"
+    proc = _device_check(out, ["tta"], dict(env, PLATFORM="gpu"))
+    assert proc.returncode == 3
+    assert "PREFLIGHT FAILED: JAX runs on cpu, expected gpu" in (out / "env.txt").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["env.txt", "log.txt"]
