@@ -112,7 +112,7 @@ class Config:
     steps: int | None = _setting(
         None,
         "total training steps (p = step / steps); unset: the experiment's default for the "
-        "data found, 12000 on full data, 3000 on the embedded default "
+        "data found, 12000 on full data, 2000 on the embedded default "
         "(dann_jax.experiment.DEFAULT_STEPS)",
     )
     batch_size: int = _setting(64, "images per domain per step (global, split over devices)")

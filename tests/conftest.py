@@ -40,3 +40,21 @@ def digits_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("digits")
     write_digits(root)
     return root
+
+
+@pytest.fixture
+def quiet_tfds():
+    """No TFDS progress bars in test output."""
+    import tensorflow_datasets as tfds
+
+    tfds.display_progress_bar(False)
+    yield
+
+
+@pytest.fixture
+def no_internet(monkeypatch):
+    """Downloads a test does not serve itself go to a closed local port, refused at once."""
+    from dann_jax.data import download
+    from tests.helpers import closed_port_url
+
+    monkeypatch.setenv(download.MIRROR_ENV, closed_port_url())

@@ -106,6 +106,7 @@ def test_workdir_written_before_a_field_existed(tmp_path):
     old = dataclasses.asdict(Config(steps=10))
     del old["resize"], old["vmap_seeds"]
     (tmp_path / "config.json").write_text(json.dumps(old))
+    (tmp_path / "seed_0" / "checkpoint" / "10").mkdir(parents=True)  # it got as far as a save
     with pytest.raises(experiment.RunError, match="resize: 'bilinear' there, 'auto' now"):
         experiment.check_workdir(Config(steps=10), tmp_path)
     experiment.check_workdir(Config(steps=10, resize="bilinear"), tmp_path)  # resumable

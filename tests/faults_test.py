@@ -125,7 +125,8 @@ def test_unusable_workdir_is_refused_before_loading_data(tmp_path, where):
     workdir = blocker if where == "file" else blocker / "run"
     proc = _cli("--workdir", workdir, "--steps", "4", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "is a file" in proc.stderr and "--workdir" in proc.stderr
+    err = " ".join(proc.stderr.split())  # the message is wrapped at 100 columns
+    assert "is a file" in err and "--workdir" in err
     assert "EMBEDDED" not in proc.stdout + proc.stderr  # refused before any data was loaded
 
 

@@ -27,6 +27,7 @@ import scipy.io
 from PIL import Image
 
 import dann_jax as dj
+from dann_jax.data import Domain
 
 N_TRAIN, N_TEST = 12, 7  # tiny fixtures: a TFDS build of each takes well under a second
 
@@ -278,3 +279,24 @@ def write_digits(root: Path, n_train: int = 192, n_test: int = 64) -> None:
                 add(f"mnist_m/mnist_m_{split}/{i:08d}.png", _png(images[i]))
             text = "".join(f"{i:08d}.png {labels[i]}\n" for i in range(n))
             add(f"mnist_m/mnist_m_{split}_labels.txt", text.encode())
+
+
+def assert_round_trip(domain: Domain, splits, channels: int) -> None:
+    """Pixel-exact images and exact labels, in upstream order."""
+    for split in ("train", "test"):
+        x, y = splits[split]
+        got_x, got_y = getattr(domain, f"x_{split}"), getattr(domain, f"y_{split}")
+        assert got_x.dtype == np.uint8 and got_y.dtype == np.int32
+        assert got_x.shape == (*x.shape[:3], channels)
+        np.testing.assert_array_equal(got_x, x.reshape(got_x.shape))
+        np.testing.assert_array_equal(got_y, y)
+    assert domain.variant == "full"
+
+
+def closed_port_url() -> str:
+    """A 127.0.0.1 URL nothing listens on (connections are refused at once)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
