@@ -69,6 +69,44 @@ def make_dev_hook(config, data: PairData, seed: int) -> Callable[[Any, dict], No
     return hook
 
 
+def _reference(config, data: PairData, dann_result: dict, workdir: Path, log) -> dict:
+    """The source-only model to compare with: the run itself, or one trained alongside."""
+    if config.mode == "source_only":
+        return dann_result
+    log("analysis: training the source-only reference model (same seed and steps)")
+    ref_config = dataclasses.replace(config, mode="source_only", analyze=False, seeds=1)
+    group = loop.Group((dann_result["seed"],), False)
+    (reference,) = loop.train_group(ref_config, data, group, workdir / "analysis_source_only", log)
+    return reference
+
+
+def _embeddings(path: Path, mode: str, feats: dict, ys, yt, seed: int) -> None:
+    """t-SNE of source and target test features, source-only beside the run's model."""
+    panels = [
+        {"title": title, "source": feats[f"{key}_s"], "target": feats[f"{key}_t"],
+         "source_labels": ys, "target_labels": yt}
+        for key, title in (("ref", "source-only features"), ("run", f"{mode} features"))
+    ]  # fmt: skip
+    plots.plot_embeddings(path, panels, method="tsne", seed=seed, max_points_per_domain=500)
+
+
+def _dev_selection(curves: list[dict]) -> dict[str, Any] | None:
+    """How DEV's choice of evaluation agrees with the (report-only) target accuracy."""
+    dev = [c.get("dev_risk") for c in curves]
+    if not dev or any(d is None for d in dev):
+        return None
+    accuracy = [c["target_accuracy"] for c in curves]
+    selection = {
+        "validator": "deep embedded validation (You et al., ICML 2019); lower is better",
+        "steps": [c["step"] for c in curves],
+        "dev_risk": dev,
+        "target_accuracy": accuracy,
+        **validators.selection_agreement(dev, accuracy),
+    }
+    selection["chosen_step"] = curves[selection["chosen_index"]]["step"]
+    return selection
+
+
 def analyze(config, data: PairData, dann_result: dict, workdir: Path, log) -> dict[str, Any]:
     """Write ``analysis.json``, ``embeddings.png`` and ``confusion_target.png``.
 
@@ -83,74 +121,35 @@ def analyze(config, data: PairData, dann_result: dict, workdir: Path, log) -> di
     Returns:
       The analysis dict (also in ``analysis.json``).
     """
-    seed = dann_result["seed"]
-    model, state = dann_result["model"], dann_result["state"]
-    if config.mode == "source_only":
-        reference = dann_result
-    else:
-        log("analysis: training the source-only reference model (same seed and steps)")
-        ref_config = dataclasses.replace(config, mode="source_only", analyze=False, seeds=1)
-        group = loop.Group((seed,), False)
-        (reference,) = loop.train_group(
-            ref_config, data, group, workdir / "analysis_source_only", log
-        )
-
-    n = _MAX_PAD
-    xs, ys = _subset(data.source_test, data.source_test_labels, n, seed)
-    xt, yt = _subset(data.target_test, data.target_test_labels, n, seed + 1)
-    fs_ref = _outputs(reference["model"], reference["state"], xs, ys, data.mean)["features"]
-    ft_ref = _outputs(reference["model"], reference["state"], xt, yt, data.mean)["features"]
-    fs = _outputs(model, state, xs, ys, data.mean)["features"]
-    ft = _outputs(model, state, xt, yt, data.mean)["features"]
+    seed, model, state = dann_result["seed"], dann_result["model"], dann_result["state"]
+    reference = _reference(config, data, dann_result, workdir, log)
+    xs, ys = _subset(data.source_test, data.source_test_labels, _MAX_PAD, seed)
+    xt, yt = _subset(data.target_test, data.target_test_labels, _MAX_PAD, seed + 1)
+    feats = {}
+    for key, (m, st) in {
+        "ref": (reference["model"], reference["state"]),
+        "run": (model, state),
+    }.items():
+        feats[f"{key}_s"] = _outputs(m, st, xs, ys, data.mean)["features"]
+        feats[f"{key}_t"] = _outputs(m, st, xt, yt, data.mean)["features"]
     log("analysis: proxy A-distance (raw pixels, source-only features, DANN features)")
     pad = {
         "raw_pixels": analysis.proxy_a_distance(
             xs.astype(np.float32), xt.astype(np.float32), seed=seed
         ),
-        "source_only_features": analysis.proxy_a_distance(fs_ref, ft_ref, seed=seed),
-        f"{config.mode}_features": analysis.proxy_a_distance(fs, ft, seed=seed),
+        "source_only_features": analysis.proxy_a_distance(
+            feats["ref_s"], feats["ref_t"], seed=seed
+        ),
+        f"{config.mode}_features": analysis.proxy_a_distance(
+            feats["run_s"], feats["run_t"], seed=seed
+        ),
     }
     log("analysis: embeddings")
-    emb_path = workdir / "embeddings.png"
-    plots.plot_embeddings(
-        emb_path,
-        [
-            {
-                "title": "source-only features",
-                "source": fs_ref,
-                "target": ft_ref,
-                "source_labels": ys,
-                "target_labels": yt,
-            },
-            {
-                "title": f"{config.mode} features",
-                "source": fs,
-                "target": ft,
-                "source_labels": ys,
-                "target_labels": yt,
-            },
-        ],
-        method="tsne",
-        seed=seed,
-        max_points_per_domain=500,
-    )
+    emb_path, cm_path = workdir / "embeddings.png", workdir / "confusion_target.png"
+    _embeddings(emb_path, config.mode, feats, ys, yt, seed)
     logits = _outputs(model, state, data.target_test, data.target_test_labels, data.mean)
-    preds = np.argmax(logits["class_logits"], -1)
-    cm = analysis.confusion_matrix(data.target_test_labels, preds)
-    cm_path = workdir / "confusion_target.png"
+    cm = analysis.confusion_matrix(data.target_test_labels, np.argmax(logits["class_logits"], -1))
     plots.plot_confusion_matrix(cm_path, cm, f"target test confusion ({config.mode})")
-    curves = dann_result["curves"]
-    dev = [c.get("dev_risk") for c in curves]
-    selection = None
-    if all(d is not None for d in dev) and dev:
-        selection = {
-            "validator": "deep embedded validation (You et al., ICML 2019); lower is better",
-            "steps": [c["step"] for c in curves],
-            "dev_risk": dev,
-            "target_accuracy": [c["target_accuracy"] for c in curves],
-            **validators.selection_agreement(dev, [c["target_accuracy"] for c in curves]),
-        }
-        selection["chosen_step"] = curves[selection["chosen_index"]]["step"]
     result = {
         "seed": seed,
         "proxy_a_distance": {k: v["pad"] for k, v in pad.items()},
@@ -160,7 +159,7 @@ def analyze(config, data: PairData, dann_result: dict, workdir: Path, log) -> di
             "source_accuracy": reference["source_accuracy"],
         },
         "confusion_matrix_target": cm.tolist(),
-        "selection": selection,
+        "selection": _dev_selection(dann_result["curves"]),
         "figures": {"embeddings": emb_path.name, "confusion_target": cm_path.name},
         "note": "target labels are used here only to report, never to select",
     }

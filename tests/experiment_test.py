@@ -1,11 +1,8 @@
-"""The main job end to end on the embedded default: outputs, resume, and bad input."""
+"""The main job end to end on the embedded default: outputs, resume, vmapped seeds."""
 
 import dataclasses
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -13,26 +10,9 @@ import pytest
 
 from dann_jax import checkpoint, experiment, train
 from dann_jax.config import Config
+from tests.helpers import run_digits_cli as _cli
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "experiments" / "digits.py"
 FAST = ["--steps-per-call", "5", "--eval-every", "10"]
-
-
-def _cli(*args, cwd, timeout=300):
-    """Run experiments/digits.py in `cwd` on one CPU device with no network access to data."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = ""  # one device, as a user's CPU run
-    env["JAX_PLATFORMS"] = "cpu"
-    env["TFDS_DATA_DIR"] = str(Path(cwd) / "no_tfds_here")  # never inside the checkout
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        env=env,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -206,119 +186,6 @@ def test_vmapped_seeds_run_and_resume(tmp_path, monkeypatch):
     assert [s["curves"] for s in resumed["seeds"]] == [s["curves"] for s in vm["seeds"]]
     vm_log = (tmp_path / "vm" / "metrics.jsonl").read_text()
     assert vm_log == (tmp_path / "part" / "metrics.jsonl").read_text()
-
-
-# ------------------------------------------------------------------ bad input
-
-
-def _assert_clean_failure(proc, *needles, workdir=None):
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr
-    for needle in needles:
-        assert needle in proc.stderr, (needle, proc.stderr)
-    if workdir is not None:
-        assert not (Path(workdir) / "results.json").exists()
-
-
-def test_missing_data_dir_names_the_expected_files(tmp_path):
-    empty = tmp_path / "digits"
-    empty.mkdir()
-    proc = _cli("--data-dir", empty, "--workdir", tmp_path / "w", "--steps", "5", cwd=tmp_path)
-    _assert_clean_failure(proc, "train-images-idx3-ubyte", "mnist", workdir=tmp_path / "w")
-    assert not (tmp_path / "w").exists()
-
-
-def test_unknown_domain_lists_known_ones(tmp_path):
-    proc = _cli("--source", "imagenet", "--workdir", tmp_path / "w", cwd=tmp_path)
-    _assert_clean_failure(proc, "imagenet", "mnist_m", "usps", "svhn", ".npz")
-
-
-def test_npz_with_wrong_keys(tmp_path):
-    bad = tmp_path / "mine.npz"
-    np.savez(bad, images=np.zeros((4, 28, 28), np.uint8))
-    proc = _cli("--source", bad, "--target", bad, "--workdir", tmp_path / "w", cwd=tmp_path)
-    _assert_clean_failure(proc, "x_train", workdir=tmp_path / "w")
-
-
-def test_non_finite_loss_names_the_step(tmp_path):
-    proc = _cli("--lr", "1e12", "--steps", "20", *FAST, "--workdir", tmp_path / "w", cwd=tmp_path)
-    _assert_clean_failure(proc, "diverged", "at step", workdir=tmp_path / "w")
-
-
-@pytest.mark.parametrize(
-    "args, needle",
-    [
-        (["--batch-size", "0"], "--batch-size"),
-        (["--label-smoothing", "1.5"], "--label-smoothing"),
-        (["--lr", "-1"], "--lr"),
-    ],
-)
-def test_bad_flag_values(tmp_path, args, needle):
-    proc = _cli(*args, "--workdir", tmp_path / "w", cwd=tmp_path)
-    _assert_clean_failure(proc, needle, workdir=tmp_path / "w")
-
-
-def test_unknown_choice_is_an_argparse_error(tmp_path):
-    proc = _cli("--mode", "magic", cwd=tmp_path)
-    assert proc.returncode == 2 and "invalid choice" in proc.stderr
-
-
-def test_analyze_writes_analysis_and_figures(tmp_path, monkeypatch):
-    from dann_jax import experiment_analysis
-
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no_tfds_here"))
-    monkeypatch.setattr(experiment_analysis, "_MAX_PAD", 150)
-    monkeypatch.setattr(experiment_analysis, "_MAX_DEV", 150)
-    config = Config(
-        steps=6,
-        steps_per_call=2,
-        eval_every=2,
-        batch_size=8,
-        analyze=True,
-        workdir=str(tmp_path / "an"),
-    )
-    results = experiment.run(config, log=lambda s: None)
-    analysis = json.loads((tmp_path / "an" / "analysis.json").read_text())
-    assert set(analysis["proxy_a_distance"]) == {
-        "raw_pixels",
-        "source_only_features",
-        "dann_features",
-    }
-    assert all(-2.5 < v <= 2.0 for v in analysis["proxy_a_distance"].values())
-    sel = analysis["selection"]
-    assert sel["steps"] == [2, 4, 6] and all(np.isfinite(sel["dev_risk"]))
-    assert sel["chosen_step"] in sel["steps"]
-    cm = np.asarray(analysis["confusion_matrix_target"])
-    assert cm.shape == (10, 10) and cm.sum() == results["dataset"]["target"]["test_size"]
-    for name in ("embeddings.png", "confusion_target.png", "curves.png"):
-        assert (tmp_path / "an" / name).read_bytes().startswith(b"\x89PNG")
-    assert results["analysis"]["proxy_a_distance"] == analysis["proxy_a_distance"]
-
-
-def test_reproduce_table_on_the_embedded_default(tmp_path):
-    env_out = tmp_path / "table"
-    script = ROOT / "experiments" / "reproduce.py"
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-    env["TFDS_DATA_DIR"] = str(tmp_path / "no_tfds_here")
-    proc = subprocess.run(
-        [sys.executable, str(script), "--steps", "4", "--seeds", "2", "--steps-per-call", "2",
-         "--eval-every", "2", "--batch-size", "8", "--out", str(env_out)],
-        capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    table = json.loads((env_out / "table.json").read_text())
-    assert [r["mode"] for r in table["rows"]] == ["source_only", "dann", "target_only"]
-    for r in table["rows"]:
-        assert len(r["per_seed"]) == 2 and 0.0 <= r["target_accuracy"] <= 1.0
-        assert r["data_variant"] == "embedded"
-        assert r["vmap_seeds"] is False  # auto: seeds one after another on CPU
-    # The persistent compilation cache holds the programs the cells share.
-    assert any((env_out / "jax_cache").iterdir())
-    md = (env_out / "table.md").read_text().splitlines()
-    assert md[2].startswith("| pair | recipe | mode |")
-    assert len([x for x in md if x.startswith("| mnist → mnist_m |")]) == 3
-    assert "0.7666 (paper)" in (env_out / "table.md").read_text()
-    assert (env_out / "mnist-mnist_m" / "dann" / "results.json").exists()
 
 
 def test_without_tfds_the_raw_files_are_read_directly(tmp_path, monkeypatch):

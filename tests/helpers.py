@@ -300,3 +300,19 @@ def closed_port_url() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def run_digits_cli(*args, cwd, timeout=300):
+    """Run experiments/digits.py in `cwd` on one CPU device with no network access to data."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = ""  # one device, as a user's CPU run
+    env["JAX_PLATFORMS"] = "cpu"
+    env["TFDS_DATA_DIR"] = str(Path(cwd) / "no_tfds_here")  # never inside the checkout
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "experiments" / "digits.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+    )

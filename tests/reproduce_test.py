@@ -1,11 +1,15 @@
 """The reproduction table: cells, references, and a table that survives an interruption."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from dann_jax import reproduce
 from dann_jax.config import Config
+from tests.helpers import REPO_ROOT
 
 
 def _fake_run(fail_at=None):
@@ -113,3 +117,29 @@ def test_expected_seconds_counts_cells_steps_and_loads():
     assert 0 < gpu < cpu
     longer = reproduce.expected_seconds(Config(steps=2000, seeds=3), cells, "cpu")
     assert longer > cpu
+
+
+def test_reproduce_table_on_the_embedded_default(tmp_path):
+    env_out = tmp_path / "table"
+    script = REPO_ROOT / "experiments" / "reproduce.py"
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    env["TFDS_DATA_DIR"] = str(tmp_path / "no_tfds_here")
+    proc = subprocess.run(
+        [sys.executable, str(script), "--steps", "4", "--seeds", "2", "--steps-per-call", "2",
+         "--eval-every", "2", "--batch-size", "8", "--out", str(env_out)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = json.loads((env_out / "table.json").read_text())
+    assert [r["mode"] for r in table["rows"]] == ["source_only", "dann", "target_only"]
+    for r in table["rows"]:
+        assert len(r["per_seed"]) == 2 and 0.0 <= r["target_accuracy"] <= 1.0
+        assert r["data_variant"] == "embedded"
+        assert r["vmap_seeds"] is False  # auto: seeds one after another on CPU
+    # The persistent compilation cache holds the programs the cells share.
+    assert any((env_out / "jax_cache").iterdir())
+    md = (env_out / "table.md").read_text().splitlines()
+    assert md[2].startswith("| pair | recipe | mode |")
+    assert len([x for x in md if x.startswith("| mnist → mnist_m |")]) == 3
+    assert "0.7666 (paper)" in (env_out / "table.md").read_text()
+    assert (env_out / "mnist-mnist_m" / "dann" / "results.json").exists()
