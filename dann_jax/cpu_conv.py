@@ -9,7 +9,7 @@ kernel gradient as ``patches(x)^T @ dy``, another single matmul. Layers with man
 input channels keep `lax.conv_general_dilated`, which XLA:CPU runs best there.
 
 Measured on the 2-core development machine, the MNIST model's first layer at 128 images
-(`python benchmarks/conv_profile.py`): see benchmarks/README.md.
+(`python -m benchmarks.conv_profile`): see benchmarks/README.md.
 
 The numbers are those of `lax.conv_general_dilated` up to float rounding (a test checks
 values and gradients). `dann_jax.train.make_model` uses it only on the CPU backend, so
