@@ -218,6 +218,26 @@ def _evaluate_into(evaluate, placed, group, records, curves, on_eval) -> Any:
     return host
 
 
+def _mesh_for(config: Config):
+    """All devices as one mesh; the batch must split evenly over them."""
+    mesh = sharding.make_mesh()
+    if config.batch_size % mesh.size:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} does not split over {mesh.size} devices; "
+            f"use a multiple of {mesh.size}."
+        )
+    return mesh
+
+
+def _start_metrics(paths: list[Path], step: int) -> None:
+    """Each seed's metrics.jsonl, cut back to `step` (process 0 only)."""
+    if not is_writer():
+        return
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    _trim_metrics(paths, step)
+
+
 def train_group(
     config: Config,
     data: PairData,
@@ -236,22 +256,14 @@ def train_group(
     if group.vmapped and on_eval is not None:
         raise ValueError("on_eval hooks need one seed at a time")
     start = time.perf_counter()
-    mesh = sharding.make_mesh()
-    if config.batch_size % mesh.size:
-        raise ConfigError(
-            f"--batch-size {config.batch_size} does not split over {mesh.size} devices; "
-            f"use a multiple of {mesh.size}."
-        )
+    mesh = _mesh_for(config)
     ckpt_dir = workdir / group.name / "checkpoint"
     metrics_paths = [workdir / f"seed_{seed}" / "metrics.jsonl" for seed in group.seeds]
     model, tx = train.make_model(config), train.make_optimizer(config)
     shape = tuple(data.source_train.shape[1:])
     state, curves = restore_or_init(config, group, model, tx, shape, ckpt_dir, log)
     step = step_of(state)
-    if is_writer():
-        for path in metrics_paths:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        _trim_metrics(metrics_paths, step)
+    _start_metrics(metrics_paths, step)
     placed = place(state, data, config, mesh)
     steps_for = _compile_steps(config, model, tx, mesh, group)
     evaluate = compile_evaluate(model, vmap_seeds=group.vmapped)
