@@ -67,25 +67,15 @@ def check_data_dir(data_dir: str | None) -> str | None:
     return None
 
 
-def _stack(images: Any) -> Any:
-    """A uint8 NHWC array from an array or a lazy sequence of images (MNIST-M PNGs)."""
-    import numpy as np
-
-    if isinstance(images, np.ndarray):
-        return images
-    return np.stack([images[i] for i in range(len(images))])
-
-
 def load_domains(data_dir: str, tfds_dir: str | None, loader: str) -> tuple[dict, str]:
     """``{name: (x_train, y_train, x_test, y_test)}`` for mnist and mnist_m, and the loader used.
 
     "tfds" goes through `dann_jax.data.load_domain` (prepared once into `tfds_dir`);
-    "raw" parses the upstream files with `dann_jax.data.raw.read_domain` (no TFDS needed);
+    "raw" parses the upstream files with `dann_jax.data.pair.read_raw_domain` (no TFDS);
     "auto" picks tfds when tensorflow_datasets imports, else raw.
     """
-    import numpy as np
-
     from dann_jax import data
+    from dann_jax.data.pair import read_raw_domain
 
     if loader == "auto":
         try:
@@ -98,14 +88,9 @@ def load_domains(data_dir: str, tfds_dir: str | None, loader: str) -> tuple[dict
     for name in ("mnist", "mnist_m"):
         if loader == "tfds":
             d = data.load_domain(name, manual_dir=data_dir, data_dir=tfds_dir)
-            out[name] = (d.x_train, d.y_train, d.x_test, d.y_test)
         else:
-            splits = data.raw.read_domain(name, data_dir)
-            out[name] = tuple(
-                part
-                for split in ("train", "test")
-                for part in (_stack(splits[split][0]), np.asarray(splits[split][1], np.int32))
-            )
+            d = read_raw_domain(name, data_dir)  # the main job's raw path, shared
+        out[name] = (d.x_train, d.y_train, d.x_test, d.y_test)
     return out, loader
 
 

@@ -188,9 +188,7 @@ def check_request(config: Config, log: Callable[[str], None]) -> None:
             f"warning: --source and --target are both {config.source!r}: there is no domain "
             "shift to adapt to (fine as a sanity check)."
         )
-    every = max(
-        config.steps_per_call, config.eval_every // config.steps_per_call * config.steps_per_call
-    )
+    every = loop.eval_interval(config)
     if every != config.eval_every:
         log(
             f"note: evaluating every {every} steps, the largest multiple of --steps-per-call "

@@ -176,7 +176,7 @@ class _Eta:
             self.said = True
 
 
-def _eval_interval(config: Config) -> int:
+def eval_interval(config: Config) -> int:
     """Evaluation interval: a multiple of the steps per call."""
     k = config.steps_per_call
     return max(k, (config.eval_every // k) * k)
@@ -267,7 +267,7 @@ def train_group(
     placed = place(state, data, config, mesh)
     steps_for = _compile_steps(config, model, tx, mesh, group)
     evaluate = compile_evaluate(model, vmap_seeds=group.vmapped)
-    every, last_train = _eval_interval(config), [{} for _ in group.seeds]
+    every, last_train = eval_interval(config), [{} for _ in group.seeds]
     bar = _progress(config.steps, step, group.name.replace("_", " "))
     with contextlib.ExitStack() as stack:
         logs = [stack.enter_context(p.open("a")) for p in metrics_paths] if is_writer() else []

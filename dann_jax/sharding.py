@@ -79,6 +79,14 @@ def fetch(tree: Any) -> Any:
     needed.
     """
 
+    leaves = jax.tree.leaves(tree)
+    if all(
+        not isinstance(x, jax.Array)
+        or (x.is_fully_addressable and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key))
+        for x in leaves
+    ):
+        return jax.device_get(tree)  # the usual case: one batched transfer
+
     def get(x):
         if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
             return jax.random.wrap_key_data(
