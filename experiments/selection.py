@@ -6,7 +6,9 @@ of `dann_jax.validators`, reports what the chosen validator (--select) picks, an
 ``OUT/selection.md`` and ``OUT/selection.json``: per validator, the Spearman correlation
 with the target accuracy across candidates and the regret, beside always taking the
 last step of the default run. Where every working validator prefers source-only it says
-"adaptation looks harmful here". Target labels are used only to report. Without
+"adaptation looks harmful here". Target labels are used only to report. ``--rescore``
+scores a finished selection again (another --select or --guard-validators) without
+training. Without
 --data-dir it runs the embedded default pair only (a smoke run). See `dann_jax.select`.
 
 (Not ``experiments/select.py``: a script of that name would shadow the standard
@@ -16,6 +18,7 @@ library's ``select`` module, which JAX and subprocess import.)
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -79,6 +82,11 @@ def parser() -> argparse.ArgumentParser:
         help="JAX persistent compilation cache folder (default OUT/jax_cache; 'none' = off)",
     )
     a("--out", default="runs/select", help="output folder (selection.md, selection.json, runs)")
+    a(
+        "--rescore",
+        action="store_true",
+        help="no training: score OUT/selection.json again with --select and --guard-validators",
+    )
     return p
 
 
@@ -99,6 +107,29 @@ def _check(args, recipes: list[str], guard: list[str] | None) -> str | None:
     return None
 
 
+def _rescore(out: str, picker: str, guard: list[str] | None) -> int:
+    """Score a finished (or partial) selection again; rewrite its selection.md and .json."""
+    from pathlib import Path
+
+    from dann_jax import select
+
+    path = Path(out) / "selection.json"
+    try:
+        result = json.loads(path.read_text())
+        computed = {n for c in result["cells"] for x in c["candidates"] for n in x["scores"]}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"error: --rescore needs a selection.json from a selection run in --out ({e})",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if picker not in computed:
+        print(f"error: {picker} was not computed in {path}; choose from {sorted(computed)}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    select.write_outputs(Path(out), select.rescore(result, picker, guard))
+    print((Path(out) / "selection.md").read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and run the selection; errors become one paragraph and exit code 2."""
     args = parser().parse_args(argv)
@@ -110,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     if problem or any(len(p) != 2 for p in pairs):
         print(f"error: {problem or f'bad --pairs {args.pairs!r}'}", file=sys.stderr)
         return 2
+    if args.rescore:
+        return _rescore(args.out, args.select, guard)
     cache = args.compilation_cache or os.path.join(args.out, "jax_cache")
 
     def runner(config):

@@ -67,7 +67,9 @@ def test_score_cell_spearman_regret_and_baselines():
     assert dev["regret"] == pytest.approx(0.20)
     assert out["picked"]["id"] == "paper/source_only@5" and out["picked"]["validator"] == "dev"
     assert out["oracle"] == {"target_accuracy": 0.70, "id": "paper/dann_l1@10"}
-    assert out["baselines"]["default_last_step"] == {"id": "paper/dann_l1@10", "regret": 0.0}
+    assert out["baselines"]["default_last_step"] == {
+        "id": "paper/dann_l1@10", "regret": 0.0, "harmful_pick": False,
+    }  # fmt: skip
     assert out["baselines"]["source_only_last_step"]["regret"] == pytest.approx(0.15)
     assert out["guard"]["harmful"] is False  # snd prefers adapting
     assert out["guard"]["prefers_source_only"] == {"snd": False, "dev": True}
@@ -96,6 +98,77 @@ def test_guard_in_the_table_when_every_validator_prefers_source_only(tmp_path):
         "mean_entropy", "snd", "default_last_step", "source_only_last_step",
     ]  # fmt: skip
     assert rows[2]["pairs"]["all"]["regret"]["mean"] == pytest.approx(0.10)
+    # Both DANN candidates are >= 3 points below source-only: the default's last step is a
+    # harmful pick, the validators' (source-only) picks are not.
+    assert score["harmful"] == ["paper/dann_l1@5", "paper/dann_l1@10"]
+    assert rows[1]["pairs"]["all"]["harmful"] == {"picks": 0, "cells": 1}
+    assert rows[2]["pairs"]["all"]["harmful"] == {"picks": 1, "cells": 1}
+    assert "| default_last_step | - | — | 0.100 ± 0.000 | — | 0.100 ± 0.000 | 1 of 1 |" in md
+
+
+def test_harmful_candidates_against_their_own_recipes_source_only_last_step():
+    so_p, dann_p, so_i, dann_i = select.grid(["paper", "improved"], [1.0])
+    candidates = [
+        _candidate(so_p, 5, 0.90),  # an early source-only step is not the floor
+        _candidate(so_p, 10, 0.60),
+        _candidate(dann_p, 5, 0.57),  # exactly 3 points below: harmful
+        _candidate(dann_p, 10, 0.58),  # 2 points below: not
+        _candidate(so_i, 10, 0.80),
+        _candidate(dann_i, 10, 0.70),  # below improved's source-only, not paper's
+        _candidate(dann_i, 5, 0.795),
+    ]
+    assert select.harmful_candidates(candidates) == ["paper/dann_l1@5", "improved/dann_l1@10"]
+    assert select.harmful_candidates(candidates, margin=0.25) == []
+    assert select.harmful_candidates(candidates[:4] + candidates[5:6]) == ["paper/dann_l1@5"]
+
+
+def _written_result(tmp_path):
+    """A one-cell selection.json, as `select.select` writes it, picked by snd."""
+    so, dann = select.grid(["paper"], [1.0])
+    candidates = [
+        _candidate(so, 10, 0.60, snd=1.0, dev=0.5),
+        _candidate(dann, 5, 0.50, snd=3.0, dev=0.3),  # harmful; snd's pick
+        _candidate(dann, 10, 0.70, snd=2.0, dev=0.1),  # DEV's pick (lowest risk)
+    ]
+    cells = [{"pair": "a→b", "seed": 0, "candidates": candidates,
+              "score": select.score_cell(candidates, [so, dann], "snd", None)}]  # fmt: skip
+    result = {
+        "date": "today", "protocol": select.PROTOCOL, "picker": "snd", "complete": True,
+        "grid": {"recipes": ["paper"], "lambda2": [1.0], "seeds": [0]}, "cells": cells,
+        "rows": select.summarize(cells),
+    }  # fmt: skip
+    select.write_outputs(tmp_path, result)
+    return result
+
+
+def test_rescore_changes_the_pick_not_the_candidates(tmp_path):
+    result = _written_result(tmp_path)
+    assert result["cells"][0]["score"]["picked"]["id"] == "paper/dann_l1@5"
+    assert result["cells"][0]["score"]["validators"]["snd"]["harmful_pick"] is True
+    again = select.rescore(result, "dev", ["snd"])
+    (cell,) = again["cells"]
+    assert cell["candidates"] == result["cells"][0]["candidates"]
+    assert cell["score"]["picked"]["id"] == "paper/dann_l1@10"
+    assert again["picker"] == "dev" and again["guard_use"] == ["snd"]
+    assert cell["score"]["guard"]["used"] == ["snd"]
+    assert again["rows"] == select.summarize(again["cells"])
+    by_name = {r["validator"]: r["pairs"]["all"] for r in again["rows"]}
+    assert by_name["snd"]["harmful"] == {"picks": 1, "cells": 1}
+    assert by_name["default_last_step"]["harmful"] == {"picks": 0, "cells": 1}
+    assert by_name["snd"]["regret"]["mean"] == pytest.approx(0.20)
+
+
+def test_cli_rescore_without_training(tmp_path):
+    _written_result(tmp_path / "sel")
+    proc = _cli("--rescore", "--out", tmp_path / "sel", "--select", "dev", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    written = json.loads((tmp_path / "sel" / "selection.json").read_text())
+    assert written["picker"] == "dev"
+    assert "dev picked paper/dann_l1@10" in proc.stdout
+    proc = _cli("--rescore", "--out", tmp_path / "sel", "--select", "bnm", cwd=tmp_path)
+    assert proc.returncode == 2 and "bnm was not computed" in proc.stderr
+    proc = _cli("--rescore", "--out", tmp_path / "none", cwd=tmp_path)
+    assert proc.returncode == 2 and "--rescore needs a selection.json" in proc.stderr
 
 
 def test_cli_rejects_bad_flags(tmp_path):

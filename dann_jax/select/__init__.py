@@ -46,10 +46,13 @@ from dann_jax.evaluate import compile_predict, make_eval_set
 from dann_jax.reproduce import RECIPES
 from dann_jax.select.scoring import (
     DEFAULT_LAMBDA2,
+    HARM_MARGIN,
     PROTOCOL,
     Arm,
     default_arm,
     grid,
+    harmful_candidates,
+    rescore,
     score_cell,
     summarize,
     write_outputs,
@@ -57,12 +60,15 @@ from dann_jax.select.scoring import (
 
 __all__ = [
     "DEFAULT_LAMBDA2",
+    "HARM_MARGIN",
     "PROTOCOL",
     "Arm",
     "arm_config",
     "default_arm",
     "grid",
+    "harmful_candidates",
     "make_hook",
+    "rescore",
     "reverse_dann_accuracy",
     "score_cell",
     "select",
@@ -289,6 +295,7 @@ def select(
         "base_config": dataclasses.asdict(base),
         "grid": {"recipes": list(recipes), "lambda2": list(lambda2_grid), "seeds": seeds},
         "picker": picker,
+        "guard_use": None if guard_use is None else list(guard_use),
         "val_size": val_size,
         "reverse_steps": reverse_steps,
         "validators": {n: dataclasses.asdict(v) for n, v in validators.VALIDATORS.items()},

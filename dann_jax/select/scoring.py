@@ -21,24 +21,31 @@ from dann_jax import io, validators
 
 __all__ = [
     "DEFAULT_LAMBDA2",
+    "HARM_MARGIN",
     "PROTOCOL",
     "Arm",
     "default_arm",
     "grid",
+    "harmful_candidates",
+    "rescore",
     "score_cell",
     "summarize",
     "write_outputs",
 ]
 
 DEFAULT_LAMBDA2 = 1.0  # the paper's (and Config's) lambda2: the "default" run's value
+# A candidate this far (3 points) below its recipe's source-only last step is negative
+# transfer: picking it is worse than not adapting at all.
+HARM_MARGIN = 0.03
 
 PROTOCOL = (
     "Candidates: every checkpoint of every arm (per recipe: source-only, and DANN per "
     "lambda2). Per pair and seed, each validator's Spearman ρ between its preference and "
     "the target test accuracy across the candidates, and its regret = best candidate's "
     "target accuracy − picked candidate's; then mean ± std over seeds. Baselines: the last "
-    "step of the default run (DANN, first recipe, lambda2 1.0) and of source-only. Target "
-    "labels are used only to report, never to pick."
+    "step of the default run (DANN, first recipe, lambda2 1.0) and of source-only. A "
+    "harmful pick is a candidate >= 3 points below its recipe's source-only last step. "
+    "Target labels are used only to report, never to pick."
 )
 
 
@@ -77,6 +84,33 @@ def _last_step_id(candidates: list[dict], arm: Arm) -> str:
     return max(mine, key=lambda c: c["step"])["id"]
 
 
+def harmful_candidates(candidates: list[dict], margin: float = HARM_MARGIN) -> list[str]:
+    """Ids of the adapted candidates that are negative transfer (reported only).
+
+    A candidate is harmful when its target accuracy is at least ``margin`` below the last
+    step of its own recipe's source-only arm: choosing it is worse than not adapting.
+    Judged per candidate, not per run, so an early checkpoint of a run that ends badly
+    may still be a fine pick, and an undertrained checkpoint of a good run may not be.
+
+    References:
+      Wang, Dai, Poczos, Carbonell, "Characterizing and Avoiding Negative Transfer",
+      CVPR 2019, Sec. 3 (negative transfer: target performance below the source-only
+      model's).
+    """
+    floor = {
+        c["recipe"]: c["target_accuracy"]
+        for c in sorted(candidates, key=lambda c: c["step"])
+        if c["mode"] == "source_only"
+    }  # the last (highest) step of each recipe's source-only arm wins
+    return [
+        c["id"]
+        for c in candidates
+        if c["mode"] != "source_only"
+        and c["recipe"] in floor
+        and c["target_accuracy"] <= floor[c["recipe"]] - margin
+    ]
+
+
 def score_cell(
     candidates: list[dict], arms: Sequence[Arm], picker: str, guard_use: Sequence[str] | None
 ) -> dict:
@@ -94,11 +128,13 @@ def score_cell(
 
     Returns:
       dict with ``validators`` (name -> `dann_jax.validators.selection_agreement` plus
-      ``picked_id`` and ``regret``), ``baselines`` (the default arm's and the source-only
-      arm's last step, with regret), ``picked`` (the picker's candidate), ``guard`` and
+      ``picked_id``, ``regret`` and ``harmful_pick``), ``baselines`` (the default arm's
+      and the source-only arm's last step, with regret and ``harmful_pick``), ``picked``
+      (the picker's candidate), ``guard``, ``harmful`` (`harmful_candidates`) and
       ``oracle`` (best target accuracy, reported only).
     """
     accs = np.array([c["target_accuracy"] for c in candidates], np.float64)
+    harmful = harmful_candidates(candidates)
     # A validator missing for some candidates (e.g. reverse_dann, added on a rerun) is
     # NaN there, and so counts as broken for the guard.
     names = [n for n in validators.VALIDATORS if any(n in c["scores"] for c in candidates)]
@@ -112,6 +148,7 @@ def score_cell(
         agree = validators.selection_agreement(prefs[name], accs, lower_is_better=False)
         agree["picked_id"] = candidates[agree["chosen_index"]]["id"]
         agree["regret"] = agree.pop("gap")  # oracle accuracy minus the picked one's
+        agree["harmful_pick"] = agree["picked_id"] in harmful
         per_validator[name] = agree
     oracle = float(accs.max())
     by_id = {c["id"]: c for c in candidates}
@@ -121,7 +158,11 @@ def score_cell(
         ("source_only_last_step", arms[0]),
     ):
         c = by_id[_last_step_id(candidates, arm)]
-        baselines[label] = {"id": c["id"], "regret": oracle - c["target_accuracy"]}
+        baselines[label] = {
+            "id": c["id"],
+            "regret": oracle - c["target_accuracy"],
+            "harmful_pick": c["id"] in harmful,
+        }
     is_so = [c["mode"] == "source_only" for c in candidates]
     use = None if guard_use is None else [n for n in guard_use if n in prefs]
     guard = validators.negative_transfer_guard(prefs, is_so, use=use)
@@ -131,6 +172,7 @@ def score_cell(
         "baselines": baselines,
         "picked": None if pick is None else {"validator": picker, **by_id[pick["picked_id"]]},
         "guard": guard,
+        "harmful": harmful,
         "oracle": {"target_accuracy": oracle, "id": candidates[int(np.argmax(accs))]["id"]},
     }
 
@@ -144,10 +186,12 @@ def _mean_std(values: list[float]) -> dict[str, Any]:
 
 
 def summarize(cells: list[dict]) -> list[dict]:
-    """One row per validator (then the baselines): Spearman and regret per pair and overall.
+    """One row per validator (then the baselines): Spearman, regret and harmful picks.
 
     Spearman and regret are first computed within a cell (one pair and seed, over its
-    candidates), then averaged over the seeds of a pair and over all cells.
+    candidates), then averaged over the seeds of a pair and over all cells. ``harmful``
+    counts the cells whose pick was harmful (`harmful_candidates`) out of the cells that
+    had a harmful candidate at all.
     """
     pairs = list(dict.fromkeys(c["pair"] for c in cells))
     names = list(dict.fromkeys(n for c in cells for n in c["score"]["validators"]))
@@ -158,16 +202,27 @@ def summarize(cells: list[dict]) -> list[dict]:
         for p in [*pairs, "all"]:
             mine = [c for c in cells if p in ("all", c["pair"])]
             got = [get(c) for c in mine]
+            at_risk = [g[2] for c, g in zip(mine, got, strict=True) if c["score"].get("harmful")]
             entry["pairs"][p] = {
                 "spearman": _mean_std([g[0] for g in got]),
                 "regret": _mean_std([g[1] for g in got]),
+                "harmful": {"picks": sum(bool(h) for h in at_risk), "cells": len(at_risk)},
             }
         rows.append(entry)
 
     def of_validator(name):
         def get(cell):
             v = cell["score"]["validators"].get(name)
-            return (None, None) if v is None else (v["spearman"], v["regret"])
+            if v is None:
+                return (None, None, None)
+            return (v["spearman"], v["regret"], v.get("harmful_pick"))
+
+        return get
+
+    def of_baseline(label):
+        def get(cell):
+            b = cell["score"]["baselines"][label]
+            return (None, b["regret"], b.get("harmful_pick"))
 
         return get
 
@@ -175,8 +230,33 @@ def summarize(cells: list[dict]) -> list[dict]:
         better = "lower" if validators.VALIDATORS[name].lower_is_better else "higher"
         row(name, better, of_validator(name))
     for label in ("default_last_step", "source_only_last_step"):
-        row(label, "-", lambda c, label=label: (None, c["score"]["baselines"][label]["regret"]))
+        row(label, "-", of_baseline(label))
     return rows
+
+
+def rescore(result: dict, picker: str, guard_use: Sequence[str] | None) -> dict:
+    """A finished (or partial) result scored again with another picker or guard.
+
+    Training is the costly part of a selection and the candidates in ``selection.json``
+    keep every validator's raw value, so choosing another validator needs no retraining.
+
+    Args:
+      result: the content of a ``selection.json``.
+      picker: the validator whose choice is "the pick".
+      guard_use: validators the guard consults (None: every one computed).
+
+    Returns:
+      A new result: every cell's ``score`` and the ``rows`` recomputed, ``picker`` and
+      ``guard_use`` set; candidates, settings and timings as they were.
+    """
+    arms = grid(result["grid"]["recipes"], result["grid"]["lambda2"])
+    cells = [
+        {**cell, "score": score_cell(cell["candidates"], arms, picker, guard_use)}
+        for cell in result["cells"]
+    ]
+    guard = None if guard_use is None else list(guard_use)
+    return {**result, "picker": picker, "guard_use": guard, "cells": cells,
+            "rows": summarize(cells)}  # fmt: skip
 
 
 def _fmt(stat: dict, digits: int = 3) -> str:
@@ -188,31 +268,44 @@ def _fmt(stat: dict, digits: int = 3) -> str:
 
 def write_outputs(out: Path, result: dict) -> None:
     """``selection.json`` and ``selection.md`` (atomically, via `dann_jax.io`)."""
+    out.mkdir(parents=True, exist_ok=True)
     io.write_json(out / "selection.json", result)
-    pairs = list(result["rows"][0]["pairs"]) if result["rows"] else []
-    head = "| validator | better | " + " | ".join(f"{p} ρ | {p} regret" for p in pairs) + " |"
-    lines = [head, "| --- | --- |" + " --- | --- |" * len(pairs)]
-    for r in result["rows"]:
-        cols = " | ".join(
-            f"{_fmt(r['pairs'][p]['spearman'], 2)} | {_fmt(r['pairs'][p]['regret'])}" for p in pairs
-        )
-        lines.append(f"| {r['validator']} | {r['better']} | {cols} |")
-    picks = []
-    for c in result["cells"]:
-        s, pick = c["score"], c["score"]["picked"]
-        what = "—" if pick is None else f"{pick['id']} (target acc {pick['target_accuracy']:.4f})"
-        guard = f" **{s['guard']['message']}**" if s["guard"]["harmful"] else ""
-        picks.append(
-            f"* {c['pair']} seed {c['seed']}: {result['picker']} picked {what}; best "
-            f"{s['oracle']['id']} ({s['oracle']['target_accuracy']:.4f}).{guard}"
-        )
     status = "" if result["complete"] else "INCOMPLETE: not every pair and seed finished. "
     io.write_text(
         out / "selection.md",
         f"{status}Label-free selection, {result['date']}. {result['protocol']}\n\n"
         f"{_settings(result)}\n\n"
-        + "\n".join(lines) + "\n\n" + "\n".join(picks) + "\n",
+        + "\n".join(_table(result["rows"])) + "\n\n" + "\n".join(_pick_lines(result)) + "\n",
     )  # fmt: skip
+
+
+def _table(rows: list[dict]) -> list[str]:
+    """The Markdown table: ρ and regret per pair and overall, then harmful picks overall."""
+    pairs = list(rows[0]["pairs"]) if rows else []
+    head = "| validator | better | " + " | ".join(f"{p} ρ | {p} regret" for p in pairs)
+    lines = [head + " | harmful picks |", "| --- | --- |" + " --- | --- |" * len(pairs) + " --- |"]
+    for r in rows:
+        cols = " | ".join(
+            f"{_fmt(r['pairs'][p]['spearman'], 2)} | {_fmt(r['pairs'][p]['regret'])}" for p in pairs
+        )
+        harm = r["pairs"]["all"].get("harmful") if pairs else None
+        harm = "—" if harm is None else f"{harm['picks']} of {harm['cells']}"
+        lines.append(f"| {r['validator']} | {r['better']} | {cols} | {harm} |")
+    return lines
+
+
+def _pick_lines(result: dict) -> list[str]:
+    """One line per pair and seed: the pick, the best candidate, the guard's verdict."""
+    lines = []
+    for c in result["cells"]:
+        s, pick = c["score"], c["score"]["picked"]
+        what = "—" if pick is None else f"{pick['id']} (target acc {pick['target_accuracy']:.4f})"
+        guard = f" **{s['guard']['message']}**" if s["guard"]["harmful"] else ""
+        lines.append(
+            f"* {c['pair']} seed {c['seed']}: {result['picker']} picked {what}; best "
+            f"{s['oracle']['id']} ({s['oracle']['target_accuracy']:.4f}).{guard}"
+        )
+    return lines
 
 
 def _settings(result: dict) -> str:
@@ -222,6 +315,7 @@ def _settings(result: dict) -> str:
         f"Runs of {cfg.get('steps')} steps, a candidate every {cfg.get('eval_every')} steps; "
         f"recipes {g.get('recipes')}, lambda2 {g.get('lambda2')}, seeds {g.get('seeds')}; "
         f"{result.get('val_size')} examples per validation subset; "
+        f"guard consults {result.get('guard_use') or 'every validator'}; "
         f"{result.get('data_variant', '?')} data; "
         f"{sum(c.get('wall_seconds', 0.0) for c in result['cells']) / 60:.1f} min of training "
         f"and scoring on {result.get('device', {}).get('kind', '?')}."
