@@ -190,6 +190,35 @@ def _global_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
+def _objective(
+    out: dict[str, jax.Array], labels: jax.Array, hparams: dict[str, jax.Array], diagnostics: bool
+) -> tuple[jax.Array, Metrics]:
+    """``CE_smooth(source) + lambda3 * domain_loss`` of one forward pass, and its parts.
+
+    Ganin et al., JMLR 2016, eq. 18 (see `dann_jax.losses`); the GRL inside the model
+    turns its gradient into eqs. 13-15.
+    """
+    label_loss = losses.classification_loss(out["class_logits"], labels, hparams["label_smoothing"])
+    domain_loss = losses.domain_adversarial_loss(
+        out["domain_logits_source"], out["domain_logits_target"]
+    )
+    aux = {"label_loss": label_loss, "domain_loss": domain_loss}
+    if diagnostics:
+        aux["domain_accuracy"] = losses.domain_accuracy(
+            out["domain_logits_source"], out["domain_logits_target"]
+        )
+        aux["source_accuracy"] = losses.accuracy(out["class_logits"], labels)
+    return label_loss + hparams["lambda3"] * domain_loss, aux
+
+
+def _with_lr(opt_state: Any, lr: jax.Array) -> Any:
+    """The annealed lr in the inject_hyperparams slot (`make_optimizer`); a new dict."""
+    old = jnp.asarray(opt_state.hyperparams["learning_rate"])
+    return opt_state._replace(
+        hyperparams={**opt_state.hyperparams, "learning_rate": lr.astype(old.dtype)}
+    )
+
+
 def train_step(
     state: TrainState,
     batch: Batch,
@@ -253,19 +282,7 @@ def train_step(
             rngs={"dropout": dropout_key},
             mutable=["batch_stats"] if use_bn else [],
         )
-        label_loss = losses.classification_loss(
-            out["class_logits"], batch["source_labels"], hparams["label_smoothing"]
-        )
-        domain_loss = losses.domain_adversarial_loss(
-            out["domain_logits_source"], out["domain_logits_target"]
-        )
-        loss = label_loss + hparams["lambda3"] * domain_loss
-        aux = {"label_loss": label_loss, "domain_loss": domain_loss}
-        if diagnostics:
-            aux["domain_accuracy"] = losses.domain_accuracy(
-                out["domain_logits_source"], out["domain_logits_target"]
-            )
-            aux["source_accuracy"] = losses.accuracy(out["class_logits"], batch["source_labels"])
+        loss, aux = _objective(out, batch["source_labels"], hparams, diagnostics)
         return loss, (aux, updates.get("batch_stats", state.batch_stats))
 
     (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -275,14 +292,7 @@ def train_step(
         # mean gradients is the whole-batch gradient.
         grads = jax.lax.pmean(grads, axis_name)
         metrics = jax.lax.pmean(metrics, axis_name)
-    # The annealed lr replaces the inject_hyperparams slot (see `make_optimizer`; a new
-    # dict, so the caller's state is never mutated).
-    opt_state = state.opt_state
-    old_lr = jnp.asarray(opt_state.hyperparams["learning_rate"])
-    opt_state = opt_state._replace(
-        hyperparams={**opt_state.hyperparams, "learning_rate": lr.astype(old_lr.dtype)}
-    )
-    updates, opt_state = tx.update(grads, opt_state, state.params)
+    updates, opt_state = tx.update(grads, _with_lr(state.opt_state, lr), state.params)
     params = optax.apply_updates(state.params, updates)
     metrics.update(lambda2=lam, learning_rate=lr)
     if diagnostics:
