@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/device_check.sh OUT [PART...]
 #
-# On the H200 (at most 10 minutes per command, 15 minutes of device time per session,
+# On the shared H200 (at most 10 minutes per command, 15 minutes of device time in all,
 # the machine's start included) as two calls, the second right after the first:
 #
 #   PYTHONPATH=. bash benchmarks/device_check.sh $OUT step_mnist step_svhn tta  # <= 430 s
