@@ -2,22 +2,16 @@
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from dann_jax import analysis
+from tests.helpers import heavy_imports
 
 
 def test_import_is_cheap():
-    code = (
-        "import sys, dann_jax.analysis; "
-        "print(any(m in sys.modules for m in ('sklearn', 'matplotlib', 'scipy')))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert heavy_imports("dann_jax.analysis") == []
 
 
 # ---------------------------------------------------------------------------- PAD

@@ -20,9 +20,6 @@ from tests.helpers import (
     write_usps_libsvm,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
 pytestmark = pytest.mark.usefixtures("quiet_tfds", "no_internet")
 
 

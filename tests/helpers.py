@@ -316,3 +316,18 @@ def run_digits_cli(*args, cwd, timeout=300):
         cwd=cwd,
         env=env,
     )
+
+
+def heavy_imports(module: str) -> list[str]:
+    """The heavy optional libraries that importing `module` loads (in a fresh interpreter).
+
+    `dann_jax.analysis` and `dann_jax.validators` import scikit-learn, SciPy and
+    matplotlib only inside the functions that need them, so the main job never pays
+    for them.
+    """
+    code = (
+        f"import sys, {module}; "
+        "print(' '.join(m for m in ('sklearn', 'scipy', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.split()
