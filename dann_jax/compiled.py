@@ -135,12 +135,25 @@ def compile_train_steps(
     per_dispatch = num_steps
     if unroll is None:
         per_dispatch, unroll = (1, True) if on_cpu else (num_steps, 1)
+    program = _steps_program(
+        model, tx, per_dispatch, batch_size, lambda2_schedule, parallel, unroll, vmap_seeds, mesh
+    )
+    return TrainSteps(program, num_steps, per_dispatch, int(parallel) + int(vmap_seeds))
+
+
+# Cached on its (hashable) arguments: equal settings, e.g. the next seed or a chunk of
+# another length on CPU (where every program is one step), reuse one compiled program
+# instead of tracing and compiling a new ``jax.jit`` of a new partial.
+@functools.lru_cache(maxsize=32)
+def _steps_program(
+    model, tx, num_steps, batch_size, lambda2_schedule, parallel, unroll, vmap_seeds, mesh
+) -> Callable:
+    """The compiled program of `compile_train_steps` (``num_steps`` per dispatch)."""
     fn = functools.partial(
-        train.train_steps, model=model, tx=tx, num_steps=per_dispatch, batch_size=batch_size,
+        train.train_steps, model=model, tx=tx, num_steps=num_steps, batch_size=batch_size,
         lambda2_schedule=lambda2_schedule, axis_name=AXIS if parallel else None,
         unroll=unroll, mesh=mesh,
     )  # fmt: skip
     if vmap_seeds:
         fn = jax.vmap(fn, in_axes=(0, None, None))  # data and hparams shared by the seeds
-    program = _compile(fn, parallel=parallel, mesh=mesh, batch_arg=False)
-    return TrainSteps(program, num_steps, per_dispatch, int(parallel) + int(vmap_seeds))
+    return _compile(fn, parallel=parallel, mesh=mesh, batch_arg=False)

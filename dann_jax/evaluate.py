@@ -135,11 +135,15 @@ def predict(
     }
 
 
+# Cached by the (hashable, compared by value) model: a new ``jax.jit`` of a new partial
+# would trace and compile again on every call, e.g. at every checkpoint or seed.
+@functools.lru_cache(maxsize=32)
 def compile_evaluate(model: DANN, vmap_seeds: bool = False) -> Callable[..., dict[str, jax.Array]]:
     """`evaluate` under ``jax.jit``; call as ``fn(params, batch_stats, eval_set, mean)``.
 
     With ``vmap_seeds=True``, params and batch_stats carry a leading seed axis (as in
-    `dann_jax.compile_train_steps`) and every result gains it.
+    `dann_jax.compile_train_steps`) and every result gains it. Equal models get the same
+    compiled function, so it compiles once per model and input shapes.
     """
     fn = functools.partial(evaluate, model=model)
     if vmap_seeds:
@@ -147,6 +151,10 @@ def compile_evaluate(model: DANN, vmap_seeds: bool = False) -> Callable[..., dic
     return jax.jit(fn)
 
 
+@functools.lru_cache(maxsize=32)
 def compile_predict(model: DANN) -> Callable[..., dict[str, jax.Array]]:
-    """`predict` under ``jax.jit``; call as ``fn(params, batch_stats, eval_set, mean)``."""
+    """`predict` under ``jax.jit``; call as ``fn(params, batch_stats, eval_set, mean)``.
+
+    Cached like `compile_evaluate`: one compiled function per model.
+    """
     return jax.jit(functools.partial(predict, model=model))

@@ -21,6 +21,7 @@ form, with explicit replicas.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax
@@ -110,13 +111,19 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
     ``hparams["lr"]``), so neither lr0 nor the schedule is baked into the compiled step,
     and the optimizer state always holds the rate of the last step taken.
     """
-    if config.optimizer == "sgd":
-        return optax.inject_hyperparams(optax.sgd)(
-            learning_rate=config.lr, momentum=config.momentum
-        )
-    if config.optimizer == "adam":
-        return optax.inject_hyperparams(optax.adam)(learning_rate=config.lr)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}")
+    return _optimizer(config.optimizer, config.lr, config.momentum)
+
+
+# Equal settings give the same transformation object, so the compiled programs keyed on
+# it (`dann_jax.compiled`, `create_train_state`) are reused across seeds and runs.
+@functools.lru_cache(maxsize=32)
+def _optimizer(name: str, lr: float, momentum: float) -> optax.GradientTransformation:
+    """`make_optimizer` from its three settings."""
+    if name == "sgd":
+        return optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=momentum)
+    if name == "adam":
+        return optax.inject_hyperparams(optax.adam)(learning_rate=lr)
+    raise ValueError(f"unknown optimizer {name!r}")
 
 
 def create_train_state(
@@ -134,21 +141,25 @@ def create_train_state(
       A `TrainState` at step 0.
     """
 
-    def init(rng):
-        init_rng, state_rng = jax.random.split(rng)
-        x = jnp.zeros((1, *image_shape), jnp.float32)
-        variables = model.init({"params": init_rng, "dropout": init_rng}, x, x, 0.0, train=False)
-        params = variables["params"]
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            batch_stats=variables.get("batch_stats", {}),
-            opt_state=tx.init(params),
-            rng=state_rng,
-        )
+    return _init_state(rng, model=model, tx=tx, image_shape=tuple(image_shape))
 
-    # Compiled: op-by-op initialisation of the paper models takes seconds on CPU.
-    return jax.jit(init)(rng)
+
+# Compiled (op-by-op initialisation of the paper models takes seconds on CPU) once per
+# model, optimizer and shape, not once per call.
+@functools.partial(jax.jit, static_argnames=("model", "tx", "image_shape"))
+def _init_state(rng: jax.Array, model: DANN, tx, image_shape: tuple[int, ...]) -> TrainState:
+    """`create_train_state`'s work, compiled."""
+    init_rng, state_rng = jax.random.split(rng)
+    x = jnp.zeros((1, *image_shape), jnp.float32)
+    variables = model.init({"params": init_rng, "dropout": init_rng}, x, x, 0.0, train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        rng=state_rng,
+    )
 
 
 def _step_keys(rng: jax.Array, step: jax.Array, axis_name: str | None) -> tuple[jax.Array, ...]:
@@ -367,7 +378,7 @@ def train_steps(
         for _ in range(num_steps):
             state, metrics = body(state, None)
             stacked.append(metrics)
-        return state, jax.tree.map(lambda *xs: jnp.stack(xs), *stacked)
+        return state, stack_trees(stacked)
     return jax.lax.scan(body, state, None, length=num_steps, unroll=unroll)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import dann_jax as dj
-from dann_jax import sharding, train
+from dann_jax import compiled, sharding, train
 from tests.helpers import setup_run, synthetic_data
 
 
@@ -81,6 +81,7 @@ def test_pmap_form_and_mesh_end_in_the_same_state():
 def test_mesh_steps_do_not_recompile_for_new_hyperparameters(monkeypatch):
     counted = chex.assert_max_traces(train.train_steps, n=1)
     monkeypatch.setattr(train, "train_steps", counted)
+    compiled._steps_program.cache_clear()  # trace anew, through the counted function
     mesh = dj.make_mesh()
     config, model, tx, state = setup_run()
     run = dj.compile_train_steps(model, tx, num_steps=2, batch_size=8, mesh=mesh, unroll=True)

@@ -89,6 +89,23 @@ def test_no_recompile_across_hyperparameter_values():
     assert int(state.step) == 5
 
 
+def test_equal_settings_reuse_one_compiled_program():
+    config, model, tx, _ = setup_run()
+    other = config.replace(lambda2=0.3, lambda3=2.0, seed=5, steps=7)  # traced values only
+    assert dj.make_optimizer(other) is tx
+    assert dj.make_optimizer(config.replace(lr=0.5)) is not tx
+    assert dj.compile_evaluate(dj.make_model(other)) is dj.compile_evaluate(model)
+    assert dj.compile_predict(dj.make_model(other)) is dj.compile_predict(model)
+    # On CPU every chunk length runs the same one-step program.
+    three = dj.compile_train_steps(model, tx, num_steps=3, batch_size=8)
+    five = dj.compile_train_steps(model, tx, num_steps=5, batch_size=8)
+    assert three.program is five.program and (three.dispatches, five.dispatches) == (3, 5)
+    before = train._init_state._cache_size()
+    for seed in (11, 12, 13):
+        dj.create_train_state(jax.random.key(seed), model, tx, (28, 28, 3))
+    assert train._init_state._cache_size() - before <= 1
+
+
 @pytest.mark.parametrize("batchnorm", [False, True])
 def test_pmap_on_8_devices_equals_one_device(batchnorm):
     assert jax.local_device_count() == 8

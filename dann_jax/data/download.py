@@ -114,11 +114,6 @@ def file_digest(path: str | os.PathLike, algorithm: str, chunk: int = _BLOCK) ->
     return h.hexdigest()
 
 
-def sha256_of(path: str | os.PathLike, chunk: int = _BLOCK) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    return file_digest(path, "sha256", chunk)
-
-
 def checksum_problem(path: Path, source: Source) -> str | None:
     """None if `path` has `source`'s checksum (or none is known), else what differs."""
     for algorithm, expected in (("sha256", source.sha256), ("md5", source.md5)):

@@ -70,10 +70,12 @@ def _tfds_available() -> bool:
 def read_raw_domain(name: str, data_dir: str) -> Domain:
     """A known domain parsed straight from the upstream files in `data_dir`, without TFDS."""
     splits = raw.read_domain(name, data_dir)
-    arrays = {k: (np.stack(list(x)), np.asarray(y, np.int32)) for k, (x, y) in splits.items()}
+    # Readers return (N, H, W, C) arrays, or lists of images (MNIST-M's PNGs): stack only those.
+    arrays = {
+        k: (x if isinstance(x, np.ndarray) else np.stack(list(x)), np.asarray(y, np.int32))
+        for k, (x, y) in splits.items()
+    }
     x_tr, x_te = arrays["train"][0], arrays["test"][0]
-    if x_tr.ndim == 3:
-        x_tr, x_te = x_tr[..., None], x_te[..., None]
     return Domain(
         name, "full", x_tr, arrays["train"][1], x_te, arrays["test"][1],
         f"raw files in {data_dir} (read without TFDS)",

@@ -122,7 +122,7 @@ def _outputs(predict, state, images, labels, mean) -> dict[str, np.ndarray]:
 def make_hook(config: Config, data: PairData, sets: dict, reverse_steps: int, workdir: Path, log):
     """An ``on_eval`` hook for `dann_jax.loop.train_group`: validators at every checkpoint.
 
-    It runs the model over the three `validation_sets` (one compiled predict per arm)
+    It runs the model over the three `validation_sets` (one compiled predict per model)
     and stores `dann_jax.validators.compute_validators` (plus ``reverse_dann`` when
     ``reverse_steps > 0``) in the record as ``v_<name>``, so the values are saved with
     the checkpoint's curves and come back when a finished run is resumed.
@@ -130,7 +130,7 @@ def make_hook(config: Config, data: PairData, sets: dict, reverse_steps: int, wo
     from dann_jax.train import make_model
 
     model = make_model(config)
-    predict = compile_predict(model)  # compiled once per arm, not per checkpoint
+    predict = compile_predict(model)
     mean = np.asarray(data.mean, np.float32)
 
     def hook(state, record):
@@ -230,7 +230,7 @@ def train_cell(
     for arm in arms:
         workdir = cell_dir / arm.recipe / arm.name
         config = arm_config(base, pair, seed, arm, workdir)
-        experiment.check_workdir(config, workdir)
+        experiment.check_workdir(config, workdir, log)
         log(f"== {pair[0]} -> {pair[1]}, seed {seed}, {arm.recipe}/{arm.name}: {workdir}")
         hook = make_hook(config, data, sets, reverse_steps, workdir, log)
         group = loop.Group((seed,), False)
