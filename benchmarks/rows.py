@@ -60,20 +60,17 @@ class Bench:
 # -------------------------------------------------------------- data
 
 
-def make_data(arch: str, batch_size: int, seed: int = 0) -> dict[str, jax.Array]:
+def make_data(arch: str, batch_size: int, seed: int = 0) -> dj.TrainData:
     """Device-resident uint8 pools of both domains and their mean (for sample_batch)."""
     rng = np.random.default_rng(seed)
     size = SIZES[arch]
     n = max(POOL, batch_size)
-    return {
-        "source_images": jnp.asarray(rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)),
-        "source_labels": jnp.asarray(rng.integers(0, 10, n), jnp.int32),
-        "target_images": jnp.asarray(rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)),
-        "mean": jnp.full((3,), 0.45, jnp.float32),
-    }
+    images = lambda: rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    xs, ys, xt = images(), rng.integers(0, 10, n), images()
+    return jax.device_put(dj.make_train_data(xs, ys, xt, np.full((3,), 0.45, np.float32)))
 
 
-def fixed_batch(data: dict[str, jax.Array], batch_size: int) -> dict[str, jax.Array]:
+def fixed_batch(data: dj.TrainData, batch_size: int) -> dict[str, jax.Array]:
     """One normalised float32 batch on the device, reused by every single-step variant."""
     return jax.block_until_ready(dj.sample_batch(jax.random.key(1), data, batch_size))
 
@@ -85,7 +82,7 @@ class Shape:
     arch: str
     batch_size: int
     k: int  # steps per call of the K-steps row, and steps per timed repeat
-    data: dict  # device-resident uint8 pools (for compile_train_steps)
+    data: dj.TrainData  # device-resident uint8 pools (for compile_train_steps)
     batch: dict  # one normalised device-resident batch (for the single-step rows)
     state: Any  # dann_jax TrainState at step 0; every implementation starts from its params
 

@@ -144,8 +144,10 @@ def train(args: argparse.Namespace, host: dict, report: dict) -> None:
     model, tx = dj.make_model(config), dj.make_optimizer(config)
     k = steps_per_call(args.steps_per_call, args.eval_every, args.steps, jax.default_backend())
     t = elapsed()
-    keys = ("source_images", "source_labels", "target_images", "mean")
-    data = jax.device_put({key: host[key] for key in keys})
+    pools = dj.make_train_data(
+        host["source_images"], host["source_labels"], host["target_images"], host["mean"]
+    )
+    data = jax.device_put(pools)
     eval_set = jax.device_put(dj.make_eval_set(host["test_images"], host["test_labels"]))
     jax.block_until_ready((data, eval_set))
     report["timings"]["to_device_s"] = elapsed() - t
@@ -165,7 +167,7 @@ def train(args: argparse.Namespace, host: dict, report: dict) -> None:
     # as dann_jax returns on CPU, compiles inside the first training call instead.)
     if hasattr(run, "lower"):
         run.lower(state, data, hp).compile()
-    evaluate.lower(state.params, state.batch_stats, eval_set, data["mean"]).compile()
+    evaluate.lower(state.params, state.batch_stats, eval_set, data.mean).compile()
     report["timings"]["compile_s"] = elapsed() - t
     report["steps_per_call"] = k
 
@@ -181,7 +183,7 @@ def train(args: argparse.Namespace, host: dict, report: dict) -> None:
         t = elapsed()
         dj.check_finite(metrics, step - k)
         # float() waits for the result, so the next call cannot donate params still in use.
-        acc = float(evaluate(state.params, state.batch_stats, eval_set, data["mean"])["accuracy"])
+        acc = float(evaluate(state.params, state.batch_stats, eval_set, data.mean)["accuracy"])
         now = elapsed()
         eval_s += now - t
         curve.append({"step": step, "accuracy": acc, "elapsed_s": now})

@@ -11,10 +11,14 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 
 __all__ = [
+    "COLLECTIVES",
     "PEAKS",
+    "collectives",
     "compile_with_flops",
+    "conv_batches",
     "count_kernels",
     "jax_uses_tf32",
     "peak_for",
@@ -144,6 +148,52 @@ def count_kernels(hlo_text: str) -> int | None:
     bodies = [m.group(1) for op, line in ops if op == "while" and (m := _BODY.search(line))]
     inside = max((_launches(_expand(comps, b)) for b in bodies), default=0)
     return inside if inside > outside else outside
+
+
+COLLECTIVES = ("all-reduce", "all-gather", "collective-permute", "reduce-scatter", "all-to-all")
+_SHAPE = re.compile(r"\b[a-z]+[0-9]*\[([0-9,]*)\]")
+
+
+def _elements(shapes: str) -> int:
+    """Total elements of the array shapes in an HLO result type (a tuple or one array)."""
+    return sum(
+        int(np.prod([int(d) for d in dims.split(",") if d])) for dims in _SHAPE.findall(shapes)
+    )
+
+
+def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
+    """{collective opcode: {"count": instructions, "elements": values moved}} in a module.
+
+    Counts every computation of the optimized (per-device) HLO, the async ``-start``
+    forms included, so a collective inside a loop body counts once.
+    """
+    out = {op: {"count": 0, "elements": 0} for op in COLLECTIVES}
+    for line in hlo_text.splitlines():
+        m = re.match(r"\s*(?:ROOT )?%?\S+ = (.*?) ([a-z-]+)\(", line)
+        if m and m.group(2).removesuffix("-start") in out:
+            entry = out[m.group(2).removesuffix("-start")]
+            entry["count"] += 1
+            entry["elements"] += _elements(m.group(1))
+    return out
+
+
+def conv_batches(hlo_text: str, window: str) -> list[int]:
+    """The batch size of every convolution with this kernel window (e.g. ``"5x5"``).
+
+    Forward and input-gradient convolutions use the layer's kernel as their window;
+    their output's ``b`` dimension (``dim_labels=...->b01f``) is the number of images.
+    (A kernel-gradient convolution's window is the activation instead: not counted.)
+    """
+    batches = []
+    for line in hlo_text.splitlines():
+        if " convolution(" not in line or f"window={{size={window}" not in line:
+            continue
+        shape = re.search(r"= [a-z]+[0-9]*\[([0-9,]+)\]", line)
+        labels = re.search(r"dim_labels=\w+_\w+->(\w+)", line)
+        if shape and labels:
+            dims = [int(d) for d in shape.group(1).split(",")]
+            batches.append(dims[labels.group(1).index("b")])
+    return batches
 
 
 def compile_with_flops(

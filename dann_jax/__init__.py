@@ -4,20 +4,22 @@ Public API:
 
 * gradient reversal: `grad_reverse`, `GradientReversal` (module `dann_jax.grl`, usable
   on its own);
-* models: `DANN`, `FeatureExtractor`, `LabelClassifier`, `DomainDiscriminator`;
+* models: `DANN` (any linen module as its extractor), `paper_model`, `FeatureExtractor`,
+  `LabelClassifier`, `DomainDiscriminator`, `DomainBatchNorm`;
 * losses: `classification_loss`, `domain_adversarial_loss`, `domain_accuracy`,
   `accuracy`;
 * schedules: `dann_lambda`, `grl_lambda`, `annealed_learning_rate`,
   `learning_rate_schedule`, `progress`;
 * configuration: `Config`, `ConfigError`, `hyperparams`;
-* training: `TrainState`, `TrainSteps`, `make_model`, `make_optimizer`,
-  `create_train_state`, `train_step`, `train_steps`, `compile_train_step`,
-  `compile_train_steps`, `sample_batch`, `check_finite`, `NonFiniteLossError`,
-  `stack_trees`, `tree_index` (several seeds in one program);
-* evaluation (one extractor pass, both heads): `normalize`, `make_eval_set`,
+* training: `TrainState`, `TrainData`, `make_train_data`, `TrainSteps`, `make_model`,
+  `make_optimizer`, `create_train_state`, `train_step`, `train_steps`,
+  `compile_train_step`, `compile_train_steps`, `sample_batch`, `check_finite`,
+  `NonFiniteLossError`, `stack_trees`, `tree_index` (several seeds in one program);
+* evaluation (one extractor pass, both heads): `normalize`, `EvalSet`, `make_eval_set`,
   `evaluate`, `predict`, `compile_evaluate`, `compile_predict`;
-* data parallelism: `make_mesh`, `put_replicated`, `fetch` (jit over a device mesh, also
-  across hosts) and the ``jax.pmap`` form: `replicate`, `shard`, `unreplicate`.
+* data parallelism: `make_mesh`, `put_replicated`, `put_sharded`, `fetch` (a
+  ``shard_map`` over a device mesh, also across hosts) and the ``jax.pmap`` form:
+  `replicate`, `shard`, `unreplicate`.
 
 Separate imports, so the core never imports TensorFlow Datasets, scikit-learn or
 matplotlib: `dann_jax.data` (digit domains as TFDS data sets, the embedded default,
@@ -31,6 +33,7 @@ behind ``experiments/selection.py``), `dann_jax.io` (atomic writes, strict JSON)
 from dann_jax.compiled import TrainSteps, compile_train_step, compile_train_steps
 from dann_jax.config import Config, ConfigError, hyperparams
 from dann_jax.evaluate import (
+    EvalSet,
     compile_evaluate,
     compile_predict,
     evaluate,
@@ -45,7 +48,14 @@ from dann_jax.losses import (
     domain_accuracy,
     domain_adversarial_loss,
 )
-from dann_jax.models import DANN, DomainDiscriminator, FeatureExtractor, LabelClassifier
+from dann_jax.models import (
+    DANN,
+    DomainBatchNorm,
+    DomainDiscriminator,
+    FeatureExtractor,
+    LabelClassifier,
+    paper_model,
+)
 from dann_jax.schedules import (
     annealed_learning_rate,
     dann_lambda,
@@ -53,14 +63,24 @@ from dann_jax.schedules import (
     learning_rate_schedule,
     progress,
 )
-from dann_jax.sharding import fetch, make_mesh, put_replicated, replicate, shard, unreplicate
+from dann_jax.sharding import (
+    fetch,
+    make_mesh,
+    put_replicated,
+    put_sharded,
+    replicate,
+    shard,
+    unreplicate,
+)
 from dann_jax.train import (
     NonFiniteLossError,
+    TrainData,
     TrainState,
     check_finite,
     create_train_state,
     make_model,
     make_optimizer,
+    make_train_data,
     sample_batch,
     stack_trees,
     train_step,
@@ -74,11 +94,14 @@ __all__ = [
     "DANN",
     "Config",
     "ConfigError",
+    "DomainBatchNorm",
     "DomainDiscriminator",
+    "EvalSet",
     "FeatureExtractor",
     "GradientReversal",
     "LabelClassifier",
     "NonFiniteLossError",
+    "TrainData",
     "TrainState",
     "TrainSteps",
     "accuracy",
@@ -103,10 +126,13 @@ __all__ = [
     "make_mesh",
     "make_model",
     "make_optimizer",
+    "make_train_data",
     "normalize",
+    "paper_model",
     "predict",
     "progress",
     "put_replicated",
+    "put_sharded",
     "replicate",
     "sample_batch",
     "shard",

@@ -21,7 +21,15 @@ import flax
 import jax
 import numpy as np
 
-__all__ = ["KEEP", "CheckpointError", "restore_latest", "save", "state_digest"]
+__all__ = [
+    "KEEP",
+    "CheckpointError",
+    "from_tree",
+    "restore_latest",
+    "save",
+    "state_digest",
+    "to_tree",
+]
 
 KEEP = 2  # checkpoints kept: the newest, and one to fall back to if it is damaged
 
@@ -30,16 +38,16 @@ class CheckpointError(RuntimeError):
     """No intact checkpoint could be restored; the message names the fix."""
 
 
-def _to_tree(state: Any) -> dict[str, Any]:
+def to_tree(state: Any) -> dict[str, Any]:
     """Nested dict of host arrays with the state's field names (PRNG keys as raw data)."""
     state = state.replace(rng=jax.random.key_data(state.rng))
     return jax.tree.map(np.asarray, flax.serialization.to_state_dict(state))
 
 
-def _from_tree(tree: dict[str, Any], like: Any) -> Any:
-    """Inverse of `_to_tree`; refuses a tree whose names, shapes or dtypes differ."""
+def from_tree(tree: dict[str, Any], like: Any) -> Any:
+    """Inverse of `to_tree`; refuses a tree whose names, shapes or dtypes differ."""
     template = like.replace(rng=jax.random.key_data(like.rng))
-    want, got = _named_leaves(_to_tree(like)), _named_leaves(tree)
+    want, got = _named_leaves(to_tree(like)), _named_leaves(tree)
     if set(want) != set(got):
         missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
         raise CheckpointError(
@@ -100,7 +108,7 @@ def save(directory: Path, state: Any, loop: dict[str, Any]) -> None:
     """Save a host `state` and the loop's bookkeeping as checkpoint number ``state.step``."""
     import orbax.checkpoint as ocp
 
-    tree = _to_tree(state)
+    tree = to_tree(state)
     step = int(np.asarray(state.step).reshape(-1)[0])
     meta = {**loop, "sha256": state_digest(tree)}
     directory.mkdir(parents=True, exist_ok=True)
@@ -123,7 +131,7 @@ def _restore_step(mngr, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
     """One checkpoint, checked against its recorded checksum."""
     import orbax.checkpoint as ocp
 
-    template = _to_tree(like)
+    template = to_tree(like)
     out = mngr.restore(
         step,
         args=ocp.args.Composite(
@@ -134,7 +142,7 @@ def _restore_step(mngr, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
     digest = loop.pop("sha256", None)
     if digest is None or digest != state_digest(tree):
         raise CheckpointError(f"checkpoint {step}: the saved state does not match its checksum")
-    return _from_tree(tree, like), loop
+    return from_tree(tree, like), loop
 
 
 def restore_latest(

@@ -1,9 +1,16 @@
-"""The train step compiled: ``jax.jit`` on one device, ``jax.jit`` over a device mesh
-(data parallel, also across hosts), or ``jax.pmap``; K steps per call.
+"""The train step compiled: ``jax.jit`` on one device, a ``jax.shard_map`` over a device
+mesh (data parallel, also across hosts), or ``jax.pmap``; K steps per call.
+
+Over a mesh the program is written per device (`dann_jax.train` with ``axis_name``): each
+device gathers its block of the global batch from the replicated pools and the step
+averages gradients, BatchNorm statistics and metrics with ``lax.pmean``. Nothing is
+left for the partitioner to guess: the compiled program works on 1/N of the batch per
+device and communicates only through those all-reduces (no all-gather or
+collective-permute; a test reads the compiled HLO).
 
 `compile_train_step` compiles `dann_jax.train.train_step` (the caller feeds batches);
 `compile_train_steps` compiles `dann_jax.train.train_steps` (batches drawn on the
-device) and always returns a `TrainSteps`, whatever the backend does underneath.
+device) and returns a `TrainSteps`.
 """
 
 from __future__ import annotations
@@ -16,27 +23,33 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec as P
 
-from dann_jax import sharding, train
+from dann_jax import train
 from dann_jax.models import DANN
 from dann_jax.train import AXIS, Batch, Metrics, TrainState
 
 __all__ = ["TrainSteps", "compile_train_step", "compile_train_steps"]
 
 
-def _compile(fn: Callable, *, parallel: bool, mesh, batch_arg: bool) -> Callable:
-    """``jax.pmap``, ``jax.jit`` over a mesh, or plain ``jax.jit``; state donated."""
-    if parallel and mesh is not None:
-        raise ValueError("pass either parallel=True (pmap) or a mesh, not both")
-    if parallel:
-        return jax.pmap(fn, axis_name=AXIS, donate_argnums=(0,))
-    if mesh is None:
-        return jax.jit(fn, donate_argnums=(0,))
-    repl = sharding.replicated(mesh)
-    second = sharding.batch_sharding(mesh) if batch_arg else repl
-    return jax.jit(
-        fn, in_shardings=(repl, second, repl), out_shardings=(repl, repl), donate_argnums=(0,)
-    )
+def _check_split(batch_size: int, mesh: jax.sharding.Mesh | None) -> None:
+    """The global batch must split evenly over the mesh."""
+    if mesh is not None and batch_size % mesh.size:
+        raise ValueError(
+            f"a batch of {batch_size} per domain does not split over {mesh.size} devices; "
+            f"use a multiple of {mesh.size}"
+        )
+
+
+def _per_device(fn: Callable, mesh: jax.sharding.Mesh, in_specs) -> Callable:
+    """`fn` (a per-device step) as a ``shard_map`` over the mesh; outputs replicated.
+
+    ``check_vma=False``: the step is the same code as under ``pmap``, where each device
+    holds its own copy of the parameters and the step averages the gradients itself
+    (``lax.pmean``). With the check on, autodiff would also sum the gradients of the
+    replicated parameters over the devices, and the two together would scale them by N.
+    """
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=P(), check_vma=False)
 
 
 def compile_train_step(
@@ -48,48 +61,55 @@ def compile_train_step(
     diagnostics: bool = True,
     mesh: jax.sharding.Mesh | None = None,
 ) -> Callable[[TrainState, Batch, dict], tuple[TrainState, Metrics]]:
-    """`train_step` compiled: ``jax.jit``, ``jax.jit`` over a mesh, or ``jax.pmap``.
+    """`train_step` compiled: ``jax.jit``, over a mesh, or ``jax.pmap``; state donated.
 
-    The state argument is donated, so the update happens in place. With a ``mesh``
-    (`dann_jax.sharding.make_mesh`) state and hparams are replicated over it and the
-    batch is split along its ``batch`` axis. With ``parallel=True`` every argument
-    carries a leading device axis: use `replicate` for state and hparams and `shard` for
-    the batch; metrics come back replicated. ``diagnostics`` is passed to `train_step`.
+    With a ``mesh`` (`dann_jax.sharding.make_mesh`) state and hparams are replicated over
+    it and the batch is split along its ``batch`` axis (``shard_map``: each device steps
+    on its block). With ``parallel=True`` (the ``jax.pmap`` form) every argument carries
+    a leading device axis: use `replicate` for state and hparams and `shard` for the
+    batch; metrics come back replicated. Either way the result is one device's on the
+    whole batch. ``diagnostics`` is passed to `train_step`.
     """
+    if parallel and mesh is not None:
+        raise ValueError("pass either parallel=True (pmap) or a mesh, not both")
     fn = functools.partial(
         train.train_step, model=model, tx=tx, lambda2_schedule=lambda2_schedule,
-        axis_name=AXIS if parallel else None, diagnostics=diagnostics,
+        axis_name=AXIS if parallel or mesh is not None else None, diagnostics=diagnostics,
     )  # fmt: skip
-    return _compile(fn, parallel=parallel, mesh=mesh, batch_arg=True)
+    if parallel:
+        return jax.pmap(fn, axis_name=AXIS, donate_argnums=(0,))
+    if mesh is not None:
+        fn = _per_device(fn, mesh, (P(), P(AXIS), P()))
+    return jax.jit(fn, donate_argnums=(0,))
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainSteps:
     """K training steps per call, as `compile_train_steps` builds them.
 
-    Call as ``run(state, data, hparams) -> (state, metrics)``. One call dispatches
-    ``program`` (a compiled function of ``steps_per_dispatch`` steps) ``dispatches``
-    times; ``lower(state, data, hparams)`` lowers ``program`` (for cost analysis: its
-    FLOPs are those of ``steps_per_dispatch`` steps).
+    Call as ``run(state, data, hparams) -> (state, metrics)``, metrics stacked along a
+    leading step axis. One call dispatches ``program`` (a compiled function of
+    ``steps_per_dispatch`` steps) ``num_steps / steps_per_dispatch`` times;
+    ``lower(state, data, hparams)`` lowers ``program`` (its FLOPs are those of
+    ``steps_per_dispatch`` steps).
     """
 
     program: Any
     num_steps: int
     steps_per_dispatch: int
-    step_axis: int  # axis of the metrics that counts steps (after device / seed axes)
 
     @property
     def dispatches(self) -> int:
         return self.num_steps // self.steps_per_dispatch
 
     def __call__(self, state, data, hparams):
-        if self.dispatches == 1:
-            return self.program(state, data, hparams)
         chunks = []
         for _ in range(self.dispatches):
             state, metrics = self.program(state, data, hparams)
             chunks.append(metrics)
-        return state, jax.tree.map(lambda *xs: jnp.concatenate(xs, self.step_axis), *chunks)
+        if len(chunks) == 1:
+            return state, chunks[0]
+        return state, jax.tree.map(lambda *xs: jnp.concatenate(xs), *chunks)
 
     def lower(self, state, data, hparams):
         return self.program.lower(state, data, hparams)
@@ -102,43 +122,38 @@ def compile_train_steps(
     num_steps: int,
     batch_size: int,
     lambda2_schedule: str = "dann",
-    parallel: bool = False,
     unroll: int | bool | None = None,
     vmap_seeds: bool = False,
     mesh: jax.sharding.Mesh | None = None,
 ) -> TrainSteps:
-    """`train_steps` compiled with ``jax.jit`` (optionally over a mesh) or ``jax.pmap``.
+    """`train_steps` compiled with ``jax.jit``, optionally over a device mesh.
 
-    With a ``mesh`` state, data and hparams are replicated over it (`dann_jax.sharding.
-    put_replicated`) and every step's global batch of ``batch_size`` per domain is split
-    along it: the result equals one device's on the whole batch. Under ``pmap``
-    (``parallel=True``) pass ``batch_size`` per device, and `replicate` state, data and
-    hparams once; each replica draws its own batches from its copy of the data.
+    With a ``mesh``, put state, data and hparams on it with `dann_jax.sharding.
+    put_replicated`; every step's global batch of ``batch_size`` per domain is split
+    over its devices, and the result equals one device's on the whole batch.
 
     With ``vmap_seeds=True`` the state carries a leading seed axis (`stack_trees` of
     one state per seed) and one program trains every seed at once on the shared data
-    and hparams; metrics gain the same axis, ``(num_seeds, num_steps)`` (after the
-    device axis under ``pmap``). Each seed draws the batches its own ``rng`` gives, so
-    a seed trains as it would alone. The paper models are too small to fill a GPU at
-    64 + 64 images, so S seeds cost far less than S times one seed.
+    and hparams; metrics are ``(num_steps, num_seeds)``. Each seed draws the batches its
+    own ``rng`` gives, so a seed trains as it would alone. The paper models are too
+    small to fill a GPU at 64 + 64 images, so S seeds cost far less than S runs.
 
-    ``unroll=None`` picks, on CPU, K asynchronous dispatches of one compiled step
-    (metrics stacked on the device), and a rolled ``lax.scan`` elsewhere. XLA:CPU runs
-    convolutions inside a loop body about 10x slower than outside one
-    (jax-ml/jax#12868; measured here: 1.1 s versus 0.09 s per MNIST step) and a fully
-    unrolled scan compiles in time proportional to K, while a CPU dispatch costs
-    microseconds against a step of tens of milliseconds. On GPU/TPU the rolled loop is
-    what removes the per-step dispatch. ``unroll=True`` or an int is passed to
-    `train_steps` as is.
+    ``unroll=None`` picks, on CPU, K asynchronous dispatches of one compiled step, and a
+    rolled ``lax.scan`` elsewhere. XLA:CPU runs convolutions inside a loop body about
+    10x slower than outside one (jax-ml/jax#12868; measured here: 1.1 s versus 0.09 s
+    per MNIST step) and a fully unrolled scan compiles in time proportional to K, while
+    a CPU dispatch costs microseconds against a step of tens of milliseconds. On GPU/TPU
+    the rolled loop is what removes the per-step dispatch. ``unroll=True`` or an int is
+    passed to `train_steps` as is.
     """
-    on_cpu = jax.default_backend() == "cpu"
+    _check_split(batch_size, mesh)
     per_dispatch = num_steps
     if unroll is None:
-        per_dispatch, unroll = (1, True) if on_cpu else (num_steps, 1)
+        per_dispatch, unroll = (1, True) if jax.default_backend() == "cpu" else (num_steps, 1)
     program = _steps_program(
-        model, tx, per_dispatch, batch_size, lambda2_schedule, parallel, unroll, vmap_seeds, mesh
+        model, tx, per_dispatch, batch_size, lambda2_schedule, unroll, vmap_seeds, mesh
     )
-    return TrainSteps(program, num_steps, per_dispatch, int(parallel) + int(vmap_seeds))
+    return TrainSteps(program, num_steps, per_dispatch)
 
 
 # Cached on its (hashable) arguments: equal settings, e.g. the next seed or a chunk of
@@ -146,14 +161,14 @@ def compile_train_steps(
 # instead of tracing and compiling a new ``jax.jit`` of a new partial.
 @functools.lru_cache(maxsize=32)
 def _steps_program(
-    model, tx, num_steps, batch_size, lambda2_schedule, parallel, unroll, vmap_seeds, mesh
+    model, tx, num_steps, batch_size, lambda2_schedule, unroll, vmap_seeds, mesh
 ) -> Callable:
     """The compiled program of `compile_train_steps` (``num_steps`` per dispatch)."""
     fn = functools.partial(
         train.train_steps, model=model, tx=tx, num_steps=num_steps, batch_size=batch_size,
-        lambda2_schedule=lambda2_schedule, axis_name=AXIS if parallel else None,
-        unroll=unroll, mesh=mesh,
+        lambda2_schedule=lambda2_schedule, axis_name=None if mesh is None else AXIS,
+        unroll=unroll, vmap_seeds=vmap_seeds,
     )  # fmt: skip
-    if vmap_seeds:
-        fn = jax.vmap(fn, in_axes=(0, None, None))  # data and hparams shared by the seeds
-    return _compile(fn, parallel=parallel, mesh=mesh, batch_arg=False)
+    if mesh is not None:
+        fn = _per_device(fn, mesh, P())  # all replicated; each device gathers its block
+    return jax.jit(fn, donate_argnums=(0,))

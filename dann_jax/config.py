@@ -34,7 +34,7 @@ __all__ = [
 
 MODES = ("dann", "source_only", "target_only")
 OPTIMIZERS = ("sgd", "adam")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16")
 ARCHS = ("mnist", "svhn")
 RESIZES = ("auto", "bilinear", "crop_pad", "mnist_box")  # see dann_jax.data.resize_method
 BN_STATS = ("joint", "per_domain")
@@ -133,7 +133,12 @@ class Config:
     )
     dropout: float = _setting(0.0, "dropout rate on the extractor features (0 = paper)")
     precision: str = _setting(
-        "fp32", "compute dtype: fp32 or bf16 (parameters stay float32)", PRECISIONS
+        "fp32",
+        "compute precision (parameters stay float32): fp32 = float32 with full-precision "
+        "convolutions and matmuls on every backend; tf32 = float32 at the backend's "
+        "default matmul precision (TF32 on NVIDIA Ampere and later, one bfloat16 pass on "
+        "TPU, float32 on CPU); bf16 = bfloat16 compute",
+        PRECISIONS,
     )
     seed: int = _setting(0, "first random seed")
     seeds: int = _setting(1, "number of seeds (seed, seed+1, ...); reports mean and std")

@@ -1,10 +1,12 @@
 """Evaluation on a held-out set: one pass of the extractor, both heads, in one dispatch.
 
-A test set goes to the device once as fixed-size chunks (`make_eval_set`);
-`evaluate` maps over the chunks with ``lax.map`` and returns summaries (accuracy, loss,
-mean domain score) and predictions; `predict` returns the per-example features and
-both heads' logits (for the analyses and label-free validators). Evaluation reads only
-the parameters and BatchNorm statistics: it never changes training.
+A test set goes to the device once as fixed-size chunks of flat uint8 rows (`EvalSet`,
+`make_eval_set`); `evaluate` maps over the chunks with ``lax.map`` and returns summaries
+(accuracy, loss, mean domain score) and predictions; `predict` returns the per-example
+features and both heads' logits (for the analyses and label-free validators).
+Evaluation reads only the parameters and BatchNorm statistics: it never changes
+training. Over a mesh (``compile_evaluate(..., mesh=mesh)``) each chunk is split over
+the devices, every device evaluates its part and the sums are added with one ``psum``.
 """
 
 from __future__ import annotations
@@ -13,14 +15,17 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec as P
 
 from dann_jax.models import DANN
 
 __all__ = [
+    "EvalSet",
     "compile_evaluate",
     "compile_predict",
     "evaluate",
@@ -35,24 +40,56 @@ def normalize(images: jax.Array, mean: jax.Array) -> jax.Array:
     return images.astype(jnp.float32) / 255.0 - mean
 
 
-def make_eval_set(images: np.ndarray, labels: np.ndarray, chunk: int = 1000) -> dict[str, Any]:
-    """Pad and reshape a test set into (num_chunks, chunk, ...) with a validity mask.
+@flax.struct.dataclass
+class EvalSet:
+    """A test set as fixed-size chunks of flat uint8 rows, padded, with a validity mask.
+
+    Attributes:
+      images: (num_chunks, chunk, H*W*C) uint8 (flat rows: see `dann_jax.TrainData`).
+      labels: (num_chunks, chunk) int32 (zeros where a domain has no labels).
+      mask: (num_chunks, chunk) bool, False on the padding.
+      image_shape: (H, W, C), static.
+    """
+
+    images: jax.Array
+    labels: jax.Array
+    mask: jax.Array
+    image_shape: tuple[int, int, int] = flax.struct.field(pytree_node=False)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(
+            int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(self)
+        )
+
+
+def make_eval_set(
+    images: np.ndarray, labels: np.ndarray | None = None, chunk: int = 1000, multiple_of: int = 1
+) -> EvalSet:
+    """Pad and reshape a test set into (num_chunks, chunk, H*W*C) with a validity mask.
 
     Done once on the host; the result goes to the device once and `evaluate` runs over
-    it in a single dispatch.
+    it in a single dispatch. ``multiple_of`` rounds the chunk up to a multiple of the
+    device count, so a mesh splits every chunk evenly. ``labels=None`` (a domain without
+    labels) stores zeros: the accuracy and loss are then meaningless, the predictions not.
     """
+    images = np.asarray(images)
     n = len(images)
+    labels = np.zeros(n, np.int32) if labels is None else np.asarray(labels, np.int32)
     chunk = max(1, min(chunk, n))
+    chunk = -(-chunk // multiple_of) * multiple_of
     num_chunks = -(-n // chunk)
     pad = num_chunks * chunk - n
-    images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-    labels = np.concatenate([np.asarray(labels, np.int32), np.zeros((pad,), np.int32)])
+    flat = images.reshape(n, -1)
+    flat = np.concatenate([flat, np.zeros((pad, flat.shape[1]), flat.dtype)])
+    labels = np.concatenate([labels, np.zeros((pad,), np.int32)])
     mask = np.arange(num_chunks * chunk) < n
-    return {
-        "images": images.reshape(num_chunks, chunk, *images.shape[1:]),
-        "labels": labels.reshape(num_chunks, chunk),
-        "mask": mask.reshape(num_chunks, chunk),
-    }
+    return EvalSet(
+        flat.reshape(num_chunks, chunk, -1),
+        labels.reshape(num_chunks, chunk),
+        mask.reshape(num_chunks, chunk),
+        tuple(int(d) for d in images.shape[1:]),
+    )
 
 
 def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
@@ -60,73 +97,84 @@ def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
     return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
 
 
-def _infer(variables: dict, images: jax.Array, mean: jax.Array, model: DANN):
-    """Features, class logits and domain logits of one chunk, float32."""
-    x = normalize(images, mean)
+def _infer(variables: dict, images: jax.Array, shape, mean: jax.Array, model: DANN):
+    """Features, class logits and domain logits of one chunk of flat rows, float32."""
+    x = normalize(images.reshape(images.shape[0], *shape), mean)
     features, logits, domain = model.apply(variables, x, method=DANN.infer)
     return features.astype(jnp.float32), logits.astype(jnp.float32), domain.astype(jnp.float32)
 
 
 def evaluate(
-    params: Any, batch_stats: Any, eval_set: dict[str, jax.Array], mean: jax.Array, *, model: DANN
+    params: Any,
+    batch_stats: Any,
+    eval_set: EvalSet,
+    mean: jax.Array,
+    *,
+    model: DANN,
+    axis_name: str | None = None,
 ) -> dict[str, jax.Array]:
     """Accuracy, mean loss, predictions and mean domain score on a `make_eval_set` set.
 
     Args:
       params: model parameters.
       batch_stats: BatchNorm statistics (may be empty).
-      eval_set: from `make_eval_set` (device arrays).
+      eval_set: an `EvalSet` (device arrays).
       mean: per-channel mean used for normalisation.
       model: the `DANN` module.
+      axis_name: inside a per-device program, the axis the chunks are split over: the
+        sums are then added over it.
 
     Returns:
       ``accuracy``, ``loss`` (unsmoothed cross-entropy), ``domain_score`` (mean
-      probability of "target" from the discriminator) and ``predictions`` (num_chunks *
-      chunk,) of which the first N are real.
+      probability of "target" from the discriminator) and ``predictions``
+      (num_chunks, chunk), row-major the examples in order, of which the first N are real.
     """
     variables = _variables(params, batch_stats)
 
     def one_chunk(chunk):
-        _, logits, domain = _infer(variables, chunk["images"], mean, model)
-        m = chunk["mask"].astype(jnp.float32)
+        images, labels, mask = chunk
+        _, logits, domain = _infer(variables, images, eval_set.image_shape, mean, model)
+        m = mask.astype(jnp.float32)
         predictions = jnp.argmax(logits, -1)
-        correct = (predictions == chunk["labels"]).astype(jnp.float32)
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits, chunk["labels"])
-        return (
-            jnp.sum(correct * m),
-            jnp.sum(nll * m),
-            jnp.sum(jax.nn.sigmoid(domain) * m),
-            predictions.astype(jnp.int32),
+        correct = (predictions == labels).astype(jnp.float32)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        sums = jnp.stack(
+            [jnp.sum(correct * m), jnp.sum(nll * m), jnp.sum(jax.nn.sigmoid(domain) * m)]
         )
+        return sums, predictions.astype(jnp.int32)
 
-    correct, nll, domain, predictions = jax.lax.map(one_chunk, eval_set)
-    n = jnp.sum(eval_set["mask"].astype(jnp.float32))
+    sums, predictions = jax.lax.map(one_chunk, (eval_set.images, eval_set.labels, eval_set.mask))
+    totals = jnp.concatenate([sums.sum(0), jnp.sum(eval_set.mask, dtype=jnp.float32)[None]])
+    if axis_name is not None:
+        totals = jax.lax.psum(totals, axis_name)
+    correct, nll, domain, n = totals
     return {
-        "accuracy": jnp.sum(correct) / n,
-        "loss": jnp.sum(nll) / n,
-        "domain_score": jnp.sum(domain) / n,
-        "predictions": predictions.reshape(-1),
+        "accuracy": correct / n,
+        "loss": nll / n,
+        "domain_score": domain / n,
+        "predictions": predictions,
     }
 
 
 def predict(
-    params: Any, batch_stats: Any, eval_set: dict[str, jax.Array], mean: jax.Array, *, model: DANN
+    params: Any, batch_stats: Any, eval_set: EvalSet, mean: jax.Array, *, model: DANN
 ) -> dict[str, jax.Array]:
     """Per-example outputs over a `make_eval_set` set, in one pass of the extractor.
 
     Returns:
       ``features`` (M, D), ``class_logits`` (M, classes), ``domain_logits`` (M,) and
-      ``loss`` (M,) (cross-entropy against ``eval_set["labels"]``), all float32, with
+      ``loss`` (M,) (cross-entropy against ``eval_set.labels``), all float32, with
       M = num_chunks * chunk: the first N rows are the real examples.
     """
     variables = _variables(params, batch_stats)
 
     def one_chunk(chunk):
-        features, logits, domain = _infer(variables, chunk["images"], mean, model)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, chunk["labels"])
+        images, labels = chunk
+        features, logits, domain = _infer(variables, images, eval_set.image_shape, mean, model)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         return features, logits, domain, loss
 
-    features, logits, domain, loss = jax.lax.map(one_chunk, eval_set)
+    features, logits, domain, loss = jax.lax.map(one_chunk, (eval_set.images, eval_set.labels))
     return {
         "features": features.reshape(-1, features.shape[-1]),
         "class_logits": logits.reshape(-1, logits.shape[-1]),
@@ -138,17 +186,36 @@ def predict(
 # Cached by the (hashable, compared by value) model: a new ``jax.jit`` of a new partial
 # would trace and compile again on every call, e.g. at every checkpoint or seed.
 @functools.lru_cache(maxsize=32)
-def compile_evaluate(model: DANN, vmap_seeds: bool = False) -> Callable[..., dict[str, jax.Array]]:
+def compile_evaluate(
+    model: DANN, vmap_seeds: bool = False, mesh: jax.sharding.Mesh | None = None
+) -> Callable[..., dict[str, jax.Array]]:
     """`evaluate` under ``jax.jit``; call as ``fn(params, batch_stats, eval_set, mean)``.
 
     With ``vmap_seeds=True``, params and batch_stats carry a leading seed axis (as in
-    `dann_jax.compile_train_steps`) and every result gains it. Equal models get the same
-    compiled function, so it compiles once per model and input shapes.
+    `dann_jax.compile_train_steps`) and every result gains it. With a ``mesh``, the
+    state and mean are replicated over it and the eval set is split along its chunk
+    axis (`dann_jax.sharding.put_sharded` with ``axis=1``; build it with
+    ``make_eval_set(..., multiple_of=mesh.size)``): each device evaluates 1/N of every
+    chunk. Equal arguments get the same compiled function.
     """
-    fn = functools.partial(evaluate, model=model)
+    from dann_jax.train import AXIS  # the mesh's axis name (train imports this module)
+
+    fn = functools.partial(evaluate, model=model, axis_name=None if mesh is None else AXIS)
     if vmap_seeds:
         fn = jax.vmap(fn, in_axes=(0, 0, None, None))
-    return jax.jit(fn)
+    if mesh is None:
+        return jax.jit(fn)
+    predictions = P(None, None, AXIS) if vmap_seeds else P(None, AXIS)
+    out = {"accuracy": P(), "loss": P(), "domain_score": P(), "predictions": predictions}
+
+    def over_mesh(params, batch_stats, eval_set, mean):
+        # The specs mirror the eval set's structure (its image_shape is static).
+        split = eval_set.replace(images=P(None, AXIS), labels=P(None, AXIS), mask=P(None, AXIS))
+        return jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(), split, P()), out_specs=out)(
+            params, batch_stats, eval_set, mean
+        )
+
+    return jax.jit(over_mesh)
 
 
 @functools.lru_cache(maxsize=32)

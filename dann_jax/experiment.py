@@ -1,7 +1,7 @@
 """The digits experiment behind ``experiments/digits.py``: one config in, results out.
 
 One run = one source/target pair, one mode, ``config.seeds`` seeds, trained by
-`dann_jax.loop.train_group` (one seed at a time, or all seeds in one vmapped program),
+`dann_jax.loop.train_and_evaluate` (one seed at a time, or all seeds in one vmapped program),
 on every device there is (one program over a device mesh). Every ``eval_every`` steps the
 run evaluates on the source and target test sets, appends to ``metrics.jsonl`` and
 checkpoints; rerunning with the same workdir resumes and ends in the same state as an
@@ -217,7 +217,7 @@ def _train_all(config: Config, data: PairData, workdir: Path, log) -> list[dict[
     """Every seed's results: all seeds in one vmapped group, or one group per seed."""
     seeds = tuple(range(config.seed, config.seed + config.seeds))
     if config.vmap_seeds and len(seeds) > 1:
-        return loop.train_group(config, data, loop.Group(seeds, True), workdir, log)
+        return loop.train_and_evaluate(config, data, workdir, seeds, log)
     per_seed = []
     for seed in seeds:
         hook = None
@@ -225,8 +225,7 @@ def _train_all(config: Config, data: PairData, workdir: Path, log) -> list[dict[
             from dann_jax import experiment_analysis
 
             hook = experiment_analysis.make_dev_hook(config, data, seed)
-        group = loop.Group((seed,), False)
-        per_seed += loop.train_group(config, data, group, workdir, log, on_eval=hook)
+        per_seed += loop.train_and_evaluate(config, data, workdir, (seed,), log, on_eval=hook)
     return per_seed
 
 
@@ -317,6 +316,7 @@ def run(
         results_path.unlink()  # about to be rewritten; never leave a stale one behind
     device = device_info()
     _announce(config, data, device, workdir, log)
+    log(loop.describe_memory(data, device["global_count"]))
     per_seed = _train_all(config, data, workdir, log)
     if not loop.is_writer():
         return summarize(config, data, per_seed, None, device, time.perf_counter() - start)

@@ -75,8 +75,9 @@ def _reference(config, data: PairData, dann_result: dict, workdir: Path, log) ->
         return dann_result
     log("analysis: training the source-only reference model (same seed and steps)")
     ref_config = dataclasses.replace(config, mode="source_only", analyze=False, seeds=1)
-    group = loop.Group((dann_result["seed"],), False)
-    (reference,) = loop.train_group(ref_config, data, group, workdir / "analysis_source_only", log)
+    (reference,) = loop.train_and_evaluate(
+        ref_config, data, workdir / "analysis_source_only", (dann_result["seed"],), log
+    )
     return reference
 
 
@@ -113,7 +114,7 @@ def analyze(config, data: PairData, dann_result: dict, workdir: Path, log) -> di
     Args:
       config: the run's config.
       data: the run's `dann_jax.data.PairData`.
-      dann_result: `dann_jax.loop.train_group`'s result for the first seed (state, model,
+      dann_result: `dann_jax.loop.train_and_evaluate`'s result for the first seed (state, model,
         curves).
       workdir: the run's workdir.
       log: progress output.

@@ -1,27 +1,29 @@
-"""The training loop of the digits job, in small named steps.
+"""The training loop of the main job: `train_and_evaluate`, in the style of flax's examples.
 
-`train_group` trains a group of seeds, one seed or several in one vmapped program:
+One function trains a run's seeds (one seed, or several stacked in one vmapped program)
+to ``config.steps``, resuming from the newest intact checkpoint:
 
-1. `restore_or_init`: the newest intact checkpoint of the group, or fresh states;
-2. `place`: state, data pools, hparams and test sets onto the device mesh, once;
-3. `run_chunk`: up to ``steps_per_call`` steps in one call, metrics checked for NaN;
-4. `evaluate_group`: source and target test accuracy, loss and domain score per seed;
-5. `finish`: each seed's last-step numbers.
+* the state, the training pools and the hparams are replicated over the device mesh,
+  the test sets split along it, once;
+* chunks of up to ``steps_per_call`` steps are dispatched back to back: chunk i+1 is
+  queued before the host reads chunk i's metrics (NaN check, ``metrics.jsonl``), so the
+  device never waits for the host between evaluations;
+* at every evaluation the queue is drained (every chunk checked for NaN first), both
+  test sets are evaluated and a checkpoint is written.
 
-Every device count is the same code: one program over `dann_jax.sharding.make_mesh`
-(the batch split over the devices, the state replicated). Batches depend only on the
-seed and the step, so a resumed run ends in the same state as an uninterrupted one.
-Only process 0 writes files (checkpoints, ``metrics.jsonl``).
+Batches depend only on the seed and the step, so a resumed run ends in the same state as
+an uninterrupted one. Only process 0 writes files; on several hosts process 0 restores
+the checkpoint and sends it to the others, so every process resumes at the same step
+whatever each host's disk holds.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,38 +33,9 @@ import numpy as np
 from dann_jax import checkpoint, compiled, io, sharding, train
 from dann_jax.config import Config, ConfigError, hyperparams
 from dann_jax.data.pair import PairData
-from dann_jax.evaluate import compile_evaluate, make_eval_set
+from dann_jax.evaluate import compile_evaluate
 
-__all__ = ["Group", "train_group"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Group:
-    """Seeds trained together: one seed, or several stacked along a leading axis."""
-
-    seeds: tuple[int, ...]
-    vmapped: bool
-
-    @property
-    def name(self) -> str:
-        return (
-            f"seeds_{self.seeds[0]}-{self.seeds[-1]}" if self.vmapped else f"seed_{self.seeds[0]}"
-        )
-
-    def pick(self, tree: Any, i: int) -> Any:
-        """Seed i's part of a (possibly stacked) pytree."""
-        return train.tree_index(tree, i) if self.vmapped else tree
-
-
-@dataclasses.dataclass
-class Placed:
-    """What lives on the devices during training."""
-
-    state: Any
-    data: dict[str, jax.Array]
-    hparams: dict[str, jax.Array]
-    eval_sets: dict[str, dict[str, jax.Array]]
-    mean: jax.Array
+__all__ = ["eval_interval", "is_writer", "run_name", "train_and_evaluate"]
 
 
 def is_writer() -> bool:
@@ -70,16 +43,15 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-def restore_or_init(config: Config, group: Group, model, tx, shape, ckpt_dir: Path, log):
-    """(state, curves per seed): the newest intact checkpoint, or fresh states at step 0."""
-    states = [train.create_train_state(jax.random.key(s), model, tx, shape) for s in group.seeds]
-    state = train.stack_trees(states) if group.vmapped else states[0]
-    restored = checkpoint.restore_latest(ckpt_dir, state, log)
-    if restored is None:
-        return state, [[] for _ in group.seeds]
-    state, loop = restored
-    log(f"{group.name}: resuming from step {step_of(state)} ({ckpt_dir})")
-    return state, loop["curves"]
+def run_name(seeds: Sequence[int]) -> str:
+    """The folder of a run's checkpoints: ``seed_<k>``, or ``seeds_<a>-<b>`` when vmapped."""
+    return f"seed_{seeds[0]}" if len(seeds) == 1 else f"seeds_{seeds[0]}-{seeds[-1]}"
+
+
+def eval_interval(config: Config) -> int:
+    """Evaluation interval: a multiple of the steps per call."""
+    k = config.steps_per_call
+    return max(k, (config.eval_every // k) * k)
 
 
 def step_of(state: train.TrainState) -> int:
@@ -87,47 +59,43 @@ def step_of(state: train.TrainState) -> int:
     return int(np.asarray(state.step).reshape(-1)[0])
 
 
-def place(state, data: PairData, config: Config, mesh) -> Placed:
-    """State, training pools, hparams and test sets replicated over the mesh, once."""
-    eval_sets = {
-        "target": make_eval_set(data.target_test, data.target_test_labels),
-        "source": make_eval_set(data.source_test, data.source_test_labels),
-    }
-    put = lambda tree: sharding.put_replicated(tree, mesh)
-    mean = data.mean.astype(np.float32)
-    return Placed(
-        put(state), put(data.train_arrays()), put(hyperparams(config)), put(eval_sets), put(mean)
-    )
+def _pick(tree: Any, seeds: Sequence[int], i: int) -> Any:
+    """Seed i's part of a (possibly stacked) pytree."""
+    return train.tree_index(tree, i) if len(seeds) > 1 else tree
 
 
-def run_chunk(run, placed: Placed, group: Group, step: int) -> list[dict[str, float]]:
-    """One call of the compiled steps; the mean metrics of each seed over the call.
+def _broadcast_from_writer(restored, fresh):
+    """Process 0's restored (state, loop) on every process; None when it had none.
 
-    Raises `NonFiniteLossError` naming the seed, the step and the loss term.
+    Per-host disks (TPU VMs) hold checkpoints on process 0 only: without this the other
+    processes would start at step 0 and wait forever in the first collective.
     """
-    placed.state, metrics = run(placed.state, placed.data, placed.hparams)
-    metrics = sharding.fetch(metrics)
-    out = []
-    for i, seed in enumerate(group.seeds):
-        mine = {key: group.pick(v, i) for key, v in metrics.items()}
-        try:
-            train.check_finite(mine, first_step=step)
-        except train.NonFiniteLossError as e:
-            raise train.NonFiniteLossError(f"seed {seed}: {e}") from None
-        out.append({k: float(np.mean(v)) for k, v in mine.items()})
-    return out
+    from jax.experimental import multihost_utils as mh
+
+    found = bool(mh.broadcast_one_to_all(np.int32(restored is not None)))
+    if not found:
+        return None
+    state, loop = restored if is_writer() else (fresh, {})
+    raw = mh.broadcast_one_to_all(checkpoint.to_tree(state))
+    payload = np.frombuffer(json.dumps(loop).encode(), np.uint8) if is_writer() else None
+    size = int(mh.broadcast_one_to_all(np.int64(0 if payload is None else payload.size)))
+    payload = np.zeros(size, np.uint8) if payload is None else payload
+    text = np.asarray(mh.broadcast_one_to_all(payload)).tobytes().decode()
+    return checkpoint.from_tree(jax.tree.map(np.asarray, raw), fresh), json.loads(text)
 
 
-def evaluate_group(evaluate, placed: Placed, group: Group) -> list[dict[str, float]]:
-    """Accuracy, loss and mean domain score on both test sets, one dict per seed."""
-    state = placed.state
-    out: list[dict[str, float]] = [{} for _ in group.seeds]
-    for name, es in placed.eval_sets.items():
-        r = sharding.fetch(evaluate(state.params, state.batch_stats, es, placed.mean))
-        for i in range(len(group.seeds)):
-            for key in ("accuracy", "loss", "domain_score"):
-                out[i][f"{name}_{key}"] = float(group.pick(r[key], i))
-    return out
+def restore_or_init(seeds, model, tx, shape, ckpt_dir: Path, log):
+    """(state, curves per seed): the newest intact checkpoint, or fresh states at step 0."""
+    states = [train.create_train_state(jax.random.key(s), model, tx, shape) for s in seeds]
+    state = train.stack_trees(states) if len(seeds) > 1 else states[0]
+    restored = checkpoint.restore_latest(ckpt_dir, state, log) if is_writer() else None
+    if jax.process_count() > 1:
+        restored = _broadcast_from_writer(restored, state)
+    if restored is None:
+        return state, [[] for _ in seeds]
+    state, loop = restored
+    log(f"{run_name(seeds)}: resuming from step {step_of(state)} ({ckpt_dir})")
+    return state, loop["curves"]
 
 
 def _progress(total: int, initial: int, desc: str):
@@ -141,12 +109,19 @@ def _progress(total: int, initial: int, desc: str):
     return tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr)
 
 
-def _trim_metrics(paths: list[Path], step: int) -> None:
-    """Keep only the records up to `step` (a resumed run's log equals an uninterrupted one)."""
-    for path in paths:
+def _open_metrics(stack: contextlib.ExitStack, workdir: Path, seeds, step: int) -> list:
+    """Each seed's metrics.jsonl cut back to `step` and opened for appending (process 0)."""
+    if not is_writer():
+        return []
+    files = []
+    for seed in seeds:
+        path = workdir / f"seed_{seed}" / "metrics.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
         lines = path.read_text().splitlines() if path.exists() else []
         kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
         io.write_text(path, "".join(ln + "\n" for ln in kept))
+        files.append(stack.enter_context(path.open("a")))
+    return files
 
 
 class _Eta:
@@ -176,46 +151,40 @@ class _Eta:
             self.said = True
 
 
-def eval_interval(config: Config) -> int:
-    """Evaluation interval: a multiple of the steps per call."""
-    k = config.steps_per_call
-    return max(k, (config.eval_every // k) * k)
+def _read_chunk(metrics, seeds, first_step: int) -> list[dict[str, float]]:
+    """Each seed's mean metrics over one chunk, after the NaN check (host sync)."""
+    metrics = sharding.fetch(metrics)
+    out = []
+    for i, seed in enumerate(seeds):
+        mine = {k: v[:, i] if len(seeds) > 1 else v for k, v in metrics.items()}
+        try:
+            train.check_finite(mine, first_step=first_step)
+        except train.NonFiniteLossError as e:
+            raise train.NonFiniteLossError(f"seed {seed}: {e}") from None
+        out.append({k: float(np.mean(v)) for k, v in mine.items()})
+    return out
 
 
-def _log_eval(log, group: Group, step: int, total: int, train_m, records) -> None:
+def _evaluate(evaluate, state, eval_sets, mean, seeds) -> list[dict[str, float]]:
+    """Accuracy, loss and mean domain score on both test sets, one dict per seed."""
+    out: list[dict[str, float]] = [{} for _ in seeds]
+    for name, es in eval_sets.items():
+        r = evaluate(state.params, state.batch_stats, es, mean)
+        r = sharding.fetch({k: r[k] for k in ("accuracy", "loss", "domain_score")})
+        for i in range(len(seeds)):
+            for key, value in r.items():
+                out[i][f"{name}_{key}"] = float(_pick(value, seeds, i))
+    return out
+
+
+def _log_eval(log, seeds, step: int, total: int, records) -> None:
     """One plain line per seed and evaluation (when no progress bar is shown)."""
-    for seed, t, r in zip(group.seeds, train_m, records, strict=True):
+    for seed, r in zip(seeds, records, strict=True):
         log(
-            f"seed {seed} step {step}/{total}: loss {t['loss']:.4f} "
-            f"domain_acc {t['domain_accuracy']:.3f} source_acc {r['source_accuracy']:.4f} "
+            f"seed {seed} step {step}/{total}: loss {r['train_loss']:.4f} "
+            f"domain_acc {r['train_domain_accuracy']:.3f} source_acc {r['source_accuracy']:.4f} "
             f"target_acc {r['target_accuracy']:.4f}"
         )
-
-
-def _compile_steps(config: Config, model, tx, mesh, group: Group) -> Callable[[int], Any]:
-    """A cache of compiled K-step programs, one per chunk length met."""
-    cache: dict[int, Any] = {}
-
-    def get(n: int):
-        if n not in cache:
-            cache[n] = compiled.compile_train_steps(
-                model, tx, num_steps=n, batch_size=config.batch_size,
-                lambda2_schedule=config.lambda2_schedule, vmap_seeds=group.vmapped, mesh=mesh,
-            )  # fmt: skip
-        return cache[n]
-
-    return get
-
-
-def _evaluate_into(evaluate, placed, group, records, curves, on_eval) -> Any:
-    """Evaluate every seed into its record and curve; the host copy of the state."""
-    host = sharding.fetch(placed.state)
-    for i, r in enumerate(evaluate_group(evaluate, placed, group)):
-        records[i].update(r)
-        if on_eval is not None:
-            on_eval(host, records[i])
-        curves[i].append(records[i])
-    return host
 
 
 def _mesh_for(config: Config):
@@ -229,83 +198,113 @@ def _mesh_for(config: Config):
     return mesh
 
 
-def _start_metrics(paths: list[Path], step: int) -> None:
-    """Each seed's metrics.jsonl, cut back to `step` (process 0 only)."""
-    if not is_writer():
-        return
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    _trim_metrics(paths, step)
+def describe_memory(data: PairData, devices: int) -> str:
+    """What every device holds of the data: the replicated pools and its share of the tests."""
+    pools = data.train_data().nbytes
+    tests = sum(es.nbytes for es in data.eval_sets(devices).values())
+    return (
+        f"device memory for the data: {pools / 1e6:.1f} MB of training pools on every device "
+        f"({pools} bytes: flat uint8 rows), {tests / devices / 1e6:.1f} MB of test sets per "
+        f"device (split over {devices})"
+    )
 
 
-def train_group(
+def train_and_evaluate(
     config: Config,
     data: PairData,
-    group: Group,
     workdir: Path,
+    seeds: Sequence[int],
     log: Callable[[str], None] = print,
     on_eval: Callable[[Any, dict], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train the seeds of `group` to ``config.steps`` (resuming) and return their results.
+    """Train `seeds` to ``config.steps`` (resuming) and return each seed's results.
 
-    ``on_eval(host_state, record)`` may add label-free fields to each evaluation record
-    (one seed at a time only). Each result has the last-step ``target_accuracy``,
-    ``source_accuracy``, ``domain_accuracy`` (discriminator, last training steps),
-    ``curves``, the host ``state`` and ``model`` (for analysis) and ``wall_seconds``.
+    Several seeds train in one vmapped program; one seed alone. ``on_eval(host_state,
+    record)`` may add label-free fields to each evaluation record (one seed only). Each
+    result has the last-step ``target_accuracy``, ``source_accuracy``,
+    ``domain_accuracy`` (discriminator, last training steps), ``curves``, the host
+    ``state`` and ``model`` (for analysis) and ``wall_seconds``.
     """
-    if group.vmapped and on_eval is not None:
+    seeds = tuple(seeds)
+    if len(seeds) > 1 and on_eval is not None:
         raise ValueError("on_eval hooks need one seed at a time")
-    start = time.perf_counter()
+    start, name = time.perf_counter(), run_name(seeds)
     mesh = _mesh_for(config)
-    ckpt_dir = workdir / group.name / "checkpoint"
-    metrics_paths = [workdir / f"seed_{seed}" / "metrics.jsonl" for seed in group.seeds]
     model, tx = train.make_model(config), train.make_optimizer(config)
-    shape = tuple(data.source_train.shape[1:])
-    state, curves = restore_or_init(config, group, model, tx, shape, ckpt_dir, log)
+    ckpt_dir = workdir / name / "checkpoint"
+    state, curves = restore_or_init(
+        seeds, model, tx, tuple(data.source_train.shape[1:]), ckpt_dir, log
+    )
     step = step_of(state)
-    _start_metrics(metrics_paths, step)
-    placed = place(state, data, config, mesh)
-    steps_for = _compile_steps(config, model, tx, mesh, group)
-    evaluate = compile_evaluate(model, vmap_seeds=group.vmapped)
-    every, last_train = eval_interval(config), [{} for _ in group.seeds]
-    bar = _progress(config.steps, step, group.name.replace("_", " "))
+    put = lambda tree: sharding.put_replicated(tree, mesh)
+    state, pools, hp = put(state), put(data.train_data()), put(hyperparams(config))
+    eval_sets = {
+        k: sharding.put_sharded(v, mesh, axis=1) for k, v in data.eval_sets(mesh.size).items()
+    }
+    mean = put(data.mean.astype(np.float32))
+    evaluate = compile_evaluate(model, vmap_seeds=len(seeds) > 1, mesh=mesh)
+    every, last_train, pending = eval_interval(config), [{} for _ in seeds], None
+    bar, eta = _progress(config.steps, step, name), _Eta(config.steps - step, log, name)
     with contextlib.ExitStack() as stack:
-        logs = [stack.enter_context(p.open("a")) for p in metrics_paths] if is_writer() else []
-        eta = _Eta(config.steps - step, log, group.name)
-        while step < config.steps:
-            n = min(config.steps_per_call, config.steps - step, every - step % every)
-            last_train = run_chunk(steps_for(n), placed, group, step)
-            step += n
-            eta.chunk_done(n)
-            records = [
-                {"step": step, **{f"train_{k}": v for k, v in t.items()}} for t in last_train
-            ]
-            if bar is not None:
-                bar.update(n)
-            if step % every == 0 or step == config.steps:
-                host = _evaluate_into(evaluate, placed, group, records, curves, on_eval)
-                if bar is None:
-                    _log_eval(log, group, step, config.steps, last_train, records)
-                if is_writer():
-                    checkpoint.save(ckpt_dir, host, {"curves": curves})
-            for f, record in zip(logs, records, strict=bool(logs)):  # no files off process 0
+        files = _open_metrics(stack, workdir, seeds, step)
+
+        def write(records):
+            for f, record in zip(files, records, strict=bool(files)):  # none off process 0
                 f.write(io.dumps(record, indent=None) + "\n")
                 f.flush()
+
+        def drain():  # read the queued chunk: NaN check, then its records
+            first, n, metrics = pending
+            means = _read_chunk(metrics, seeds, first)
+            eta.chunk_done(n)
+            bar is not None and bar.update(n)
+            return means, [
+                {"step": first + n, **{f"train_{k}": v for k, v in m.items()}} for m in means
+            ]
+
+        while step < config.steps:
+            n = min(config.steps_per_call, config.steps - step, every - step % every)
+            run = compiled.compile_train_steps(
+                model, tx, num_steps=n, batch_size=config.batch_size,
+                lambda2_schedule=config.lambda2_schedule, vmap_seeds=len(seeds) > 1, mesh=mesh,
+            )  # fmt: skip
+            state, metrics = run(state, pools, hp)  # queued; runs while the host reads on
+            if pending is not None:
+                last_train, records = drain()
+                write(records)
+            pending, step = (step, n, metrics), step + n
+            if step % every and step < config.steps:
+                continue
+            last_train, records = drain()
+            pending = None
+            host = sharding.fetch(state)
+            for i, r in enumerate(_evaluate(evaluate, state, eval_sets, mean, seeds)):
+                records[i].update(r)
+                if on_eval is not None:
+                    on_eval(host, records[i])
+                curves[i].append(records[i])
+            if bar is None:
+                _log_eval(log, seeds, step, config.steps, records)
+            if is_writer():
+                checkpoint.save(ckpt_dir, host, {"curves": curves})
+            write(records)
     if bar is not None:
         bar.close()
-    return finish(config, group, placed, evaluate, curves, last_train, model, start)
+    return _results(
+        config, seeds, state, evaluate, eval_sets, mean, curves, last_train, model, start
+    )
 
 
-def finish(config, group, placed, evaluate, curves, last_train, model, start) -> list[dict]:
+def _results(config, seeds, state, evaluate, eval_sets, mean, curves, last_train, model, start):
     """Each seed's last-step numbers (from the last evaluation, or a new one)."""
-    host = sharding.fetch(placed.state)
+    host = sharding.fetch(state)
     finals = None
     results = []
-    for i, seed in enumerate(group.seeds):
+    for i, seed in enumerate(seeds):
         if curves[i] and curves[i][-1]["step"] == config.steps:
             final = curves[i][-1]
-        else:
-            finals = finals or evaluate_group(evaluate, placed, group)
+        else:  # a finished run resumed: nothing trained, evaluate once more
+            finals = finals or _evaluate(evaluate, state, eval_sets, mean, seeds)
             final = finals[i]
         results.append(
             {
@@ -316,9 +315,9 @@ def finish(config, group, placed, evaluate, curves, last_train, model, start) ->
                     "domain_accuracy", final.get("train_domain_accuracy")
                 ),
                 "curves": curves[i],
-                "state": group.pick(host, i),
+                "state": _pick(host, seeds, i),
                 "model": model,
-                "vmapped_with": list(group.seeds) if group.vmapped else None,
+                "vmapped_with": list(seeds) if len(seeds) > 1 else None,
                 "wall_seconds": time.perf_counter() - start,
             }
         )

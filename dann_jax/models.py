@@ -1,15 +1,23 @@
 """Pure Flax (linen) modules of DANN: feature extractor, label classifier, domain discriminator.
 
-The two architectures of the DANN paper's digit experiments are shipped:
+`DANN` takes any linen module as its feature extractor (images ``(N, H, W, C)`` -> flat
+features ``(N, D)``, called as ``extractor(x, train=...)``) and adds the label classifier,
+the gradient reversal layer and the domain discriminator. `paper_model` builds the two
+architectures of the DANN paper's digit experiments:
 
 * ``mnist`` (MNIST, MNIST-M, USPS at 28x28): conv 5x5x32 -> max-pool 2 -> conv 5x5x48 ->
-  max-pool 2 (768 features); label head 100-100-10; domain head 100-1.
+  max-pool 2 (768 features); label head 100-100-classes; domain head 100-1.
 * ``svhn`` (SVHN, Syn digits at 32x32): conv 5x5x64 -> max-pool 3/2 -> conv 5x5x64 ->
-  max-pool 3/2 -> conv 5x5x128 (8x8x128 = 8192 features); label head 3072-2048-10;
+  max-pool 3/2 -> conv 5x5x128 (8x8x128 = 8192 features); label head 3072-2048-classes;
   domain head 1024-1024-1.
 
 The domain head ends in a single logit trained with binary cross-entropy (source = 0,
 target = 1), as in the reference code; the paper's 2-way softmax is equivalent.
+
+Data parallelism: inside a per-device step (`jax.shard_map` or `jax.pmap`) the model is
+cloned with ``axis_name`` (`with_axis`). BatchNorm then averages its batch statistics
+over that axis and dropout draws each example's mask from the example's position in the
+*global* batch, so N devices compute what one device computes on the whole batch.
 
 References:
   Ganin et al., "Domain-Adversarial Training of Neural Networks", JMLR 17(59), 2016,
@@ -18,23 +26,27 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from dann_jax import cpu_conv
-from dann_jax.config import BN_STATS
 from dann_jax.grl import grad_reverse
 
 __all__ = [
     "ARCHITECTURES",
     "DANN",
+    "DomainBatchNorm",
     "DomainDiscriminator",
     "FeatureExtractor",
     "LabelClassifier",
+    "paper_model",
+    "with_axis",
 ]
 
 # name -> (conv layers as (features, kernel, padding, pool window, pool stride, pool padding),
@@ -61,9 +73,11 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     },
 }
 
-
-# How a convolution is computed; `dann_jax.train.make_model` picks per backend.
-CONV_IMPLS = {"xla": jax.lax.conv_general_dilated, "patch": cpu_conv.cpu_conv}
+# How convolutions and pools are computed; `dann_jax.train.make_model` picks per backend.
+# "cpu": convolutions with few input channels as patches + one matmul (`dann_jax.cpu_conv`)
+# and non-overlapping max-pools as reshape + max (an elementwise-mask backward instead of
+# select-and-scatter): both faster on XLA:CPU. "xla": the plain ops, for GPU and TPU.
+KERNELS = ("xla", "cpu")
 
 
 def _arch(name: str) -> dict[str, Any]:
@@ -73,16 +87,79 @@ def _arch(name: str) -> dict[str, Any]:
     return ARCHITECTURES[name]
 
 
-def _max_pool(x: jax.Array, window: int, stride: int, padding: str) -> jax.Array:
-    """Max pooling; non-overlapping windows as a reshape + max.
+def max_pool(x: jax.Array, window: int, stride: int, padding: str, kernels: str) -> jax.Array:
+    """Max pooling; on ``kernels="cpu"`` non-overlapping windows as a reshape + max.
 
-    Same forward values as ``nn.max_pool``; its backward is an elementwise mask instead
-    of XLA's select-and-scatter, which on CPU made the MNIST step about 30% slower.
+    Same forward values either way; the reshape form's backward is an elementwise mask
+    instead of XLA's select-and-scatter, which on CPU made the MNIST step about 30% slower.
     """
     n, h, w, c = x.shape
-    if window == stride and padding == "VALID" and h % window == 0 and w % window == 0:
+    if (
+        kernels == "cpu"
+        and window == stride
+        and padding == "VALID"
+        and h % window == 0
+        and w % window == 0
+    ):
         return x.reshape(n, h // window, window, w // window, window, c).max(axis=(2, 4))
     return nn.max_pool(x, (window, window), (stride, stride), padding=padding)
+
+
+def _local_rows(axis_name: str | None, n: int) -> tuple[jax.Array, jax.Array]:
+    """(first global row of this device's block, number of devices) for a local batch of n."""
+    if axis_name is None:
+        return jnp.zeros((), jnp.int32), 1
+    return lax.axis_index(axis_name) * n, lax.axis_size(axis_name)
+
+
+class DomainBatchNorm(nn.Module):
+    """BatchNorm over a batch of ``groups`` domains stacked along axis 0, each on its own.
+
+    In training each group (``groups=2``: the source half, then the target half) is
+    normalised with its own batch statistics, averaged over ``axis_name`` when set (sync
+    BatchNorm: N devices normalise as one device on the whole batch). The running
+    averages used at test time are updated **once per call** with the mean of the
+    groups' statistics: ``ra <- momentum * ra + (1 - momentum) * mean_g(stat_g)``, so
+    both domains weigh the same and ``momentum`` is the momentum (calling a BatchNorm
+    once per domain would apply it twice and weigh the second domain more).
+
+    ``groups=1`` is ordinary BatchNorm. Variables are named as ``flax.linen.BatchNorm``'s
+    (``scale``, ``bias``; ``batch_stats``: ``mean``, ``var``, the biased batch variance).
+    Statistics are computed in float32 whatever ``dtype`` is.
+    """
+
+    groups: int = 1
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        if not train:
+            y = (x32 - ra_mean.value) * (lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+            return y.astype(self.dtype)
+        xg = x32.reshape(self.groups, -1, *x.shape[1:])
+        axes = tuple(range(1, xg.ndim - 1))
+        moments = jnp.stack([xg.mean(axes), jnp.square(xg).mean(axes)])  # (2, groups, c)
+        if self.axis_name is not None:
+            moments = lax.pmean(moments, self.axis_name)  # one all-reduce per layer
+        mean = moments[0]
+        var = jnp.maximum(moments[1] - jnp.square(mean), 0.0)
+        if not self.is_initializing():
+            m = self.momentum
+            ra_mean.value = m * ra_mean.value + (1 - m) * mean.mean(0)
+            ra_var.value = m * ra_var.value + (1 - m) * var.mean(0)
+        shape = (self.groups,) + (1,) * (x.ndim - 1) + (c,)  # broadcast over each group
+        inv = lax.rsqrt(var + self.epsilon) * scale
+        y = (xg - mean.reshape(shape)) * inv.reshape(shape) + bias
+        return y.reshape(x.shape).astype(self.dtype)
 
 
 class FeatureExtractor(nn.Module):
@@ -91,45 +168,42 @@ class FeatureExtractor(nn.Module):
     Attributes:
       arch: ``"mnist"`` or ``"svhn"`` (see `ARCHITECTURES`).
       batchnorm: add BatchNorm after each convolution (off = the paper).
-      dropout_rate: dropout on the flattened features (0 = the paper).
-      bn_axis_name: pmap axis over which BatchNorm statistics are averaged, so a
-        data-parallel step normalises with whole-batch statistics (sync BatchNorm).
+      bn_groups: domains stacked in the batch that BatchNorm normalises separately
+        (2 = per-domain statistics, 1 = statistics of the joint batch).
+      axis_name: data-parallel axis for synchronised BatchNorm statistics.
       dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
-      conv_impl: ``"xla"`` (`lax.conv_general_dilated`) or ``"patch"`` (the same
-        forward, gradients written out for XLA:CPU: `dann_jax.cpu_conv`); the same
-        parameters and numbers either way.
+      precision: ``lax.Precision`` of the convolutions (``HIGHEST``: full float32 on
+        every backend; None: the backend's default, TF32 on recent NVIDIA GPUs).
+      kernels: ``"xla"`` or ``"cpu"`` (see `KERNELS`); the same parameters and numbers.
     """
 
     arch: str = "mnist"
     batchnorm: bool = False
-    dropout_rate: float = 0.0
-    bn_axis_name: str | None = None
+    bn_groups: int = 1
+    axis_name: str | None = None
     dtype: Any = jnp.float32
-    conv_impl: str = "xla"
+    precision: Any = None
+    kernels: str = "xla"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Map images (N, H, W, C) to flat features (N, D)."""
-        conv = CONV_IMPLS[self.conv_impl]
-        for features, kernel, padding, window, stride, pool_padding in _arch(self.arch)["convs"]:
+        conv = cpu_conv.cpu_conv if self.kernels == "cpu" else lax.conv_general_dilated
+        convs = _arch(self.arch)["convs"]
+        for i, (features, kernel, padding, window, stride, pool_padding) in enumerate(convs):
             x = nn.Conv(
                 features, (kernel, kernel), padding=padding, dtype=self.dtype,
-                conv_general_dilated=conv,
+                precision=self.precision, conv_general_dilated=conv, name=f"Conv_{i}",
             )(x)  # fmt: skip
             if self.batchnorm:
-                x = nn.BatchNorm(
-                    use_running_average=not train,
-                    momentum=0.9,
-                    axis_name=self.bn_axis_name if train else None,
-                    dtype=self.dtype,
-                )(x)
+                x = DomainBatchNorm(
+                    self.bn_groups, axis_name=self.axis_name, dtype=self.dtype,
+                    name=f"BatchNorm_{i}",
+                )(x, train)  # fmt: skip
             x = nn.relu(x)
             if window is not None:
-                x = _max_pool(x, window, stride, pool_padding)
-        x = x.reshape(x.shape[0], -1)
-        if self.dropout_rate > 0:
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return x
+                x = max_pool(x, window, stride, pool_padding, self.kernels)
+        return x.reshape(x.shape[0], -1)
 
 
 class _MLP(nn.Module):
@@ -138,37 +212,38 @@ class _MLP(nn.Module):
     hidden: Sequence[int]
     out: int
     dtype: Any = jnp.float32
+    precision: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for width in self.hidden:
-            x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
-        return nn.Dense(self.out, dtype=self.dtype)(x)
+            x = nn.relu(nn.Dense(width, dtype=self.dtype, precision=self.precision)(x))
+        return nn.Dense(self.out, dtype=self.dtype, precision=self.precision)(x)
 
 
 class LabelClassifier(nn.Module):
-    """Label predictor G_y: features -> class logits (paper head for `arch`)."""
+    """Label predictor G_y: features -> class logits (N, num_classes)."""
 
-    arch: str = "mnist"
+    hidden: Sequence[int] = (100, 100)
     num_classes: int = 10
     dtype: Any = jnp.float32
+    precision: Any = None
 
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:
-        """Return class logits (N, num_classes)."""
-        return _MLP(_arch(self.arch)["label_head"], self.num_classes, self.dtype)(features)
+        return _MLP(tuple(self.hidden), self.num_classes, self.dtype, self.precision)(features)
 
 
 class DomainDiscriminator(nn.Module):
-    """Domain classifier G_d: features -> one logit (source = 0, target = 1)."""
+    """Domain classifier G_d: features -> one logit per example (source = 0, target = 1)."""
 
-    arch: str = "mnist"
+    hidden: Sequence[int] = (100,)
     dtype: Any = jnp.float32
+    precision: Any = None
 
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:
-        """Return domain logits (N,)."""
-        return _MLP(_arch(self.arch)["domain_head"], 1, self.dtype)(features)[:, 0]
+        return _MLP(tuple(self.hidden), 1, self.dtype, self.precision)(features)[:, 0]
 
 
 class DANN(nn.Module):
@@ -176,45 +251,59 @@ class DANN(nn.Module):
 
     ``__call__(x_source, x_target, lambda_, train)`` returns a dict with
     ``class_logits`` (source only), ``domain_logits_source`` and
-    ``domain_logits_target``. The discriminator sees ``grad_reverse(features,
-    lambda_)``, so one backward pass trains the discriminator to separate the domains
-    and the extractor (with gradient -lambda) to confuse it.
+    ``domain_logits_target``. The extractor runs once over the source batch followed by
+    the target batch (BatchNorm with ``bn_groups=2`` normalises each half with its own
+    statistics); the discriminator sees ``grad_reverse(features, lambda_)``, so one
+    backward pass trains the discriminator to separate the domains and the extractor
+    (with gradient -lambda) to confuse it.
 
     Attributes:
-      arch: ``"mnist"`` or ``"svhn"``.
+      extractor: any linen module mapping images (N, H, W, C) to features (N, D), called
+        as ``extractor(x, train=...)`` (e.g. `FeatureExtractor`, a backbone of
+        `dann_jax.backbones`, or your own).
       num_classes: number of label classes.
-      batchnorm: BatchNorm in the extractor (off = the paper).
-      bn_stats: with BatchNorm, ``"joint"`` normalises source and target together with
-        statistics of the concatenated batch; ``"per_domain"`` runs the extractor on each
-        domain separately, so each is normalised with its own batch statistics (the
-        running averages, used at test time, then see both domains in turn).
-      dropout_rate: dropout on the extractor's output features.
-      bn_axis_name: pmap axis name for synchronised BatchNorm statistics.
-      dtype: computation dtype; parameters are float32 whatever it is.
-      conv_impl: how the extractor's convolutions are computed (see `FeatureExtractor`).
+      label_head: hidden widths of the label classifier.
+      domain_head: hidden widths of the domain discriminator.
+      dropout_rate: dropout on the extractor's output features (0 = the paper).
+      axis_name: data-parallel axis name, set by `with_axis` inside a per-device step.
+      dtype: computation dtype of the heads; parameters are float32 whatever it is.
+      precision: ``lax.Precision`` of the heads' matmuls.
 
     References:
       Ganin et al., JMLR 2016, Sec. 4 (eq. 18) and Fig. 1.
     """
 
-    arch: str = "mnist"
+    extractor: nn.Module
     num_classes: int = 10
-    batchnorm: bool = False
-    bn_stats: str = "joint"
+    label_head: Sequence[int] = (100, 100)
+    domain_head: Sequence[int] = (100,)
     dropout_rate: float = 0.0
-    bn_axis_name: str | None = None
+    axis_name: str | None = None
     dtype: Any = jnp.float32
-    conv_impl: str = "xla"
+    precision: Any = None
 
     def setup(self):
-        if self.bn_stats not in BN_STATS:
-            raise ValueError(f"bn_stats must be one of {BN_STATS}, got {self.bn_stats!r}")
-        self.extractor = FeatureExtractor(
-            self.arch, self.batchnorm, self.dropout_rate, self.bn_axis_name, self.dtype,
-            self.conv_impl,
-        )  # fmt: skip
-        self.classifier = LabelClassifier(self.arch, self.num_classes, self.dtype)
-        self.discriminator = DomainDiscriminator(self.arch, self.dtype)
+        self.classifier = LabelClassifier(
+            tuple(self.label_head), self.num_classes, self.dtype, self.precision
+        )
+        self.discriminator = DomainDiscriminator(
+            tuple(self.domain_head), self.dtype, self.precision
+        )
+
+    def _dropout(self, features: jax.Array, n: int) -> jax.Array:
+        """Dropout whose mask row is a function of the example's row in the global batch.
+
+        Rows are numbered as in one device's batch (source rows, then target rows), and
+        each mask row comes from ``fold_in(key, row)``: a data-parallel step draws exactly
+        the masks one device would on the whole batch, whatever the device count.
+        """
+        first, devices = _local_rows(self.axis_name, n)
+        local = jnp.arange(n, dtype=jnp.int32)
+        rows = jnp.concatenate([first + local, devices * n + first + local])
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(self.make_rng("dropout"), rows)
+        keep_prob = 1.0 - self.dropout_rate
+        keep = jax.vmap(lambda k: jax.random.bernoulli(k, keep_prob, features.shape[1:]))(keys)
+        return jnp.where(keep, features / keep_prob, 0).astype(features.dtype)
 
     def __call__(
         self,
@@ -224,38 +313,68 @@ class DANN(nn.Module):
         train: bool = True,
     ) -> dict[str, jax.Array]:
         n = x_source.shape[0]
-        if self.batchnorm and self.bn_stats == "per_domain":
-            f_source = self.extractor(x_source, train)
-            f_target = self.extractor(x_target, train)
-            features = jnp.concatenate([f_source, f_target])
-        else:
-            # One pass over the joint batch: same numbers without BatchNorm, bigger kernels.
-            features = self.extractor(jnp.concatenate([x_source, x_target]), train)
-            f_source = features[:n]
+        features = self.extractor(jnp.concatenate([x_source, x_target]), train=train)
+        if train and self.dropout_rate > 0:
+            features = self._dropout(features, n)
         domain_logits = self.discriminator(grad_reverse(features, lambda_))
         return {
-            "class_logits": self.classifier(f_source),
+            "class_logits": self.classifier(features[:n]),
             "domain_logits_source": domain_logits[:n],
             "domain_logits_target": domain_logits[n:],
         }
 
     def features(self, x: jax.Array) -> jax.Array:
         """Extractor features in inference mode (running BatchNorm statistics)."""
-        return self.extractor(x, False)
+        return self.extractor(x, train=False)
 
     def predict(self, x: jax.Array) -> jax.Array:
         """Class logits in inference mode."""
-        return self.classifier(self.extractor(x, False))
+        return self.classifier(self.features(x))
 
     def predict_domain(self, x: jax.Array) -> jax.Array:
         """Domain logits in inference mode (positive = looks like the target)."""
-        return self.discriminator(self.extractor(x, False))
+        return self.discriminator(self.features(x))
 
     def infer(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """(features, class logits, domain logits) in inference mode, one extractor pass.
-
-        The same numbers as `features`, `predict` and `predict_domain` (the inference
-        extractor is deterministic), for a third of the extractor's cost.
-        """
-        features = self.extractor(x, False)
+        """(features, class logits, domain logits) in inference mode, one extractor pass."""
+        features = self.features(x)
         return features, self.classifier(features), self.discriminator(features)
+
+
+def with_axis(model: DANN, axis_name: str | None) -> DANN:
+    """`model` for a per-device step over `axis_name`: synchronised BatchNorm, global dropout.
+
+    The extractor gets the axis too when it has an ``axis_name`` attribute (the modules of
+    this package do); an extractor without one computes its own statistics per device.
+    """
+    if axis_name is None:
+        return model
+    extractor = model.extractor
+    if "axis_name" in {f.name for f in dataclasses.fields(extractor)}:
+        extractor = extractor.clone(axis_name=axis_name)
+    return model.clone(axis_name=axis_name, extractor=extractor)
+
+
+def paper_model(
+    arch: str = "mnist",
+    num_classes: int = 10,
+    *,
+    batchnorm: bool = False,
+    bn_stats: str = "joint",
+    dropout: float = 0.0,
+    dtype: Any = jnp.float32,
+    precision: Any = None,
+    kernels: str = "xla",
+) -> DANN:
+    """The DANN paper's digit model ``arch`` (``"mnist"`` or ``"svhn"``), optionally with
+    BatchNorm (``bn_stats``: ``"joint"`` or ``"per_domain"``) and feature dropout."""
+    spec = _arch(arch)
+    if bn_stats not in ("joint", "per_domain"):
+        raise ValueError(f"bn_stats must be 'joint' or 'per_domain', got {bn_stats!r}")
+    extractor = FeatureExtractor(
+        arch, batchnorm, 2 if bn_stats == "per_domain" else 1, None, dtype, precision, kernels
+    )
+    return DANN(
+        extractor, num_classes, spec["label_head"], spec["domain_head"], dropout,
+        dtype=dtype, precision=precision,
+    )  # fmt: skip

@@ -1,14 +1,15 @@
-"""Data parallelism by sharding: one jitted program over a device mesh.
+"""Data parallelism over a device mesh: the mesh, and moving pytrees onto it and back.
 
 The training state and the device-resident data pools are replicated on every device;
-each step draws the *global* batch exactly as a single-device run does and constrains it
-to be split along the mesh's ``batch`` axis, so XLA partitions the step and inserts the
-gradient all-reduce itself. The same code runs on one device, on all local devices and
-across hosts (after ``jax.distributed.initialize()``): on N devices it computes what
-one device computes on the whole batch, up to the order of floating-point sums.
+the per-device step (`dann_jax.compiled`, a ``jax.shard_map`` over the mesh's ``batch``
+axis) gathers each device's block of the global batch itself. Test sets are split
+along the mesh (`put_sharded`), so evaluation too is 1/N of the work per device. The
+same code runs on one device, on all local devices and across hosts (after
+``jax.distributed.initialize()``): on N devices it computes what one device computes
+on the whole batch, up to the order of floating-point sums.
 
-References: the JAX guide "Distributed arrays and automatic parallelization"; big_vision's
-train loop (one jitted update over a mesh, state donated).
+References: the JAX guide "Distributed arrays and automatic parallelization" and its
+``shard_map`` page; big_vision's train loop (one jitted update over a mesh, donated).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "fetch",
     "make_mesh",
     "put_replicated",
+    "put_sharded",
     "replicate",
     "replicated",
     "shard",
@@ -36,9 +38,13 @@ BATCH_AXIS = "batch"  # also `dann_jax.train.AXIS`, the pmap axis name (see `rep
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
-    """A 1-D mesh named ``batch`` over `devices` (default: every device of every process)."""
-    devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), (BATCH_AXIS,))
+    """A 1-D mesh named ``batch`` over `devices` (default: every device of every process).
+
+    Built by ``jax.make_mesh``, which orders the devices along the interconnect (a ring
+    on TPU), so the gradient all-reduce takes the fast path.
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    return jax.make_mesh((len(devices),), (BATCH_AXIS,), devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -46,13 +52,17 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over the mesh, the rest whole."""
-    return NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
+def batch_sharding(mesh: Mesh, axis: int = 0) -> NamedSharding:
+    """Axis `axis` split over the mesh, the rest whole."""
+    return NamedSharding(mesh, PartitionSpec(*([None] * axis), BATCH_AXIS))
 
 
 def _put_leaf(x: Any, sharding: NamedSharding) -> jax.Array:
-    """One host value onto every device of `sharding` (every process passes the same value)."""
+    """One host value onto the devices of `sharding` (every process passes the same value).
+
+    Each process supplies the pieces its own devices hold, so the same call works on one
+    host and across hosts.
+    """
     if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
         # Typed PRNG keys travel as their raw data and are wrapped again on the devices.
         impl = jax.random.key_impl(x)
@@ -60,10 +70,8 @@ def _put_leaf(x: Any, sharding: NamedSharding) -> jax.Array:
         return jax.random.wrap_key_data(data, impl=impl)
     if sharding.is_fully_addressable:
         return jax.device_put(x, sharding)
-    # Several processes: each holds the whole (replicated) value and supplies its own
-    # devices' copies.
     x = np.asarray(x)
-    return jax.make_array_from_process_local_data(sharding, x, x.shape)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
 def put_replicated(tree: Any, mesh: Mesh) -> Any:
@@ -72,17 +80,27 @@ def put_replicated(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda x: _put_leaf(x, sharding), tree)
 
 
-def fetch(tree: Any) -> Any:
-    """A host (numpy) copy of a replicated pytree; works on multi-host arrays too.
+def put_sharded(tree: Any, mesh: Mesh, axis: int = 0) -> Any:
+    """Every leaf of a host pytree split along `axis` over the mesh (e.g. a test set)."""
+    sharding = batch_sharding(mesh, axis)
+    return jax.tree.map(lambda x: _put_leaf(x, sharding), tree)
 
-    A replicated array's local copy is the whole value, so no cross-host transfer is
-    needed.
+
+def fetch(tree: Any) -> Any:
+    """A host (numpy) copy of a pytree of replicated or sharded arrays, also multi-host.
+
+    A replicated array's local copy is the whole value, so it needs no cross-host
+    transfer; an array split over several hosts is gathered from all of them
+    (``multihost_utils.process_allgather``: every process must call `fetch` then).
     """
+
+    def addressable(x):
+        return not isinstance(x, jax.Array) or x.is_fully_addressable
 
     leaves = jax.tree.leaves(tree)
     if all(
-        not isinstance(x, jax.Array)
-        or (x.is_fully_addressable and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key))
+        addressable(x)
+        and not (isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key))
         for x in leaves
     ):
         return jax.device_get(tree)  # the usual case: one batched transfer
@@ -92,9 +110,13 @@ def fetch(tree: Any) -> Any:
             return jax.random.wrap_key_data(
                 get(jax.random.key_data(x)), impl=jax.random.key_impl(x)
             )
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if addressable(x):
+            return jax.device_get(x)
+        if x.sharding.is_fully_replicated:
             return np.asarray(x.addressable_data(0))
-        return jax.device_get(x)
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
     return jax.tree.map(get, tree)
 
@@ -109,7 +131,7 @@ def replicate(tree: Any, devices: list | None = None) -> Any:
     devices = devices or jax.local_devices()
     # The mesh axis is named like the pmap axis: a pmapped step's outputs then carry the
     # same sharding as these inputs, and its second call does not compile again.
-    mesh = jax.sharding.Mesh(np.array(devices), (BATCH_AXIS,))
+    mesh = jax.sharding.Mesh(np.array(devices), (BATCH_AXIS,))  # pmap's own device order
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(BATCH_AXIS))
 
     def put(x):

@@ -1,22 +1,24 @@
 """The DANN train step: one pure function of ``(state, batch, hparams)``.
 
-Compiled by `dann_jax.compiled` (``jit`` on one device or over a mesh, or ``pmap``).
+Compiled by `dann_jax.compiled` (``jit`` on one device, ``jit`` of a ``shard_map`` over a
+device mesh, or ``pmap``).
 
 State is a plain pytree (`TrainState`); `train_step` maps ``(state, batch, hparams)`` to
 ``(state, metrics)``. Everything numeric that a schedule or a sweep changes (lambda2,
 lambda3, label smoothing, learning rate, total steps) lives in ``hparams`` (traced
 float32 scalars, see `dann_jax.config.hyperparams`), so one compiled program serves
 every value. Progress ``p = state.step / total_steps`` comes from the global step, so
-schedules survive a resume and agree across data-parallel replicas.
+schedules survive a resume and agree across data-parallel devices.
 
 Device-resident training: `train_steps` draws K batches on the device from
-device-resident uint8 arrays (``data``) and runs K steps in one ``lax.scan``; the host
-only dispatches and, once per call, reads the metrics.
+device-resident uint8 pools (`TrainData`: one flat row per image) and runs K steps in
+one ``lax.scan``; the host only dispatches and reads the metrics.
 
-Data parallelism: given a ``mesh`` (`dann_jax.sharding.make_mesh`), `train_steps` splits
-each drawn batch along it and the compiled program is partitioned over its devices (the
-main job's path, also across hosts); with an ``axis_name`` the step is the ``jax.pmap``
-form, with explicit replicas.
+Data parallelism: with an ``axis_name`` both functions are the *per-device* step of a
+``shard_map`` (or ``pmap``) over that axis. Each device draws the same global batch
+indices, gathers only its own block of rows, and averages gradients, BatchNorm
+statistics and metrics over the axis (``lax.pmean``), so N devices compute what one
+device computes on the whole batch with one all-reduce of the gradients per step.
 """
 
 from __future__ import annotations
@@ -33,17 +35,19 @@ import optax
 from dann_jax import losses, schedules, sharding
 from dann_jax.config import Config
 from dann_jax.evaluate import normalize
-from dann_jax.models import DANN
+from dann_jax.models import DANN, paper_model, with_axis
 
 __all__ = [
     "AXIS",
     "LOSS_TERMS",
     "NonFiniteLossError",
+    "TrainData",
     "TrainState",
     "check_finite",
     "create_train_state",
     "make_model",
     "make_optimizer",
+    "make_train_data",
     "sample_batch",
     "stack_trees",
     "train_step",
@@ -51,7 +55,7 @@ __all__ = [
     "tree_index",
 ]
 
-AXIS = sharding.BATCH_AXIS  # pmap axis name
+AXIS = sharding.BATCH_AXIS  # the data-parallel axis (mesh axis and pmap axis name)
 # The components first: a NaN in either makes the total NaN too, and the message should
 # name where it started.
 LOSS_TERMS = ("label_loss", "domain_loss", "loss")
@@ -85,21 +89,32 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def make_model(config: Config, backend: str | None = None) -> DANN:
-    """The DANN module described by `config` (architecture, BatchNorm, dropout, dtype).
+    """The DANN module described by `config` (architecture, BatchNorm, dropout, precision).
 
-    The one place that picks code per backend: on CPU the convolutions' gradients are
-    written out (`dann_jax.cpu_conv`: same parameters and numbers, faster on XLA:CPU);
-    on GPU and TPU the model is plain ``lax.conv_general_dilated``.
+    The one place that picks code per backend: on CPU, convolutions with few input
+    channels and non-overlapping max-pools are written out for XLA:CPU
+    (`dann_jax.models.KERNELS`: same parameters and numbers, faster there); on GPU and TPU
+    the model is plain ``lax.conv_general_dilated`` and ``reduce_window``.
+
+    ``config.precision``: ``fp32`` is float32 with full-precision convolutions and
+    matmuls (``lax.Precision.HIGHEST``) on every backend; ``tf32`` is float32 at the
+    backend's default precision (TF32 on NVIDIA Ampere and later, one bfloat16 pass on
+    TPU, float32 on CPU); ``bf16`` computes in bfloat16. Parameters are float32 always.
     """
     backend = backend or jax.default_backend()
-    return DANN(
-        arch=config.arch,
+    return paper_model(
+        config.arch,
         batchnorm=config.batchnorm,
         bn_stats=config.bn_stats,
-        dropout_rate=config.dropout,
+        dropout=config.dropout,
         dtype=jnp.bfloat16 if config.precision == "bf16" else jnp.float32,
-        conv_impl="patch" if backend == "cpu" else "xla",
+        precision=PRECISION[config.precision],
+        kernels="cpu" if backend == "cpu" else "xla",
     )
+
+
+# `Config.precision` -> the `lax.Precision` of every convolution and matmul of the model.
+PRECISION = {"fp32": jax.lax.Precision.HIGHEST, "tf32": None, "bf16": None}
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
@@ -162,37 +177,108 @@ def _init_state(rng: jax.Array, model: DANN, tx, image_shape: tuple[int, ...]) -
     )
 
 
-def _step_keys(rng: jax.Array, step: jax.Array, axis_name: str | None) -> tuple[jax.Array, ...]:
-    """(data key, dropout key) of one step, distinct per data-parallel replica."""
-    key = jax.random.fold_in(rng, step)
-    if axis_name is not None:
-        key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-    data_key, dropout_key = jax.random.split(key)
+def _step_keys(rng: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(data key, dropout key) of one step: the same on every data-parallel device."""
+    data_key, dropout_key = jax.random.split(jax.random.fold_in(rng, step))
     return data_key, dropout_key
 
 
-def sample_batch(key: jax.Array, data: dict[str, jax.Array], batch_size: int) -> Batch:
-    """Draw one training batch on the device from device-resident arrays.
+@flax.struct.dataclass
+class TrainData:
+    """Device-resident training pools: one flat uint8 row per image.
+
+    Flat rows (``(N, H*W*C)``) because a TPU tiles the two minor dimensions of an array in
+    device memory: ``(N, 28, 28, 3)`` would pad each (28, 3) slice to a (32, 128) tile,
+    about 48 times the data. Batches are gathered as rows and reshaped on the device.
+
+    Attributes:
+      source_images: (N_s, H*W*C) uint8.
+      source_labels: (N_s,) int32.
+      target_images: (N_t, H*W*C) uint8 (no labels: the target is unlabelled).
+      mean: (C,) float32, subtracted after scaling to [0, 1].
+      image_shape: (H, W, C), static (part of the pytree structure, not a traced value).
+    """
+
+    source_images: jax.Array
+    source_labels: jax.Array
+    target_images: jax.Array
+    mean: jax.Array
+    image_shape: tuple[int, int, int] = flax.struct.field(pytree_node=False)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the pools (what every device holds a copy of)."""
+        return sum(
+            int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(self)
+        )
+
+
+def make_train_data(
+    source_images: np.ndarray,
+    source_labels: np.ndarray,
+    target_images: np.ndarray,
+    mean: np.ndarray | None = None,
+) -> TrainData:
+    """`TrainData` (host arrays) from uint8 images ``(N, H, W, C)`` and int labels.
+
+    ``mean`` defaults to the per-channel mean of both domains' images scaled to [0, 1]
+    (no labels involved).
+    """
+    xs, xt = np.asarray(source_images), np.asarray(target_images)
+    if xs.dtype != np.uint8 or xt.dtype != np.uint8 or xs.shape[1:] != xt.shape[1:]:
+        raise ValueError(
+            f"images must be uint8 (N, H, W, C) of one shape; got {xs.dtype}{list(xs.shape)} "
+            f"and {xt.dtype}{list(xt.shape)}"
+        )
+    if mean is None:
+        total = xs.reshape(-1, xs.shape[-1]).sum(0, np.float64) + xt.reshape(-1, xt.shape[-1]).sum(
+            0, np.float64
+        )
+        mean = total / (255.0 * (xs.size + xt.size) / xs.shape[-1])
+    return TrainData(
+        xs.reshape(len(xs), -1),
+        np.asarray(source_labels, np.int32),
+        xt.reshape(len(xt), -1),
+        np.asarray(mean, np.float32),
+        tuple(int(d) for d in xs.shape[1:]),
+    )
+
+
+def _rows(pool: jax.Array, idx: jax.Array, image_shape, mean: jax.Array) -> jax.Array:
+    """Gathered flat rows as normalised float32 images (n, H, W, C)."""
+    return normalize(pool[idx].reshape(len(idx), *image_shape), mean)
+
+
+def sample_batch(
+    key: jax.Array, data: TrainData, batch_size: int, axis_name: str | None = None
+) -> Batch:
+    """Draw one training batch on the device from device-resident pools.
 
     Indices are drawn uniformly with replacement, independently for source and target,
-    so no host-side epoch bookkeeping is needed.
+    so no host-side epoch bookkeeping is needed. With ``axis_name`` (inside a per-device
+    step) every device draws the same ``batch_size`` global indices and gathers only its
+    own contiguous block of ``batch_size / devices`` rows per domain.
 
     Args:
       key: PRNG key.
-      data: ``source_images`` (N_s, H, W, C) uint8, ``source_labels`` (N_s,) int32,
-        ``target_images`` (N_t, H, W, C) uint8, ``mean`` (C,) float32.
-      batch_size: images per domain.
+      data: a `TrainData`.
+      batch_size: images per domain in the (global) batch.
+      axis_name: the data-parallel axis, or None for the whole batch.
 
     Returns:
       ``source_images``, ``source_labels``, ``target_images`` (normalised float32).
     """
     ks, kt = jax.random.split(key)
-    i_s = jax.random.randint(ks, (batch_size,), 0, data["source_images"].shape[0])
-    i_t = jax.random.randint(kt, (batch_size,), 0, data["target_images"].shape[0])
+    i_s = jax.random.randint(ks, (batch_size,), 0, data.source_images.shape[0])
+    i_t = jax.random.randint(kt, (batch_size,), 0, data.target_images.shape[0])
+    if axis_name is not None:
+        per = batch_size // jax.lax.axis_size(axis_name)
+        start = jax.lax.axis_index(axis_name) * per
+        i_s, i_t = (jax.lax.dynamic_slice_in_dim(i, start, per) for i in (i_s, i_t))
     return {
-        "source_images": normalize(data["source_images"][i_s], data["mean"]),
-        "source_labels": data["source_labels"][i_s],
-        "target_images": normalize(data["target_images"][i_t], data["mean"]),
+        "source_images": _rows(data.source_images, i_s, data.image_shape, data.mean),
+        "source_labels": data.source_labels[i_s],
+        "target_images": _rows(data.target_images, i_t, data.image_shape, data.mean),
     }
 
 
@@ -257,8 +343,10 @@ def train_step(
       model: the `DANN` module.
       tx: optimizer from `make_optimizer` (an ``inject_hyperparams`` transformation).
       lambda2_schedule: ``"dann"`` ramp or ``"constant"`` (selects code, so static).
-      axis_name: pmap axis name; gradients, BatchNorm statistics and metrics are averaged
-        over it. None on a single device.
+      axis_name: the data-parallel axis when this is the per-device step of a
+        ``shard_map`` or ``pmap`` (``batch`` is then this device's share of the global
+        batch); gradients, BatchNorm statistics and metrics are averaged over it. None
+        on a single device.
       diagnostics: also return ``domain_accuracy``, ``source_accuracy`` and
         ``grad_norm`` (static; False leaves out their reductions, a few small kernels
         per step, for the leanest program). The update is the same either way.
@@ -272,12 +360,11 @@ def train_step(
       Ganin et al., "Domain-Adversarial Training of Neural Networks", JMLR 2016,
       Algorithm 1 and Sec. 5.2.2 (schedules).
     """
-    if axis_name is not None and model.batchnorm:
-        model = model.clone(bn_axis_name=axis_name)  # whole-batch (synchronised) statistics
+    model = with_axis(model, axis_name)  # synchronised BatchNorm, global dropout masks
     p = schedules.progress(state.step, hparams["total_steps"])
     lam = schedules.grl_lambda(lambda2_schedule, p, hparams["lambda2"], hparams["gamma"])
     lr = schedules.annealed_learning_rate(p, hparams["lr"], hparams["lr_alpha"], hparams["lr_beta"])
-    _, dropout_key = _step_keys(state.rng, state.step, axis_name)
+    _, dropout_key = _step_keys(state.rng, state.step)
     use_bn = bool(state.batch_stats)
 
     def loss_fn(params):
@@ -299,10 +386,10 @@ def train_step(
     (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     metrics = {"loss": loss, **aux}
     if axis_name is not None:
-        # Every replica saw an equal share of the batch, so the mean of the per-replica
-        # mean gradients is the whole-batch gradient.
-        grads = jax.lax.pmean(grads, axis_name)
-        metrics = jax.lax.pmean(metrics, axis_name)
+        # Every device saw an equal share of the batch, so the mean of the per-device
+        # mean gradients is the whole-batch gradient. One pmean of both trees: one
+        # all-reduce per step.
+        grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
     updates, opt_state = tx.update(grads, _with_lr(state.opt_state, lr), state.params)
     params = optax.apply_updates(state.params, updates)
     metrics.update(lambda2=lam, learning_rate=lr)
@@ -319,7 +406,7 @@ def train_step(
 
 def train_steps(
     state: TrainState,
-    data: dict[str, jax.Array],
+    data: TrainData,
     hparams: dict[str, jax.Array],
     *,
     model: DANN,
@@ -329,7 +416,7 @@ def train_steps(
     lambda2_schedule: str = "dann",
     axis_name: str | None = None,
     unroll: int | bool = 1,
-    mesh: jax.sharding.Mesh | None = None,
+    vmap_seeds: bool = False,
 ) -> tuple[TrainState, Metrics]:
     """`num_steps` train steps in one ``lax.scan``, batches drawn on the device.
 
@@ -338,48 +425,44 @@ def train_steps(
     resumed run continues the same batch sequence.
 
     Args:
-      state: current `TrainState`.
-      data: device-resident arrays, see `sample_batch`.
+      state: current `TrainState` (with ``vmap_seeds``, one per seed stacked on axis 0).
+      data: device-resident pools, see `TrainData`.
       hparams: traced hyperparameters, see `train_step`.
       model: the `DANN` module.
       tx: the optimizer.
       num_steps: steps per call (static: the scan length).
-      batch_size: images per domain per step on this device (static: a shape); with a
-        ``mesh``, the global batch.
+      batch_size: images per domain in the global batch (static: a shape).
       lambda2_schedule: ``"dann"`` or ``"constant"``.
-      axis_name: pmap axis name, or None.
+      axis_name: the data-parallel axis (this is then the per-device program: each
+        device gathers its share of every global batch), or None.
       unroll: ``lax.scan`` unrolling (``True``: fully unrolled).
-      mesh: split each drawn batch along this mesh's ``batch`` axis (the batch itself is
-        drawn exactly as on one device).
+      vmap_seeds: train every seed of the stacked state at once (`jax.vmap`); the
+        seeds share ``data`` and ``hparams``.
 
     Returns:
-      ``(new_state, metrics)`` with every metric stacked to shape (num_steps,).
+      ``(new_state, metrics)``, every metric stacked to shape (num_steps,), or
+      (num_steps, num_seeds) with ``vmap_seeds``: the step axis always comes first.
     """
 
-    def body(state, _):
-        data_key, _ = _step_keys(state.rng, state.step, axis_name)
-        batch = sample_batch(data_key, data, batch_size)
-        if mesh is not None:
-            batch = jax.lax.with_sharding_constraint(batch, sharding.batch_sharding(mesh))
+    def one(state):
+        data_key, _ = _step_keys(state.rng, state.step)
+        batch = sample_batch(data_key, data, batch_size, axis_name)
         return train_step(
-            state,
-            batch,
-            hparams,
-            model=model,
-            tx=tx,
-            lambda2_schedule=lambda2_schedule,
-            axis_name=axis_name,
-        )
+            state, batch, hparams, model=model, tx=tx,
+            lambda2_schedule=lambda2_schedule, axis_name=axis_name,
+        )  # fmt: skip
 
+    if vmap_seeds:
+        one = jax.vmap(one)
     if unroll is True or (not isinstance(unroll, bool) and unroll >= num_steps):
         # Fully unrolled: a Python loop, so that no XLA while-loop is left at all (a
         # length-1 scan still emits one).
         stacked = []
         for _ in range(num_steps):
-            state, metrics = body(state, None)
+            state, metrics = one(state)
             stacked.append(metrics)
         return state, stack_trees(stacked)
-    return jax.lax.scan(body, state, None, length=num_steps, unroll=unroll)
+    return jax.lax.scan(lambda s, _: one(s), state, None, length=num_steps, unroll=unroll)
 
 
 _TERM_NAMES = {

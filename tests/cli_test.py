@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import paragraph
 from tests.helpers import run_digits_cli as _cli
 
 FAST = ["--steps-per-call", "5", "--eval-every", "10"]
@@ -15,7 +16,7 @@ def _assert_clean_failure(proc, *needles, workdir=None):
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr
     for needle in needles:
-        assert needle in proc.stderr, (needle, proc.stderr)
+        assert needle in paragraph(proc.stderr), (needle, proc.stderr)
     if workdir is not None:
         assert not (Path(workdir) / "results.json").exists()
 

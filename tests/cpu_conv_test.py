@@ -46,7 +46,7 @@ def test_many_channels_and_strides_go_to_lax():
 def test_cpu_model_has_the_default_models_loss_and_gradients(arch):
     config = dj.Config(arch=arch, steps=100)
     cpu, default = dj.make_model(config, backend="cpu"), dj.make_model(config, backend="gpu")
-    assert (cpu.conv_impl, default.conv_impl) == ("patch", "xla")
+    assert (cpu.extractor.kernels, default.extractor.kernels) == ("cpu", "xla")
     size = 28 if arch == "mnist" else 32
     data = synthetic_data(32, size=size)
     batch = dj.sample_batch(jax.random.key(0), data, 8)

@@ -10,6 +10,7 @@ import pytest
 
 from dann_jax import checkpoint, experiment, train
 from dann_jax.config import Config
+from tests.helpers import paragraph
 from tests.helpers import run_digits_cli as _cli
 
 FAST = ["--steps-per-call", "5", "--eval-every", "10"]
@@ -76,7 +77,7 @@ def test_workdir_with_a_different_config_is_refused(default_run):
         "--lambda2", "0.5", "--steps", "20", *FAST, "--workdir", workdir, cwd=workdir.parent
     )
     assert proc.returncode == 2
-    assert "different config" in proc.stderr and "lambda2" in proc.stderr
+    assert "different config" in paragraph(proc.stderr) and "lambda2" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert (workdir / "results.json").read_text() == before
 

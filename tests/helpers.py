@@ -21,7 +21,6 @@ from pathlib import Path
 
 import h5py
 import jax
-import jax.numpy as jnp
 import numpy as np
 import scipy.io
 from PIL import Image
@@ -199,8 +198,11 @@ WRITERS = {
 # -------------------------------------------------------------- in-memory training data
 
 
-def synthetic_data(n=256, size=28, seed=0):
-    """Two domains with learnable labels: class = brightest of 10 horizontal bands."""
+def synthetic_images(n=256, size=28, seed=0):
+    """Two domains with learnable labels: class = brightest of 10 horizontal bands.
+
+    Returns (source images, source labels, target images, target labels), uint8 NHWC.
+    """
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, size=(2, n))
     images = rng.integers(0, 60, size=(2, n, size, size, 3)).astype(np.uint8)
@@ -209,18 +211,32 @@ def synthetic_data(n=256, size=28, seed=0):
         for i, y in enumerate(labels[d]):
             images[d, i, y * band : (y + 1) * band] += 150
     images[1] = 255 - images[1]  # the target domain: inverted contrast
-    return {
-        "source_images": jnp.asarray(images[0]),
-        "source_labels": jnp.asarray(labels[0], jnp.int32),
-        "target_images": jnp.asarray(images[1]),
-        "mean": jnp.full((3,), 0.5, jnp.float32),
-    }
+    return images[0], labels[0].astype(np.int32), images[1], labels[1].astype(np.int32)
 
 
-def setup_run(**overrides):
-    """(config, model, optimizer, initial state) of a 100-step run with `overrides`."""
+def synthetic_data(n=256, size=28, seed=0) -> dj.TrainData:
+    """`synthetic_images` as training pools (flat uint8 rows, mean 0.5) on the device."""
+    xs, ys, xt, _ = synthetic_images(n, size, seed)
+    host = dj.make_train_data(xs, ys, xt, mean=np.full((3,), 0.5, np.float32))
+    return jax.device_put(host)
+
+
+def unflat(pool: jax.Array, data: dj.TrainData) -> np.ndarray:
+    """A flat pool of `data` back as host images (N, H, W, C)."""
+    return np.asarray(pool).reshape(len(pool), *data.image_shape)
+
+
+RECIPES = {"paper": {}, "improved": {"batchnorm": True, "bn_stats": "per_domain", "dropout": 0.5}}
+
+
+def setup_run(backend=None, **overrides):
+    """(config, model, optimizer, initial state) of a 100-step run with `overrides`.
+
+    ``backend="gpu"`` builds the accelerator model (plain XLA convolutions and pools) on
+    this CPU machine; the default is the model this backend would run.
+    """
     config = dj.Config(**{"steps": 100, **overrides}).validate()
-    model = dj.make_model(config)
+    model = dj.make_model(config, backend=backend)
     tx = dj.make_optimizer(config)
     state = dj.create_train_state(jax.random.key(config.seed), model, tx, (28, 28, 3))
     return config, model, tx, state
@@ -316,6 +332,11 @@ def run_digits_cli(*args, cwd, timeout=300):
         cwd=cwd,
         env=env,
     )
+
+
+def paragraph(text: str) -> str:
+    """An error message with its line wrapping undone (the CLI wraps at 100 columns)."""
+    return " ".join(text.split())
 
 
 def heavy_imports(module: str) -> list[str]:

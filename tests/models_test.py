@@ -1,11 +1,13 @@
-"""Paper architectures: output shapes and exact parameter counts."""
+"""Paper architectures: output shapes and exact parameter counts; per-domain BatchNorm
+updates its running averages once per step; dropout; any extractor."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dann_jax.models import DANN, FeatureExtractor
+import dann_jax as dj
+from dann_jax.models import DANN, DomainBatchNorm, max_pool, paper_model
 
 
 def _count(tree):
@@ -18,7 +20,7 @@ def _init(model, size, n=2):
 
 
 def test_mnist_architecture_shapes_and_counts():
-    model = DANN(arch="mnist")
+    model = paper_model("mnist")
     params = _init(model, 28)["params"]
     ext = params["extractor"]
     assert _count(ext["Conv_0"]) == 5 * 5 * 3 * 32 + 32 == 2_432
@@ -36,7 +38,7 @@ def test_mnist_architecture_shapes_and_counts():
 
 
 def test_svhn_architecture_shapes_and_counts():
-    model = DANN(arch="svhn")
+    model = paper_model("svhn")
     params = jax.eval_shape(lambda: _init(model, 32))["params"]
     ext = params["extractor"]
     assert _count(ext["Conv_0"]) == 5 * 5 * 3 * 64 + 64
@@ -57,17 +59,18 @@ def test_svhn_architecture_shapes_and_counts():
 def test_reshape_pool_equals_flax_max_pool():
     import flax.linen as nn
 
-    from dann_jax.models import _max_pool
-
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
-    np.testing.assert_array_equal(
-        np.asarray(_max_pool(x, 2, 2, "VALID")), np.asarray(nn.max_pool(x, (2, 2), (2, 2)))
-    )
+    want = np.asarray(nn.max_pool(x, (2, 2), (2, 2)))
+    np.testing.assert_array_equal(np.asarray(max_pool(x, 2, 2, "VALID", "cpu")), want)
+    np.testing.assert_array_equal(np.asarray(max_pool(x, 2, 2, "VALID", "xla")), want)
+    # The reshape form is the CPU's only: on an accelerator the pool stays reduce_window.
+    jaxpr = lambda kernels: str(jax.make_jaxpr(lambda x: max_pool(x, 2, 2, "VALID", kernels))(x))
+    assert "reduce_window_max" in jaxpr("xla") and "reduce_window_max" not in jaxpr("cpu")
 
 
 @pytest.mark.parametrize("bn_stats", ["joint", "per_domain"])
 def test_batchnorm_variants(bn_stats):
-    model = DANN(arch="mnist", batchnorm=True, bn_stats=bn_stats)
+    model = paper_model("mnist", batchnorm=True, bn_stats=bn_stats)
     variables = _init(model, 28)
     assert "batch_stats" in variables
     xs = jax.random.normal(jax.random.key(2), (4, 28, 28, 3))
@@ -83,7 +86,7 @@ def test_batchnorm_variants(bn_stats):
 
 
 def test_bfloat16_compute_keeps_float32_params():
-    model = DANN(arch="mnist", dtype=jnp.bfloat16)
+    model = paper_model("mnist", dtype=jnp.bfloat16)
     variables = _init(model, 28)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
     out = model.apply(variables, jnp.ones((2, 28, 28, 3)), jnp.ones((2, 28, 28, 3)), 1.0)
@@ -91,15 +94,77 @@ def test_bfloat16_compute_keeps_float32_params():
 
 
 def test_dropout_needs_rng_only_in_training():
-    ext = FeatureExtractor(arch="mnist", dropout_rate=0.5)
+    model = paper_model("mnist", dropout=0.5)
     x = jnp.ones((2, 28, 28, 3))
-    v = ext.init(jax.random.key(0), x)
-    a = ext.apply(v, x, train=True, rngs={"dropout": jax.random.key(1)})
-    b = ext.apply(v, x, train=False)
-    assert a.shape == b.shape == (2, 768)
-    assert not np.allclose(np.asarray(a), np.asarray(b))
+    v = _init(model, 28)
+    a = model.apply(v, x, x, 1.0, train=True, rngs={"dropout": jax.random.key(1)})
+    b = model.apply(v, x, x, 1.0, train=False)
+    assert a["class_logits"].shape == b["class_logits"].shape == (2, 10)
+    assert not np.allclose(np.asarray(a["class_logits"]), np.asarray(b["class_logits"]))
+    # Inference methods never drop out (and need no rng).
+    f = model.apply(v, x, method=DANN.features)
+    np.testing.assert_array_equal(f, model.apply(v, x, method=DANN.features))
+
+
+def test_batchnorm_running_averages_move_once_per_step_by_both_domains():
+    # ra <- m * ra + (1 - m) * mean(mu_source, mu_target), for the mean and the variance.
+    bn = DomainBatchNorm(groups=2, momentum=0.9)
+    xs = jax.random.normal(jax.random.key(0), (6, 4, 4, 5)) * 2.0 + 1.0
+    xt = jax.random.normal(jax.random.key(1), (6, 4, 4, 5)) * 0.5 - 3.0
+    x = jnp.concatenate([xs, xt])
+    v = bn.init(jax.random.key(2), x)
+    old_mean = jnp.full((5,), 0.25)
+    old_var = jnp.full((5,), 2.0)
+    v = {"params": v["params"], "batch_stats": {"mean": old_mean, "var": old_var}}
+    y, updates = bn.apply(v, x, train=True, mutable=["batch_stats"])
+    mu = (xs.mean((0, 1, 2)) + xt.mean((0, 1, 2))) / 2
+    var = (xs.var((0, 1, 2)) + xt.var((0, 1, 2))) / 2
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.9 * old_mean + 0.1 * mu, rtol=1e-5)
+    np.testing.assert_allclose(updates["batch_stats"]["var"], 0.9 * old_var + 0.1 * var, rtol=1e-5)
+    # Each domain is normalised with its own statistics.
+    for half in (y[:6], y[6:]):
+        np.testing.assert_allclose(half.mean((0, 1, 2)), 0.0, atol=1e-5)
+        np.testing.assert_allclose(half.var((0, 1, 2)), 1.0, rtol=1e-3)
+
+
+def test_batchnorm_statistics_after_one_train_step():
+    # Through the whole train step (improved recipe): the extractor's first BatchNorm
+    # layer moves its running mean by (1 - m) * mean(mu_s, mu_t) of its inputs, once.
+    config = dj.Config(steps=10, batchnorm=True, bn_stats="per_domain")
+    model, tx = dj.make_model(config), dj.make_optimizer(config)
+    state = dj.create_train_state(jax.random.key(0), model, tx, (28, 28, 3))
+    xs = jax.random.uniform(jax.random.key(1), (8, 28, 28, 3))
+    xt = jax.random.uniform(jax.random.key(2), (8, 28, 28, 3)) + 1.0
+    batch = {"source_images": xs, "target_images": xt, "source_labels": jnp.zeros(8, jnp.int32)}
+    params = state.params["extractor"]["Conv_0"]
+    pre = lambda x: jax.lax.conv_general_dilated(
+        x, params["kernel"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=jax.lax.Precision.HIGHEST,
+    ) + params["bias"]  # fmt: skip
+    mu = (pre(xs).mean((0, 1, 2)) + pre(xt).mean((0, 1, 2))) / 2
+    old = np.asarray(state.batch_stats["extractor"]["BatchNorm_0"]["mean"])  # before donation
+    new, _ = dj.compile_train_step(model, tx)(state, batch, dj.hyperparams(config))
+    got = new.batch_stats["extractor"]["BatchNorm_0"]["mean"]
+    np.testing.assert_allclose(got, 0.9 * old + 0.1 * np.asarray(mu), rtol=1e-4, atol=1e-6)
+
+
+def test_any_linen_module_is_an_extractor():
+    import flax.linen as nn
+
+    class Tiny(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return nn.relu(nn.Dense(7)(x.reshape(x.shape[0], -1)))
+
+    model = DANN(Tiny(), num_classes=6, label_head=(5,), domain_head=(3,))
+    x = jnp.ones((4, 8, 8, 3))
+    v = model.init(jax.random.key(0), x, x, 1.0, train=False)
+    out = model.apply(v, x, x[:2], 0.3)
+    assert out["class_logits"].shape == (4, 6)
+    assert out["domain_logits_target"].shape == (2,)
+    assert _count(v["params"]["extractor"]) == 8 * 8 * 3 * 7 + 7
 
 
 def test_unknown_arch_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown arch 'lenet'"):
-        _init(DANN(arch="lenet"), 28)
+        _init(paper_model("lenet"), 28)

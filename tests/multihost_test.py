@@ -1,5 +1,7 @@
 """Multi-host on CPU: two processes on 127.0.0.1 with 2 devices each train like one
-process with 4 devices on the same global batch, and only process 0 writes files."""
+process with 4 devices on the same global batch, only process 0 writes files, and a run
+resumed on per-host disks (checkpoints on process 0's only, as on TPU VMs) resumes at the
+same step on both processes and ends as an uninterrupted run."""
 
 import json
 import os
@@ -11,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 WORKER = Path(__file__).with_name("multihost_worker.py")
+TIMEOUT = 180  # a process waiting for a peer that never comes must fail, not hang
 
 
 def _free_port() -> int:
@@ -19,11 +22,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(workdir: Path, num_processes: int, process_id: int, port: int, cwd: Path):
+def _start(workdir: Path, num_processes: int, process_id: int, port: int, cwd: Path, *extra):
     env = dict(os.environ, TFDS_DATA_DIR=str(cwd / "no_tfds_here"), PYTHONPATH=os.getcwd())
     env.pop("XLA_FLAGS", None)  # the worker sets its own device count
+    args = [str(workdir), str(num_processes), str(process_id), str(port), *map(str, extra)]
     return subprocess.Popen(
-        [sys.executable, str(WORKER), str(workdir), str(num_processes), str(process_id), str(port)],
+        [sys.executable, str(WORKER), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -32,19 +36,40 @@ def _start(workdir: Path, num_processes: int, process_id: int, port: int, cwd: P
     )
 
 
-def _result(proc) -> dict:
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
-    line = next(x for x in out.splitlines() if x.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))
+def _results(procs) -> list[dict]:
+    out = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=TIMEOUT)
+            assert proc.returncode == 0, stderr[-3000:]
+            line = next(x for x in stdout.splitlines() if x.startswith("RESULT "))
+            out.append(json.loads(line.removeprefix("RESULT ")))
+    finally:
+        for proc in procs:
+            proc.kill()
+    return out
 
 
-def test_two_processes_equal_one_process_with_as_many_devices(tmp_path):
+def _pair(tmp_path, *extra):
+    """Two processes, each with its own workdir (a host's own disk)."""
     port = _free_port()
-    procs = [_start(tmp_path / f"run_{i}", 2, i, port, tmp_path) for i in range(2)]
-    two = [_result(p) for p in procs]
-    one = _result(_start(tmp_path / "single", 1, 0, 0, tmp_path))
-    assert one["devices"] == two[0]["devices"] == two[1]["devices"] == 4
+    return _results([_start(tmp_path / f"run_{i}", 2, i, port, tmp_path, *extra) for i in range(2)])
+
+
+def test_two_processes_equal_one_process_and_resume_together(tmp_path):
+    (one,) = _results([_start(tmp_path / "single", 1, 0, 0, tmp_path)])
+    assert one["devices"] == 4
+
+    # Stopped at step 4 (before its checkpoint): process 0's disk has step 2, process 1's
+    # has nothing at all, since only process 0 writes.
+    assert all(r["interrupted"] for r in _pair(tmp_path, 4))
+    assert (tmp_path / "run_0" / "seed_0" / "checkpoint" / "2").is_dir()
+    assert not (tmp_path / "run_1").exists()
+
+    two = _pair(tmp_path)
+    for r in two:
+        assert r["devices"] == 4
+        assert any("resuming from step 2" in line for line in r["log"]), r["log"]
     curves = [r["seeds"][0]["curves"] for r in (one, *two)]
     assert [c["step"] for c in curves[0]] == [2, 4, 6]
     for other in curves[1:]:

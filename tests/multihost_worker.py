@@ -1,9 +1,10 @@
 """One process of the multi-host test (`tests/multihost_test.py`); not a test itself.
 
-    python tests/multihost_worker.py WORKDIR NUM_PROCESSES PROCESS_ID PORT
+    python tests/multihost_worker.py WORKDIR NUM_PROCESSES PROCESS_ID PORT [STOP_AT]
 
-Runs a few steps of the main job on the embedded default, on 2 CPU devices per process
-(4 for a single process), and prints the curves it returns as one JSON line.
+Runs the main job on the embedded default (6 steps), on 2 CPU devices per process (4 for
+a single process), and prints the curves it returns and the lines it logged as one JSON
+line. With STOP_AT it stops as a Ctrl-C would when training reaches that step.
 """
 
 import json
@@ -11,6 +12,7 @@ import os
 import sys
 
 workdir, num_processes, process_id, port = sys.argv[1], *map(int, sys.argv[2:5])
+stop_at = int(sys.argv[5]) if len(sys.argv) > 5 else None
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={4 // num_processes}"
 os.environ["JAX_PLATFORMS"] = "cpu"
 
@@ -22,11 +24,26 @@ if num_processes > 1:
         coordinator_address=f"127.0.0.1:{port}",
         num_processes=num_processes,
         process_id=process_id,
+        initialization_timeout=60,
     )
 
 from dann_jax import experiment  # noqa: E402
 from dann_jax.config import Config  # noqa: E402
 
+lines = []
+
+
+def log(line):
+    lines.append(line)
+    if stop_at is not None and f" step {stop_at}/" in line:
+        raise KeyboardInterrupt
+
+
 config = Config(steps=6, steps_per_call=2, eval_every=2, batch_size=8, workdir=workdir)
-results = experiment.run(config, log=lambda line: None)
-print("RESULT " + json.dumps({"devices": jax.device_count(), "seeds": results["seeds"]}))
+try:
+    results = experiment.run(config, log=log)
+except KeyboardInterrupt:
+    print("RESULT " + json.dumps({"interrupted": True, "log": lines}))
+    sys.exit(0)
+out = {"devices": jax.device_count(), "seeds": results["seeds"], "log": lines}
+print("RESULT " + json.dumps(out))

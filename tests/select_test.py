@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dann_jax import select, validators
+from tests.helpers import paragraph
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "selection.py"
@@ -166,14 +167,14 @@ def test_cli_rescore_without_training(tmp_path):
     assert written["picker"] == "dev"
     assert "dev picked paper/dann_l1@10" in proc.stdout
     proc = _cli("--rescore", "--out", tmp_path / "sel", "--select", "bnm", cwd=tmp_path)
-    assert proc.returncode == 2 and "bnm was not computed" in proc.stderr
+    assert proc.returncode == 2 and "bnm was not computed" in paragraph(proc.stderr)
     proc = _cli("--rescore", "--out", tmp_path / "none", cwd=tmp_path)
-    assert proc.returncode == 2 and "--rescore needs a selection.json" in proc.stderr
+    assert proc.returncode == 2 and "--rescore needs a selection.json" in paragraph(proc.stderr)
 
 
 def test_cli_rejects_bad_flags(tmp_path):
     proc = _cli("--recipes", "nope", cwd=tmp_path, timeout=60)
-    assert proc.returncode == 2 and "unknown --recipes" in proc.stderr
+    assert proc.returncode == 2 and "unknown --recipes" in paragraph(proc.stderr)
     proc = _cli("--select", "reverse_dann", cwd=tmp_path, timeout=60)
     assert proc.returncode == 2 and "--reverse-steps" in proc.stderr
 

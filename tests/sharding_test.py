@@ -1,5 +1,6 @@
-"""Data parallelism by sharding: a mesh of 8 devices computes what one device computes on
-the whole batch, the pmap form agrees with it, and nothing recompiles."""
+"""Data parallelism over a mesh: 8 devices compute what one device computes on the whole
+batch (the CPU and the accelerator model, both recipes, one seed and vmapped seeds), the
+pmap form agrees with it, and nothing recompiles."""
 
 import chex
 import jax
@@ -9,19 +10,20 @@ import pytest
 
 import dann_jax as dj
 from dann_jax import compiled, sharding, train
-from tests.helpers import setup_run, synthetic_data
+from tests.helpers import RECIPES, setup_run, synthetic_data, unflat
 
 
 def _close(a, b, tol=1e-5):
     chex.assert_trees_all_close(a, b, atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("batchnorm", [False, True])
-def test_mesh_step_equals_one_device_on_the_whole_batch(batchnorm):
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+@pytest.mark.parametrize("recipe", ["paper", "improved"])
+def test_mesh_step_equals_one_device_on_the_whole_batch(recipe, backend):
     mesh = dj.make_mesh()
     assert mesh.size == 8
     config, model, tx, state = setup_run(
-        lambda2_schedule="constant", lambda2=0.7, batchnorm=batchnorm, bn_stats="per_domain"
+        backend, lambda2_schedule="constant", lambda2=0.7, **RECIPES[recipe]
     )
     data, hp = synthetic_data(128), dj.hyperparams(config)
     batches = [dj.sample_batch(jax.random.key(s), data, 64) for s in range(3)]
@@ -44,10 +46,12 @@ def test_mesh_step_equals_one_device_on_the_whole_batch(batchnorm):
         np.testing.assert_allclose(np.asarray(mm[k]), np.asarray(m1[k]), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+@pytest.mark.parametrize("recipe", ["paper", "improved"])
 @pytest.mark.parametrize("vmap_seeds", [False, True])
-def test_mesh_steps_draw_the_one_device_batches(vmap_seeds):
+def test_mesh_steps_draw_the_one_device_batches(vmap_seeds, recipe, backend):
     mesh = dj.make_mesh()
-    config, model, tx, state = setup_run(steps=20)
+    config, model, tx, state = setup_run(backend, steps=20, **RECIPES[recipe])
     if vmap_seeds:
         other = dj.create_train_state(jax.random.key(7), model, tx, (28, 28, 3))
         state = dj.stack_trees([state, other])
@@ -58,7 +62,36 @@ def test_mesh_steps_draw_the_one_device_batches(vmap_seeds):
     put = lambda t: dj.put_replicated(t, mesh)
     sm, mm = run(put(state), put(data), put(hp))
     _close(dj.fetch(sm).params, one.params)
+    _close(dj.fetch(sm).batch_stats, one.batch_stats)
     np.testing.assert_allclose(np.asarray(mm["loss"]), np.asarray(m1["loss"]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("vmap_seeds", [False, True])
+def test_mesh_evaluation_equals_one_device(vmap_seeds):
+    mesh = dj.make_mesh()
+    _, model, tx, state = setup_run("gpu", **RECIPES["improved"])
+    if vmap_seeds:
+        state = dj.stack_trees(
+            [state, dj.create_train_state(jax.random.key(3), model, tx, (28, 28, 3))]
+        )
+    data = synthetic_data(50)
+    images, labels = unflat(data.target_images, data), np.asarray(data.source_labels)
+    one = dj.compile_evaluate(model, vmap_seeds=vmap_seeds)(
+        state.params, state.batch_stats, dj.make_eval_set(images, labels, 16), data.mean
+    )
+    eval_set = dj.make_eval_set(images, labels, 12, multiple_of=mesh.size)
+    assert eval_set.images.shape[1] == 16  # the chunk rounded up to split over 8 devices
+    put = lambda t: dj.put_replicated(t, mesh)
+    split = sharding.put_sharded(eval_set, mesh, axis=1)
+    assert split.images.addressable_shards[0].data.shape == (4, 2, 28 * 28 * 3)
+    over = dj.compile_evaluate(model, vmap_seeds=vmap_seeds, mesh=mesh)
+    out = over(put(state.params), put(state.batch_stats), split, put(data.mean))
+    for key in ("accuracy", "loss", "domain_score"):
+        np.testing.assert_allclose(np.asarray(out[key]), np.asarray(one[key]), rtol=1e-5)
+    np.testing.assert_array_equal(
+        np.asarray(out["predictions"]).reshape(*out["predictions"].shape[:-2], -1)[..., :50],
+        np.asarray(one["predictions"]).reshape(*one["predictions"].shape[:-2], -1)[..., :50],
+    )
 
 
 def test_pmap_form_and_mesh_end_in_the_same_state():
@@ -73,7 +106,7 @@ def test_pmap_form_and_mesh_end_in_the_same_state():
     step = dj.compile_train_step(model, tx, lambda2_schedule="constant", mesh=mesh)
     sm, hp_m = dj.put_replicated(state, mesh), dj.put_replicated(hp, mesh)
     for b in batches:
-        sm, _ = step(sm, b, hp_m)
+        sm, _ = step(sm, jax.device_put(b, sharding.batch_sharding(mesh)), hp_m)
     _close(dj.fetch(sm).params, dj.unreplicate(sp).params)
     assert int(dj.fetch(sm).step) == int(dj.unreplicate(sp).step) == 4
 
@@ -110,3 +143,9 @@ def test_mesh_and_pmap_cannot_be_combined():
     _, model, tx, _ = setup_run()
     with pytest.raises(ValueError, match="either parallel=True"):
         dj.compile_train_step(model, tx, parallel=True, mesh=dj.make_mesh())
+
+
+def test_a_batch_that_does_not_split_over_the_mesh_is_refused():
+    _, model, tx, _ = setup_run()
+    with pytest.raises(ValueError, match="does not split over 8 devices"):
+        dj.compile_train_steps(model, tx, num_steps=1, batch_size=12, mesh=dj.make_mesh())

@@ -46,13 +46,19 @@ class PairData:
     mean: np.ndarray
     info: dict[str, Any]
 
-    def train_arrays(self) -> dict[str, np.ndarray]:
-        """The arrays `dann_jax.train.sample_batch` draws batches from."""
+    def train_data(self):
+        """The pools `dann_jax.train.sample_batch` draws batches from (flat uint8 rows)."""
+        from dann_jax.train import make_train_data  # imports JAX: only when training
+
+        return make_train_data(self.source_train, self.source_labels, self.target_train, self.mean)
+
+    def eval_sets(self, devices: int = 1) -> dict:
+        """Both test sets as `dann_jax.evaluate.EvalSet`, chunks a multiple of `devices`."""
+        from dann_jax.evaluate import make_eval_set
+
         return {
-            "source_images": self.source_train,
-            "source_labels": self.source_labels,
-            "target_images": self.target_train,
-            "mean": self.mean.astype(np.float32),
+            "target": make_eval_set(self.target_test, self.target_test_labels, multiple_of=devices),
+            "source": make_eval_set(self.source_test, self.source_test_labels, multiple_of=devices),
         }
 
 

@@ -120,7 +120,7 @@ def _outputs(predict, state, images, labels, mean) -> dict[str, np.ndarray]:
 
 
 def make_hook(config: Config, data: PairData, sets: dict, reverse_steps: int, workdir: Path, log):
-    """An ``on_eval`` hook for `dann_jax.loop.train_group`: validators at every checkpoint.
+    """An ``on_eval`` hook for `dann_jax.loop.train_and_evaluate`: validators at each checkpoint.
 
     It runs the model over the three `validation_sets` (one compiled predict per model)
     and stores `dann_jax.validators.compute_validators` (plus ``reverse_dann`` when
@@ -181,8 +181,8 @@ def reverse_dann_accuracy(
     reverse_config = config.replace(
         mode="dann", steps=steps, eval_every=steps, steps_per_call=min(config.steps_per_call, steps)
     )
-    (result,) = loop.train_group(
-        reverse_config, reverse, loop.Group((config.seed,), False), workdir, log=lambda _: None
+    (result,) = loop.train_and_evaluate(
+        reverse_config, reverse, workdir, (config.seed,), log=lambda _: None
     )
     accuracy = float(result["target_accuracy"])
     log(f"  reverse DANN ({steps} steps): source validation accuracy {accuracy:.4f}")
@@ -233,8 +233,7 @@ def train_cell(
         experiment.check_workdir(config, workdir, log)
         log(f"== {pair[0]} -> {pair[1]}, seed {seed}, {arm.recipe}/{arm.name}: {workdir}")
         hook = make_hook(config, data, sets, reverse_steps, workdir, log)
-        group = loop.Group((seed,), False)
-        (result,) = loop.train_group(config, data, group, workdir, log, on_eval=hook)
+        (result,) = loop.train_and_evaluate(config, data, workdir, (seed,), log, on_eval=hook)
         for record in result["curves"]:
             scores = {k[len(_PREFIX) :]: v for k, v in record.items() if k.startswith(_PREFIX)}
             candidates.append(
