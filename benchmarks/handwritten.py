@@ -146,24 +146,29 @@ def _pool(x: jax.Array, window: int, stride: int, padding: str) -> jax.Array:
     )
 
 
-def _mlp(layers: list[tuple[jax.Array, jax.Array]], x: jax.Array, dtype: Any) -> jax.Array:
+def _mlp(
+    layers: list[tuple[jax.Array, jax.Array]], x: jax.Array, dtype: Any, precision: Any = None
+) -> jax.Array:
     """Dense-ReLU stack; the last layer is linear."""
     for i, (w, b) in enumerate(layers):
-        x = jnp.dot(x, w.astype(dtype)) + b.astype(dtype)
+        x = jnp.dot(x, w.astype(dtype), precision=precision) + b.astype(dtype)
         if i < len(layers) - 1:
             x = jax.nn.relu(x)
     return x
 
 
-def features(params: dict, x: jax.Array, arch: str, dtype: Any = jnp.float32) -> jax.Array:
+def features(
+    params: dict, x: jax.Array, arch: str, dtype: Any = jnp.float32, precision: Any = None
+) -> jax.Array:
     """Extractor: convolutions, ReLU, pooling, flatten (NHWC order)."""
     x = x.astype(dtype)
     for (w, b), (_, _, padding, window, stride, pool_padding) in zip(
         params["convs"], ARCHS[arch]["convs"], strict=True
     ):
         x = lax.conv_general_dilated(
-            x, w.astype(dtype), (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
+            x, w.astype(dtype), (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=precision,
+        )  # fmt: skip
         x = jax.nn.relu(x + b.astype(dtype))
         if window is not None:
             x = _pool(x, window, stride, pool_padding)
@@ -171,15 +176,19 @@ def features(params: dict, x: jax.Array, arch: str, dtype: Any = jnp.float32) ->
 
 
 def loss_fn(
-    params: dict, batch: dict, lam: jax.Array, arch: str, dtype: Any = jnp.float32
+    params: dict,
+    batch: dict,
+    lam: jax.Array,
+    arch: str,
+    dtype: Any = jnp.float32,
+    precision: Any = None,
 ) -> jax.Array:
     """CE(source labels) + 0.5 * (BCE(D(GRL(f_s)), 0) + BCE(D(GRL(f_t)), 1)), in float32."""
     n = batch["source_images"].shape[0]
-    f = features(
-        params, jnp.concatenate([batch["source_images"], batch["target_images"]]), arch, dtype
-    )
-    logits = _mlp(params["label"], f[:n], dtype).astype(jnp.float32)
-    d = _mlp(params["domain"], grad_reverse(f, lam), dtype)[:, 0].astype(jnp.float32)
+    x = jnp.concatenate([batch["source_images"], batch["target_images"]])
+    f = features(params, x, arch, dtype, precision)
+    logits = _mlp(params["label"], f[:n], dtype, precision).astype(jnp.float32)
+    d = _mlp(params["domain"], grad_reverse(f, lam), dtype, precision)[:, 0].astype(jnp.float32)
     log_p = jax.nn.log_softmax(logits)
     ce = -jnp.mean(jnp.take_along_axis(log_p, batch["source_labels"][:, None], axis=1))
     # BCE with logits: softplus(x) - x * z, z = 0 for source and 1 for target.
@@ -232,13 +241,18 @@ def make_step(
     total_steps: int,
     gamma: float = 10.0,
     dtype: Any = jnp.float32,
+    precision: Any = None,
 ):
-    """Jitted ``(state, batch) -> (state, loss)`` with the state donated."""
+    """Jitted ``(state, batch) -> (state, loss)`` with the state donated.
+
+    ``precision`` is every convolution's and matmul's ``lax.Precision`` (None: the
+    backend's default, TF32 on recent NVIDIA GPUs).
+    """
 
     def step_fn(state, batch):
         step, params, opt_state = state
         lam = grl_lambda(step, total_steps, gamma)
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch, lam, arch, dtype)
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch, lam, arch, dtype, precision)
         updates, opt_state = tx.update(grads, opt_state, params)
         return (step + 1, optax.apply_updates(params, updates), opt_state), loss
 

@@ -49,7 +49,7 @@ class Bench:
     call: Callable[[], Any]
     sync: Callable[[Any], Any]
     steps_per_call: int
-    precision: str  # "fp32" or "bf16" compute
+    precision: str  # "fp32" or "bf16" compute (whether fp32 is TF32: the report's "tf32")
     flops_per_step: float | None = None
     flops_source: str | None = None
     compile_s: float | None = None
@@ -102,6 +102,11 @@ def make_shape(arch: str, batch_size: int, k: int) -> Shape:
 # -------------------------------------------------------------- JAX implementations
 
 
+def _dtype(precision: str) -> str:
+    """A row's compute dtype: "bf16", or "fp32" for --precision fp32 and tf32 alike."""
+    return "bf16" if precision == "bf16" else "fp32"
+
+
 def _fresh(tree: Any) -> Any:
     """A private copy of a pytree of arrays (the steps donate, i.e. consume, their state)."""
     return jax.tree.map(jnp.copy, tree)
@@ -133,7 +138,8 @@ def _jitted(step: Callable, state: Any, args: tuple, precision: str, note: str =
     """A Bench of a jitted one-step function, compiled ahead of time (FLOPs, kernels)."""
     flops, source, seconds, kernels = compile_with_flops(step, state, *args)
     call = _stepper(step, state, *args)
-    return Bench(call, jax.block_until_ready, 1, precision, flops, source, seconds, note, kernels)
+    dtype = _dtype(precision)
+    return Bench(call, jax.block_until_ready, 1, dtype, flops, source, seconds, note, kernels)
 
 
 def bench_jit(shape: Shape, precision: str) -> Bench:
@@ -170,7 +176,8 @@ def bench_steps(shape: Shape, precision: str) -> Bench:
     if run.dispatches > 1:
         note += f"; {run.dispatches} dispatches of a {per}-step program per call here"
     call = _stepper(run, state, shape.data, hp)
-    return Bench(call, jax.block_until_ready, k, precision, flops, source, seconds, note, kernels)
+    dtype = _dtype(precision)
+    return Bench(call, jax.block_until_ready, k, dtype, flops, source, seconds, note, kernels)
 
 
 def bench_pmap(shape: Shape, precision: str) -> Bench:
@@ -188,7 +195,8 @@ def bench_handwritten(shape: Shape, precision: str) -> Bench:
     dtype = jnp.bfloat16 if precision == "bf16" else jnp.float32
     tx = hw.make_optimizer(TOTAL_STEPS)
     state = hw.init_state(hw.from_flax(_fresh(shape.state.params)), tx)
-    step = hw.make_step(shape.arch, tx, TOTAL_STEPS, dtype=dtype)
+    highest = jax.lax.Precision.HIGHEST if precision == "fp32" else None  # as dann_jax's
+    step = hw.make_step(shape.arch, tx, TOTAL_STEPS, dtype=dtype, precision=highest)
     return _jitted(step, state, (shape.batch,), precision)
 
 
@@ -264,8 +272,12 @@ def bench_torch(shape: Shape, impl: str, tf32: bool) -> Bench:
 
 
 def build(impl: str, shape: Shape, tf32: bool) -> Bench:
-    """Prepare one implementation at one shape (compiled; not yet warmed up)."""
+    """Prepare one implementation at one shape (compiled; not yet warmed up).
+
+    ``tf32`` applies to JAX and PyTorch alike: the float32 rows of both run their
+    matmuls and convolutions as TF32 (JAX: ``--precision tf32``) or both in full float32.
+    """
     if impl in JAX_BENCHES:
         fn, precision = JAX_BENCHES[impl]
-        return fn(shape, precision)
+        return fn(shape, "tf32" if precision == "fp32" and tf32 else precision)
     return bench_torch(shape, impl, tf32)

@@ -63,8 +63,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     return {
         **benchmarks.environment("step_time"),
         "complete": False,  # True once every requested shape was measured
-        "jax_default_matmul_precision": getattr(jax.config, "jax_default_matmul_precision", None),
-        "torch_tf32": args.torch_tf32,
+        "tf32": args.tf32,
         "settings": {
             "archs": args.archs,
             "batch_sizes": args.batch_sizes,
@@ -118,10 +117,11 @@ def _parser() -> argparse.ArgumentParser:
         "idle clocks (default 5 on an accelerator, 0 on CPU)",
     )
     a(
-        "--torch-tf32",
+        "--tf32",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="let PyTorch use TF32 for float32 matmuls/convs on GPU, as XLA does by default",
+        help="the float32 rows of JAX (--precision tf32) and PyTorch (allow_tf32) run their "
+        "matmuls/convs as TF32 on GPU; --no-tf32: full float32 in both",
     )
     a(
         "--require-idle",
@@ -163,14 +163,14 @@ def _measure_all(args: argparse.Namespace, env: dict, rows: list[dict]) -> None:
     for arch in args.archs:
         for batch_size in args.batch_sizes:
             shape = make_shape(arch, batch_size, args.steps_per_call)
-            measured = measure_shape(shape, args.impls, args.repeats, args.torch_tf32, args.verbose)
+            measured = measure_shape(shape, args.impls, args.repeats, args.tf32, args.verbose)
             for row in measured:
                 rows.append(row)
                 ms = row["step_ms_median"]
                 shown = f"{ms:.3f} ms/step" if ms is not None else f"{row['status']} {row['note']}"
                 print(f"# {arch} B={batch_size} {row['label']}: {shown}", flush=True)
             del shape
-            finish_rows(rows, env["device_kind"], args.torch_tf32)
+            finish_rows(rows, env["device_kind"], args.tf32)
             if args.out:  # after every shape, so a run cut short keeps what it measured
                 write_json(args.out, env, rows)
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import rows as impls
-from benchmarks.xla_cost import jax_uses_tf32, peak_for
+from benchmarks.xla_cost import peak_for
 
 __all__ = ["finish_rows", "format_table", "measure_shape", "warm_clocks"]
 
@@ -154,7 +154,7 @@ def _baseline(precision: str) -> str:
     return "torch_bf16" if precision == "bf16" else "torch_eager"
 
 
-def finish_rows(rows: list[dict], device_kind: str, torch_tf32: bool) -> None:
+def finish_rows(rows: list[dict], device_kind: str, tf32: bool) -> None:
     """Fill the cross-row fields: speedup vs PyTorch eager, FLOPs of torch rows, FLOP/s, peak.
 
     The speedup of a float32 row is against PyTorch eager float32; of a bf16 row, against
@@ -178,7 +178,6 @@ def finish_rows(rows: list[dict], device_kind: str, torch_tf32: bool) -> None:
         if r["flops_per_step"]:
             achieved = r["flops_per_step"] / (r["step_ms_median"] / 1e3)
             r["achieved_tflops"] = achieved / 1e12
-            tf32 = torch_tf32 if r["impl"].startswith("torch") else jax_uses_tf32()
             peak, name = peak_for(device_kind, r["precision"], tf32)
             if peak:
                 r["peak_tflops"], r["peak_name"] = peak / 1e12, name

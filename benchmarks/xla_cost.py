@@ -10,7 +10,6 @@ import re
 import time
 from typing import Any
 
-import jax
 import numpy as np
 
 __all__ = [
@@ -20,7 +19,6 @@ __all__ = [
     "compile_with_flops",
     "conv_batches",
     "count_kernels",
-    "jax_uses_tf32",
     "peak_for",
 ]
 
@@ -52,13 +50,6 @@ def peak_for(device_kind: str, precision: str, tf32: bool) -> tuple[float | None
     if tf32:
         return tf32_peak * 1e12, f"{name} dense TF32 {tf32_peak:g} TFLOP/s"
     return fp32 * 1e12, f"{name} fp32 (non-tensor) {fp32:g} TFLOP/s"
-
-
-def jax_uses_tf32() -> bool:
-    """Whether XLA may run float32 matmuls/convs as TF32 (its default precision on GPUs)."""
-    setting = str(getattr(jax.config, "jax_default_matmul_precision", None) or "default")
-    setting = setting.lower()
-    return setting not in ("highest", "float32", "f32")
 
 
 def _flops_of(analysis: Any) -> float | None:

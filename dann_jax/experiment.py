@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -182,6 +183,12 @@ def check_request(config: Config, log: Callable[[str], None]) -> None:
                 f"--{role} {name!r} is not a known domain. Known domains: "
                 f"{', '.join(KNOWN_DOMAINS)}; or give a path to an .npz file."
             )
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", config.workdir):
+        raise RunError(
+            f"--workdir {config.workdir} is a URL; runs are written to a local folder only "
+            "(checkpoints, metrics and results). Use a path on this machine's disk or on a "
+            "mounted bucket (e.g. gcsfuse), and copy the finished run where it should go."
+        )
     usable_workdir(Path(config.workdir))
     if config.source == config.target:
         log(

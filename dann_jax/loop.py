@@ -209,6 +209,47 @@ def describe_memory(data: PairData, devices: int) -> str:
     )
 
 
+class _Queue:
+    """The chunk dispatched last, read (NaN check, records written) once the next is queued.
+
+    ``push`` queues a chunk's metrics and reads the one before it, so the host's work on
+    chunk i overlaps the device's on chunk i+1; ``drain`` reads the queued chunk now
+    (before an evaluation and a checkpoint, which must follow the NaN check).
+    """
+
+    def __init__(self, seeds, files, bar, eta):
+        self.seeds, self.files, self.bar, self.eta, self.pending = seeds, files, bar, eta, None
+        self.last = [{} for _ in seeds]  # each seed's mean metrics over the last chunk read
+
+    def push(self, first_step: int, n: int, metrics) -> None:
+        if self.pending is not None:
+            self.write(self.drain())
+        self.pending = (first_step, n, metrics)
+
+    def drain(self) -> list[dict[str, Any]]:
+        """The queued chunk's records (one per seed), after its NaN check."""
+        first, n, metrics = self.pending
+        self.pending = None
+        self.last = _read_chunk(metrics, self.seeds, first)
+        self.eta.chunk_done(n)
+        if self.bar is not None:
+            self.bar.update(n)
+        return [{"step": first + n, **{f"train_{k}": v for k, v in m.items()}} for m in self.last]
+
+    def write(self, records) -> None:
+        for f, record in zip(self.files, records, strict=bool(self.files)):  # none off process 0
+            f.write(io.dumps(record, indent=None) + "\n")
+            f.flush()
+
+
+def _place(state, data: PairData, config: Config, mesh):
+    """State, pools, hparams and mean replicated over the mesh; test sets split along it."""
+    put = lambda tree: sharding.put_replicated(tree, mesh)
+    tests = {k: sharding.put_sharded(v, mesh, axis=1) for k, v in data.eval_sets(mesh.size).items()}
+    mean = put(data.mean.astype(np.float32))
+    return put(state), put(data.train_data()), put(hyperparams(config)), tests, mean
+
+
 def train_and_evaluate(
     config: Config,
     data: PairData,
@@ -228,57 +269,32 @@ def train_and_evaluate(
     seeds = tuple(seeds)
     if len(seeds) > 1 and on_eval is not None:
         raise ValueError("on_eval hooks need one seed at a time")
-    start, name = time.perf_counter(), run_name(seeds)
-    mesh = _mesh_for(config)
+    start, name, mesh = time.perf_counter(), run_name(seeds), _mesh_for(config)
     model, tx = train.make_model(config), train.make_optimizer(config)
     ckpt_dir = workdir / name / "checkpoint"
-    state, curves = restore_or_init(
-        seeds, model, tx, tuple(data.source_train.shape[1:]), ckpt_dir, log
-    )
+    shape = tuple(data.source_train.shape[1:])
+    state, curves = restore_or_init(seeds, model, tx, shape, ckpt_dir, log)
     step = step_of(state)
-    put = lambda tree: sharding.put_replicated(tree, mesh)
-    state, pools, hp = put(state), put(data.train_data()), put(hyperparams(config))
-    eval_sets = {
-        k: sharding.put_sharded(v, mesh, axis=1) for k, v in data.eval_sets(mesh.size).items()
-    }
-    mean = put(data.mean.astype(np.float32))
+    state, pools, hp, tests, mean = _place(state, data, config, mesh)
     evaluate = compile_evaluate(model, vmap_seeds=len(seeds) > 1, mesh=mesh)
-    every, last_train, pending = eval_interval(config), [{} for _ in seeds], None
-    bar, eta = _progress(config.steps, step, name), _Eta(config.steps - step, log, name)
+    every = eval_interval(config)
+    bar = _progress(config.steps, step, name)
     with contextlib.ExitStack() as stack:
         files = _open_metrics(stack, workdir, seeds, step)
-
-        def write(records):
-            for f, record in zip(files, records, strict=bool(files)):  # none off process 0
-                f.write(io.dumps(record, indent=None) + "\n")
-                f.flush()
-
-        def drain():  # read the queued chunk: NaN check, then its records
-            first, n, metrics = pending
-            means = _read_chunk(metrics, seeds, first)
-            eta.chunk_done(n)
-            bar is not None and bar.update(n)
-            return means, [
-                {"step": first + n, **{f"train_{k}": v for k, v in m.items()}} for m in means
-            ]
-
+        queue = _Queue(seeds, files, bar, _Eta(config.steps - step, log, name))
         while step < config.steps:
             n = min(config.steps_per_call, config.steps - step, every - step % every)
             run = compiled.compile_train_steps(
                 model, tx, num_steps=n, batch_size=config.batch_size,
                 lambda2_schedule=config.lambda2_schedule, vmap_seeds=len(seeds) > 1, mesh=mesh,
             )  # fmt: skip
-            state, metrics = run(state, pools, hp)  # queued; runs while the host reads on
-            if pending is not None:
-                last_train, records = drain()
-                write(records)
-            pending, step = (step, n, metrics), step + n
+            state, metrics = run(state, pools, hp)  # queued: runs while the host reads on
+            queue.push(step, n, metrics)
+            step += n
             if step % every and step < config.steps:
                 continue
-            last_train, records = drain()
-            pending = None
-            host = sharding.fetch(state)
-            for i, r in enumerate(_evaluate(evaluate, state, eval_sets, mean, seeds)):
+            records, host = queue.drain(), sharding.fetch(state)
+            for i, r in enumerate(_evaluate(evaluate, state, tests, mean, seeds)):
                 records[i].update(r)
                 if on_eval is not None:
                     on_eval(host, records[i])
@@ -287,15 +303,14 @@ def train_and_evaluate(
                 _log_eval(log, seeds, step, config.steps, records)
             if is_writer():
                 checkpoint.save(ckpt_dir, host, {"curves": curves})
-            write(records)
+            queue.write(records)
     if bar is not None:
         bar.close()
-    return _results(
-        config, seeds, state, evaluate, eval_sets, mean, curves, last_train, model, start
-    )
+    args = (evaluate, tests, mean, curves, queue.last, model, start)
+    return _results(config, seeds, state, *args)
 
 
-def _results(config, seeds, state, evaluate, eval_sets, mean, curves, last_train, model, start):
+def _results(config, seeds, state, evaluate, tests, mean, curves, last_train, model, start):
     """Each seed's last-step numbers (from the last evaluation, or a new one)."""
     host = sharding.fetch(state)
     finals = None
@@ -304,7 +319,7 @@ def _results(config, seeds, state, evaluate, eval_sets, mean, curves, last_train
         if curves[i] and curves[i][-1]["step"] == config.steps:
             final = curves[i][-1]
         else:  # a finished run resumed: nothing trained, evaluate once more
-            finals = finals or _evaluate(evaluate, state, eval_sets, mean, seeds)
+            finals = finals or _evaluate(evaluate, state, tests, mean, seeds)
             final = finals[i]
         results.append(
             {

@@ -8,8 +8,8 @@ and says so. See `dann_jax.experiment` for what is written to --workdir.
 
 Every flag is a field of `dann_jax.config.Config` (``--help`` lists them with their
 defaults). Multi-host TPU slices: run the same command on every host with --multihost
-(it calls ``jax.distributed.initialize()``); each host feeds its local devices and the
-pmapped step averages gradients over all devices of the slice.
+(it calls ``jax.distributed.initialize()``); one program over a mesh of every device of
+the slice splits each step's batch over them and averages the gradients.
 """
 
 from __future__ import annotations

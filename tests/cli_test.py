@@ -62,3 +62,9 @@ def test_bad_flag_values(tmp_path, args, needle):
 def test_unknown_choice_is_an_argparse_error(tmp_path):
     proc = _cli("--mode", "magic", cwd=tmp_path)
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_a_cloud_workdir_is_refused_before_anything_is_written(tmp_path):
+    proc = _cli("--workdir", "gs://bucket/run", "--steps", "5", cwd=tmp_path, timeout=120)
+    _assert_clean_failure(proc, "is a URL", "mounted bucket")
+    assert not (tmp_path / "gs:").exists()

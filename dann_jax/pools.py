@@ -1,0 +1,118 @@
+"""Device-resident training pools and the batches drawn from them on the device.
+
+`TrainData` holds both domains' training images as flat uint8 rows (plus the source
+labels and the normalisation mean); `sample_batch` draws a batch from it inside the
+compiled step, so no batch ever crosses from the host. Under data parallelism every
+device draws the same global indices and gathers only its own block.
+"""
+
+from __future__ import annotations
+
+import flax
+import jax
+import numpy as np
+
+from dann_jax.evaluate import normalize
+
+__all__ = ["Batch", "TrainData", "make_train_data", "sample_batch"]
+
+Batch = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainData:
+    """Device-resident training pools: one flat uint8 row per image.
+
+    Flat rows (``(N, H*W*C)``) because a TPU tiles the two minor dimensions of an array in
+    device memory: ``(N, 28, 28, 3)`` would pad each (28, 3) slice to a (32, 128) tile,
+    about 48 times the data. Batches are gathered as rows and reshaped on the device.
+
+    Attributes:
+      source_images: (N_s, H*W*C) uint8.
+      source_labels: (N_s,) int32.
+      target_images: (N_t, H*W*C) uint8 (no labels: the target is unlabelled).
+      mean: (C,) float32, subtracted after scaling to [0, 1].
+      image_shape: (H, W, C), static (part of the pytree structure, not a traced value).
+    """
+
+    source_images: jax.Array
+    source_labels: jax.Array
+    target_images: jax.Array
+    mean: jax.Array
+    image_shape: tuple[int, int, int] = flax.struct.field(pytree_node=False)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the pools (what every device holds a copy of)."""
+        return sum(
+            int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(self)
+        )
+
+
+def make_train_data(
+    source_images: np.ndarray,
+    source_labels: np.ndarray,
+    target_images: np.ndarray,
+    mean: np.ndarray | None = None,
+) -> TrainData:
+    """`TrainData` (host arrays) from uint8 images ``(N, H, W, C)`` and int labels.
+
+    ``mean`` defaults to the per-channel mean of both domains' images scaled to [0, 1]
+    (no labels involved).
+    """
+    xs, xt = np.asarray(source_images), np.asarray(target_images)
+    if xs.dtype != np.uint8 or xt.dtype != np.uint8 or xs.shape[1:] != xt.shape[1:]:
+        raise ValueError(
+            f"images must be uint8 (N, H, W, C) of one shape; got {xs.dtype}{list(xs.shape)} "
+            f"and {xt.dtype}{list(xt.shape)}"
+        )
+    if mean is None:
+        total = xs.reshape(-1, xs.shape[-1]).sum(0, np.float64) + xt.reshape(-1, xt.shape[-1]).sum(
+            0, np.float64
+        )
+        mean = total / (255.0 * (xs.size + xt.size) / xs.shape[-1])
+    return TrainData(
+        xs.reshape(len(xs), -1),
+        np.asarray(source_labels, np.int32),
+        xt.reshape(len(xt), -1),
+        np.asarray(mean, np.float32),
+        tuple(int(d) for d in xs.shape[1:]),
+    )
+
+
+def _rows(pool: jax.Array, idx: jax.Array, image_shape, mean: jax.Array) -> jax.Array:
+    """Gathered flat rows as normalised float32 images (n, H, W, C)."""
+    return normalize(pool[idx].reshape(len(idx), *image_shape), mean)
+
+
+def sample_batch(
+    key: jax.Array, data: TrainData, batch_size: int, axis_name: str | None = None
+) -> Batch:
+    """Draw one training batch on the device from device-resident pools.
+
+    Indices are drawn uniformly with replacement, independently for source and target,
+    so no host-side epoch bookkeeping is needed. With ``axis_name`` (inside a per-device
+    step) every device draws the same ``batch_size`` global indices and gathers only its
+    own contiguous block of ``batch_size / devices`` rows per domain.
+
+    Args:
+      key: PRNG key.
+      data: a `TrainData`.
+      batch_size: images per domain in the (global) batch.
+      axis_name: the data-parallel axis, or None for the whole batch.
+
+    Returns:
+      ``source_images``, ``source_labels``, ``target_images`` (normalised float32).
+    """
+    ks, kt = jax.random.split(key)
+    i_s = jax.random.randint(ks, (batch_size,), 0, data.source_images.shape[0])
+    i_t = jax.random.randint(kt, (batch_size,), 0, data.target_images.shape[0])
+    if axis_name is not None:
+        per = batch_size // jax.lax.axis_size(axis_name)
+        start = jax.lax.axis_index(axis_name) * per
+        i_s, i_t = (jax.lax.dynamic_slice_in_dim(i, start, per) for i in (i_s, i_t))
+    return {
+        "source_images": _rows(data.source_images, i_s, data.image_shape, data.mean),
+        "source_labels": data.source_labels[i_s],
+        "target_images": _rows(data.target_images, i_t, data.image_shape, data.mean),
+    }

@@ -1,0 +1,75 @@
+"""The training loop: chunks are queued before the previous one is read, a NaN stops the
+run before any checkpoint of it, and the resident data are flat rows whose size the job
+reports."""
+
+import re
+
+import numpy as np
+import pytest
+
+from dann_jax import checkpoint, compiled, loop, train
+from dann_jax.config import Config
+from dann_jax.data.pair import PairData
+from tests.helpers import synthetic_images
+
+
+def _pair(n=64) -> PairData:
+    xs, ys, xt, yt = synthetic_images(n)
+    mean = np.full((3,), 0.5, np.float32)
+    return PairData(xs, ys, xt, xs[:20], ys[:20], xt[:20], yt[:20], mean, {"variant": "test"})
+
+
+CONFIG = Config(steps=12, steps_per_call=2, eval_every=6, batch_size=8)
+
+
+def test_each_chunk_is_read_after_the_next_is_queued(tmp_path, monkeypatch):
+    events = []
+    dispatch, read = compiled.TrainSteps.__call__, loop._read_chunk
+
+    def traced_dispatch(self, state, data, hparams):
+        events.append(("dispatch", int(np.asarray(state.step).reshape(-1)[0])))
+        return dispatch(self, state, data, hparams)
+
+    def traced_read(metrics, seeds, first_step):
+        events.append(("read", first_step))
+        return read(metrics, seeds, first_step)
+
+    def traced_save(directory, state, bookkeeping):
+        events.append(("save", int(state.step)))
+        return save(directory, state, bookkeeping)
+
+    save = checkpoint.save
+    monkeypatch.setattr(compiled.TrainSteps, "__call__", traced_dispatch)
+    monkeypatch.setattr(loop, "_read_chunk", traced_read)
+    monkeypatch.setattr(checkpoint, "save", traced_save)
+    loop.train_and_evaluate(CONFIG, _pair(), tmp_path, (0,), log=lambda _: None)
+    # Within an evaluation interval chunk i is read once chunk i+1 is queued; at an
+    # evaluation the last chunk is read (NaN check) before its checkpoint is saved.
+    assert events == [
+        ("dispatch", 0), ("dispatch", 2), ("read", 0), ("dispatch", 4), ("read", 2),
+        ("read", 4), ("save", 6),
+        ("dispatch", 6), ("dispatch", 8), ("read", 6), ("dispatch", 10), ("read", 8),
+        ("read", 10), ("save", 12),
+    ]  # fmt: skip
+
+
+def test_a_nan_stops_the_run_before_its_checkpoint(tmp_path):
+    config = CONFIG.replace(lr=1e30)  # the loss overflows within the first chunks
+    with pytest.raises(train.NonFiniteLossError, match="seed 0: non-finite"):
+        loop.train_and_evaluate(config, _pair(), tmp_path, (0,), log=lambda _: None)
+    assert not (tmp_path / "seed_0" / "checkpoint").exists()
+
+
+def test_pools_are_flat_rows_and_the_reported_bytes_are_theirs():
+    data = _pair(64)
+    pools = data.train_data()
+    assert pools.source_images.shape == (64, 28 * 28 * 3) and pools.source_images.dtype == np.uint8
+    assert pools.target_images.ndim == 2 and pools.image_shape == (28, 28, 3)
+    tests = data.eval_sets(8)
+    assert all(es.images.ndim == 3 for es in tests.values())  # (chunks, chunk, H*W*C)
+    line = loop.describe_memory(data, 8)
+    expected = 2 * 64 * 28 * 28 * 3 + 64 * 4 + 3 * 4  # two pools, the labels, the mean
+    assert pools.nbytes == expected
+    assert f"({expected} bytes" in line
+    per_device = sum(es.nbytes for es in tests.values()) / 8 / 1e6
+    assert re.search(rf"{per_device:.1f} MB of test sets per device", line)
