@@ -21,8 +21,10 @@ Public API:
   ``shard_map`` over a device mesh, also across hosts) and the ``jax.pmap`` form:
   `replicate`, `shard`, `unreplicate`.
 
-Separate imports, so the core never imports TensorFlow Datasets, scikit-learn or
-matplotlib: `dann_jax.data` (digit domains as TFDS data sets, the embedded default,
+Every name above is imported on first use (PEP 562), so ``import dann_jax.grl`` loads
+JAX and nothing else of the package, and ``import dann_jax`` costs nothing until a name
+is used. Separate imports, so the core never imports TensorFlow Datasets, scikit-learn
+or matplotlib: `dann_jax.data` (digit domains as TFDS data sets, the embedded default,
 .npz domains), `dann_jax.experiment` (the digits job behind ``experiments/digits.py``),
 `dann_jax.reproduce` (the paper's table), `dann_jax.analysis` (proxy A-distance, t-SNE,
 confusion matrices), `dann_jax.plots` (figures), `dann_jax.validators` (label-free model
@@ -30,115 +32,79 @@ selection: DEV, reverse validation, ...) and `dann_jax.select` (the selection ex
 behind ``experiments/selection.py``), `dann_jax.io` (atomic writes, strict JSON).
 """
 
-from dann_jax.compiled import TrainSteps, compile_train_step, compile_train_steps
-from dann_jax.config import Config, ConfigError, hyperparams
-from dann_jax.evaluate import (
-    EvalSet,
-    compile_evaluate,
-    compile_predict,
-    evaluate,
-    make_eval_set,
-    normalize,
-    predict,
-)
-from dann_jax.grl import GradientReversal, grad_reverse
-from dann_jax.losses import (
-    accuracy,
-    classification_loss,
-    domain_accuracy,
-    domain_adversarial_loss,
-)
-from dann_jax.models import (
-    DANN,
-    DomainBatchNorm,
-    DomainDiscriminator,
-    FeatureExtractor,
-    LabelClassifier,
-    paper_model,
-)
-from dann_jax.schedules import (
-    annealed_learning_rate,
-    dann_lambda,
-    grl_lambda,
-    learning_rate_schedule,
-    progress,
-)
-from dann_jax.sharding import (
-    fetch,
-    make_mesh,
-    put_replicated,
-    put_sharded,
-    replicate,
-    shard,
-    unreplicate,
-)
-from dann_jax.train import (
-    NonFiniteLossError,
-    TrainData,
-    TrainState,
-    check_finite,
-    create_train_state,
-    make_model,
-    make_optimizer,
-    make_train_data,
-    sample_batch,
-    stack_trees,
-    train_step,
-    train_steps,
-    tree_index,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DANN",
-    "Config",
-    "ConfigError",
-    "DomainBatchNorm",
-    "DomainDiscriminator",
-    "EvalSet",
-    "FeatureExtractor",
-    "GradientReversal",
-    "LabelClassifier",
-    "NonFiniteLossError",
-    "TrainData",
-    "TrainState",
-    "TrainSteps",
-    "accuracy",
-    "annealed_learning_rate",
-    "check_finite",
-    "classification_loss",
-    "compile_evaluate",
-    "compile_predict",
-    "compile_train_step",
-    "compile_train_steps",
-    "create_train_state",
-    "dann_lambda",
-    "domain_accuracy",
-    "domain_adversarial_loss",
-    "evaluate",
-    "fetch",
-    "grad_reverse",
-    "grl_lambda",
-    "hyperparams",
-    "learning_rate_schedule",
-    "make_eval_set",
-    "make_mesh",
-    "make_model",
-    "make_optimizer",
-    "make_train_data",
-    "normalize",
-    "paper_model",
-    "predict",
-    "progress",
-    "put_replicated",
-    "put_sharded",
-    "replicate",
-    "sample_batch",
-    "shard",
-    "stack_trees",
-    "train_step",
-    "train_steps",
-    "tree_index",
-    "unreplicate",
-]
+# public name -> the module that defines it (imported when the name is first used)
+_EXPORTS = {
+    "TrainSteps": "dann_jax.compiled",
+    "compile_train_step": "dann_jax.compiled",
+    "compile_train_steps": "dann_jax.compiled",
+    "Config": "dann_jax.config",
+    "ConfigError": "dann_jax.config",
+    "hyperparams": "dann_jax.config",
+    "EvalSet": "dann_jax.evaluate",
+    "compile_evaluate": "dann_jax.evaluate",
+    "compile_predict": "dann_jax.evaluate",
+    "evaluate": "dann_jax.evaluate",
+    "make_eval_set": "dann_jax.evaluate",
+    "normalize": "dann_jax.evaluate",
+    "predict": "dann_jax.evaluate",
+    "GradientReversal": "dann_jax.grl",
+    "grad_reverse": "dann_jax.grl",
+    "accuracy": "dann_jax.losses",
+    "classification_loss": "dann_jax.losses",
+    "domain_accuracy": "dann_jax.losses",
+    "domain_adversarial_loss": "dann_jax.losses",
+    "DANN": "dann_jax.models",
+    "DomainBatchNorm": "dann_jax.models",
+    "DomainDiscriminator": "dann_jax.models",
+    "FeatureExtractor": "dann_jax.models",
+    "LabelClassifier": "dann_jax.models",
+    "paper_model": "dann_jax.models",
+    "annealed_learning_rate": "dann_jax.schedules",
+    "dann_lambda": "dann_jax.schedules",
+    "grl_lambda": "dann_jax.schedules",
+    "learning_rate_schedule": "dann_jax.schedules",
+    "progress": "dann_jax.schedules",
+    "fetch": "dann_jax.sharding",
+    "make_mesh": "dann_jax.sharding",
+    "put_replicated": "dann_jax.sharding",
+    "put_sharded": "dann_jax.sharding",
+    "replicate": "dann_jax.sharding",
+    "shard": "dann_jax.sharding",
+    "unreplicate": "dann_jax.sharding",
+    "NonFiniteLossError": "dann_jax.train",
+    "TrainData": "dann_jax.train",
+    "TrainState": "dann_jax.train",
+    "check_finite": "dann_jax.train",
+    "create_train_state": "dann_jax.train",
+    "make_model": "dann_jax.train",
+    "make_optimizer": "dann_jax.train",
+    "make_train_data": "dann_jax.train",
+    "sample_batch": "dann_jax.train",
+    "stack_trees": "dann_jax.train",
+    "train_step": "dann_jax.train",
+    "train_steps": "dann_jax.train",
+    "tree_index": "dann_jax.train",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module that defines a public name on first use, and keep the name."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dann_jax' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

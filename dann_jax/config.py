@@ -150,9 +150,14 @@ class Config:
     )
     eval_every: int = _setting(
         500,
-        "evaluate and checkpoint every this many steps (rounded to a multiple of steps_per_call)",
+        "evaluate and checkpoint every this many steps (rounded down to a multiple of "
+        "--steps-per-call when that is set and does not divide it)",
     )
-    steps_per_call: int = _setting(50, "training steps per device dispatch (lax.scan)")
+    steps_per_call: int | None = _setting(
+        None,
+        "training steps per device dispatch (lax.scan); unset: the largest divisor of "
+        "--eval-every up to 50",
+    )
     workdir: str = _setting(
         "runs/digits",
         "output folder (results.json, metrics.jsonl, curves.png, checkpoints); rerun with "
@@ -172,6 +177,21 @@ class Config:
         "start over in a workdir that holds an earlier run: its checkpoints, metrics and "
         "results are deleted first (e.g. after a failed run, to retry with other settings)",
     )
+
+    @property
+    def call_steps(self) -> int:
+        """Steps per dispatch: ``steps_per_call``, or when unset the largest divisor of
+        ``eval_every`` up to 50 (so a default never contradicts the user's --eval-every)."""
+        if self.steps_per_call is not None:
+            return self.steps_per_call
+        return max(d for d in range(1, min(50, self.eval_every) + 1) if self.eval_every % d == 0)
+
+    @property
+    def eval_interval(self) -> int:
+        """Steps between evaluations: ``eval_every`` rounded down to a multiple of
+        `call_steps` (evaluations happen between dispatches)."""
+        k = self.call_steps
+        return max(k, (self.eval_every // k) * k)
 
     def replace(self, **changes) -> Config:
         """A copy with some fields changed, validated."""
@@ -219,8 +239,9 @@ class Config:
         number("seed", low=0, integer=True)
         number("seeds", low=1, integer=True)
         number("eval_every", low=1, integer=True)
-        number("steps_per_call", low=1, integer=True)
-        if self.steps_per_call > self.eval_every:
+        if self.steps_per_call is not None:
+            number("steps_per_call", low=1, integer=True)
+        if self.steps_per_call is not None and self.steps_per_call > self.eval_every:
             raise ConfigError(
                 f"--steps-per-call {self.steps_per_call} is larger than --eval-every "
                 f"{self.eval_every}: a run evaluates between dispatches only. Lower "

@@ -195,7 +195,7 @@ def check_request(config: Config, log: Callable[[str], None]) -> None:
             f"warning: --source and --target are both {config.source!r}: there is no domain "
             "shift to adapt to (fine as a sanity check)."
         )
-    every = loop.eval_interval(config)
+    every = config.eval_interval
     if every != config.eval_every:
         log(
             f"note: evaluating every {every} steps, the largest multiple of --steps-per-call "

@@ -1,7 +1,8 @@
 """Gradient reversal layer (GRL) as a `jax.custom_vjp` primitive.
 
-This module is self-contained (it imports only JAX, and Flax when available) so that
-other JAX code can use it without the rest of `dann_jax`::
+This module is self-contained: importing it loads JAX and nothing else (not the rest of
+`dann_jax`, not optax; Flax only when ``GradientReversal`` is first used), so other JAX
+code can use it on its own::
 
     from dann_jax.grl import grad_reverse
 
@@ -18,7 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-__all__ = ["GradientReversal", "grad_reverse"]
+__all__ = ["GradientReversal", "grad_reverse"]  # noqa: F822 (GradientReversal: __getattr__)
 
 
 @jax.custom_vjp
@@ -68,6 +69,11 @@ def grad_reverse(x: Any, lambda_: float | jax.Array = 1.0) -> Any:
     ``jax.jit`` pass it as an argument (not a static one) and a lambda schedule never
     triggers a recompile. Its own cotangent is zero: the GRL does not learn lambda.
 
+    Second order: reverse-over-reverse (``grad`` of ``grad``, ``jacrev`` of ``grad``,
+    Hessian-vector products that way) differentiates the GRL's forward pass as the plain
+    identity and its backward rule ``-lambda * g`` as an ordinary linear function of the
+    cotangent. So the reversal applies once: ``d2/dx2 L(R(x)) = -lambda * L''(x)`` (not
+    ``lambda**2``), and a term that uses ``x`` outside the GRL is differentiated as usual.
     Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``, forward-over-reverse
     Hessians) is not supported, because JAX's ``custom_vjp`` defines only the reverse
     rule; JAX raises ``TypeError: can't apply forward-mode autodiff (jvp) to a
@@ -96,12 +102,9 @@ def grad_reverse(x: Any, lambda_: float | jax.Array = 1.0) -> Any:
     return _reverse(x, jnp.asarray(lambda_))
 
 
-try:  # Flax is optional for users who only need the function.
-    import flax.linen as nn
-except ImportError:  # pragma: no cover - exercised only without flax installed
-    nn = None
-
-if nn is not None:
+def _linen_module() -> type:
+    """The Flax module class; built on first use so that this module imports JAX only."""
+    import flax.linen as nn  # Flax is optional for users who only need the function.
 
     class GradientReversal(nn.Module):
         """Linen wrapper of `grad_reverse`: ``GradientReversal()(x, lambda_)``.
@@ -117,5 +120,13 @@ if nn is not None:
         def __call__(self, x: Any, lambda_: float | jax.Array = 1.0) -> Any:
             return grad_reverse(x, lambda_)
 
-else:  # pragma: no cover
-    GradientReversal = None  # type: ignore[assignment]
+    GradientReversal.__module__ = __name__
+    return GradientReversal
+
+
+def __getattr__(name: str) -> Any:
+    """``GradientReversal`` is made (importing Flax) when first asked for."""
+    if name == "GradientReversal":
+        globals()[name] = cls = _linen_module()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

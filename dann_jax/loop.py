@@ -5,7 +5,7 @@ to ``config.steps``, resuming from the newest intact checkpoint:
 
 * the state, the training pools and the hparams are replicated over the device mesh,
   the test sets split along it, once;
-* chunks of up to ``steps_per_call`` steps are dispatched back to back: chunk i+1 is
+* chunks of up to ``config.call_steps`` steps are dispatched back to back: chunk i+1 is
   queued before the host reads chunk i's metrics (NaN check, ``metrics.jsonl``), so the
   device never waits for the host between evaluations;
 * at every evaluation the queue is drained (every chunk checked for NaN first), both
@@ -35,7 +35,7 @@ from dann_jax.config import Config, ConfigError, hyperparams
 from dann_jax.data.pair import PairData
 from dann_jax.evaluate import compile_evaluate
 
-__all__ = ["eval_interval", "is_writer", "run_name", "train_and_evaluate"]
+__all__ = ["is_writer", "run_name", "train_and_evaluate"]
 
 
 def is_writer() -> bool:
@@ -46,12 +46,6 @@ def is_writer() -> bool:
 def run_name(seeds: Sequence[int]) -> str:
     """The folder of a run's checkpoints: ``seed_<k>``, or ``seeds_<a>-<b>`` when vmapped."""
     return f"seed_{seeds[0]}" if len(seeds) == 1 else f"seeds_{seeds[0]}-{seeds[-1]}"
-
-
-def eval_interval(config: Config) -> int:
-    """Evaluation interval: a multiple of the steps per call."""
-    k = config.steps_per_call
-    return max(k, (config.eval_every // k) * k)
 
 
 def step_of(state: train.TrainState) -> int:
@@ -277,13 +271,13 @@ def train_and_evaluate(
     step = step_of(state)
     state, pools, hp, tests, mean = _place(state, data, config, mesh)
     evaluate = compile_evaluate(model, vmap_seeds=len(seeds) > 1, mesh=mesh)
-    every = eval_interval(config)
+    every = config.eval_interval
     bar = _progress(config.steps, step, name)
     with contextlib.ExitStack() as stack:
         files = _open_metrics(stack, workdir, seeds, step)
         queue = _Queue(seeds, files, bar, _Eta(config.steps - step, log, name))
         while step < config.steps:
-            n = min(config.steps_per_call, config.steps - step, every - step % every)
+            n = min(config.call_steps, config.steps - step, every - step % every)
             run = compiled.compile_train_steps(
                 model, tx, num_steps=n, batch_size=config.batch_size,
                 lambda2_schedule=config.lambda2_schedule, vmap_seeds=len(seeds) > 1, mesh=mesh,

@@ -1,6 +1,7 @@
 """Bad input on the command line (experiments/digits.py, dann_jax.cli): exit status 2,
 one paragraph naming the fix, no traceback, no results.json."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +69,14 @@ def test_a_cloud_workdir_is_refused_before_anything_is_written(tmp_path):
     proc = _cli("--workdir", "gs://bucket/run", "--steps", "5", cwd=tmp_path, timeout=120)
     _assert_clean_failure(proc, "is a URL", "mounted bucket")
     assert not (tmp_path / "gs:").exists()
+
+
+def test_an_eval_interval_below_the_default_steps_per_call_just_works(tmp_path):
+    # The user set --eval-every only: --steps-per-call's default adapts (here to 3).
+    proc = _cli("--steps", "6", "--eval-every", "3", "--workdir", tmp_path / "w", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    steps = [
+        r["step"]
+        for r in json.loads((tmp_path / "w" / "results.json").read_text())["seeds"][0]["curves"]
+    ]
+    assert steps == [3, 6]

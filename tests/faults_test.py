@@ -170,9 +170,14 @@ def test_restart_starts_over_a_run_with_another_config(finished, tmp_path):
     assert json.loads((workdir / "config.json").read_text())["lambda2"] == 0.5
 
 
-def test_steps_per_call_above_eval_every_is_refused():
+def test_steps_per_call_above_eval_every_is_refused_only_when_the_user_set_it():
     with pytest.raises(ConfigError, match="--steps-per-call 50 is larger than --eval-every 10"):
-        Config(eval_every=10).validate()
+        Config(eval_every=10, steps_per_call=50).validate()
+    # Unset, the default adapts to --eval-every: its largest divisor up to 50.
+    for every, k in ((10, 10), (30, 30), (500, 50), (120, 40), (60, 30), (53, 1)):
+        config = Config(eval_every=every).validate()
+        assert (config.call_steps, config.eval_interval) == (k, every)
+    assert Config(eval_every=30, steps_per_call=20).eval_interval == 20  # set: rounded down
 
 
 def test_source_equal_to_target_warns(tmp_path):

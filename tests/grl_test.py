@@ -1,6 +1,8 @@
 """Gradient reversal: exact forward identity, exact -lambda * g cotangent, no retraces."""
 
 import functools
+import subprocess
+import sys
 
 import chex
 import jax
@@ -94,6 +96,29 @@ def test_grad_of_grad():
     x = jnp.array([1.0, 2.0, -3.0])
     np.testing.assert_array_equal(np.asarray(first(x)), -2 * lam * np.asarray(x))
     np.testing.assert_array_equal(np.asarray(second(x)), np.full(3, -2 * lam, np.float32))
+
+
+def test_second_order_reverses_once_and_treats_the_forward_as_identity():
+    # d2/dx2 of sum(R(x)^3) is -lam * 6x (the reversal is not squared), and in
+    # sin(x) * R(x) the outer derivative sees R's forward pass as the identity.
+    lam = 0.5
+    x = jnp.array([1.0, 2.0])
+    cube = lambda x: jnp.sum(grad_reverse(x, lam) ** 3)
+    np.testing.assert_allclose(np.diag(jax.jacrev(jax.grad(cube))(x)), -lam * 6 * x, rtol=1e-6)
+    mixed = lambda x: jnp.sum(jnp.sin(x) * grad_reverse(x, lam))
+    # grad = cos(x) * x - lam * sin(x); its derivative = -sin(x) x + cos(x) - lam cos(x)
+    want = -np.sin(x) * x + np.cos(x) - lam * np.cos(x)
+    np.testing.assert_allclose(np.diag(jax.jacrev(jax.grad(mixed))(x)), want, rtol=1e-5)
+
+
+def test_importing_the_grl_loads_jax_only():
+    code = (
+        "import sys, dann_jax.grl; "
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('dann_jax', 'optax', 'flax', 'chex', 'orbax'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["dann_jax", "dann_jax.grl"]
 
 
 def test_jvp_fails_with_clear_message():

@@ -179,7 +179,7 @@ def reverse_dann_accuracy(
         mean=data.mean, info={"variant": "reverse"},
     )  # fmt: skip
     reverse_config = config.replace(
-        mode="dann", steps=steps, eval_every=steps, steps_per_call=min(config.steps_per_call, steps)
+        mode="dann", steps=steps, eval_every=steps, steps_per_call=min(config.call_steps, steps)
     )
     (result,) = loop.train_and_evaluate(
         reverse_config, reverse, workdir, (config.seed,), log=lambda _: None
