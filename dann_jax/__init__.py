@@ -2,6 +2,8 @@
 
 Public API:
 
+* without the command line: `fit` (train on arrays), `load_run` (a finished workdir),
+  `TrainedModel.predict`, `read_images` (an image folder or list as arrays);
 * gradient reversal: `grad_reverse`, `GradientReversal` (module `dann_jax.grl`, usable
   on its own);
 * models: `DANN` (any linen module as its extractor), `paper_model`, `FeatureExtractor`,
@@ -41,6 +43,11 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it (imported when the name is first used)
 _EXPORTS = {
+    "RECOMMENDED": "dann_jax.api",
+    "TrainedModel": "dann_jax.api",
+    "fit": "dann_jax.api",
+    "load_run": "dann_jax.api",
+    "read_images": "dann_jax.data.folders",
     "TrainSteps": "dann_jax.compiled",
     "compile_train_step": "dann_jax.compiled",
     "compile_train_steps": "dann_jax.compiled",

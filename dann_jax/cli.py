@@ -16,7 +16,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from dann_jax.config import Config, ConfigError, flag
+from dann_jax.config import HELP_GROUPS, Config, ConfigError, flag
 
 __all__ = ["add_config_arguments", "config_from_args", "make_parser", "parse_config", "run_cli"]
 
@@ -30,8 +30,12 @@ def _value_type(hint: Any) -> type:
 
 def _argument(field: dataclasses.Field, hint: Any, default: Any) -> dict[str, Any]:
     """`ArgumentParser.add_argument` keywords of one `Config` field."""
+    text = field.metadata["help"]
+    if default is not None and "; unset: " in text:
+        # A script that sets its own default: what "unset" would do never happens there.
+        text = text.split("; unset: ")[0]
     # argparse expands %-formatting in help texts; a literal % must not break --help.
-    kwargs: dict[str, Any] = {"default": default, "help": field.metadata["help"].replace("%", "%%")}
+    kwargs: dict[str, Any] = {"default": default, "help": text.replace("%", "%%")}
     value_type = _value_type(hint)
     if value_type is bool:
         # A flag that is on by default needs a way to turn it off: --no-<name>.
@@ -66,18 +70,32 @@ def add_config_arguments(
     unknown = sorted((set(wanted) | set(defaults)) - set(fields))
     if unknown:
         raise ValueError(f"not Config fields: {unknown}")
-    for name in wanted:
-        default = defaults.get(name, fields[name].default)
-        parser.add_argument(flag(name), **_argument(fields[name], hints[name], default))
+    for title, group in HELP_GROUPS.items():
+        mine = [n for n in group if n in wanted]
+        if not mine:
+            continue
+        section = parser.add_argument_group(title)
+        for name in mine:
+            default = defaults.get(name, fields[name].default)
+            section.add_argument(flag(name), **_argument(fields[name], hints[name], default))
     return parser
 
 
-def make_parser(description: str | None = None) -> argparse.ArgumentParser:
-    """A parser with one flag per `Config` field; `--help` shows each default."""
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown with each flag; the description and the examples kept as written."""
+
+
+def make_parser(
+    description: str | None = None,
+    examples: str | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> argparse.ArgumentParser:
+    """A parser with one flag per `Config` field, grouped (`HELP_GROUPS`); `--help` shows
+    each default and ends with the `examples`."""
     parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=description, epilog=examples, formatter_class=HelpFormatter
     )
-    return add_config_arguments(parser)
+    return add_config_arguments(parser, defaults=defaults)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -160,4 +178,30 @@ def run_cli(config: Config, *, runner: Callable[[Config], Any] | None = None) ->
             file=sys.stderr,
         )
         return 130
+    return 0
+
+
+def run_predict(workdir: str, folder: str) -> int:
+    """``adapt.py --predict``: classify the images under `folder` with the run in `workdir`.
+
+    Writes ``<workdir>/predictions_<folder name>.csv`` (path relative to `folder`,
+    predicted class name, its probability). Returns the exit code (2 on bad input).
+    """
+    from pathlib import Path
+
+    from dann_jax import api, io, outputs
+    from dann_jax.checkpoint import CheckpointError
+    from dann_jax.data import DataError
+    from dann_jax.data.folders import read_images
+
+    try:
+        run = api.load_run(workdir)
+        side = run.image_shape[0] if run.image_shape[0] == run.image_shape[1] else None
+        images = read_images(folder, side, run.config.tfds_dir, unlabelled=True)
+        logits = run.logits(images.images)
+    except (DataError, CheckpointError, ValueError) as e:
+        return _fail(str(e))
+    out = Path(workdir) / f"predictions_{Path(folder).resolve().name}.csv"
+    io.write_text(out, outputs.predictions_csv(images.paths, run.class_names, logits))
+    print(f"wrote {out} ({len(images.paths)} images)")
     return 0

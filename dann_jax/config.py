@@ -21,6 +21,7 @@ from typing import Any
 __all__ = [
     "ARCHS",
     "BN_STATS",
+    "HELP_GROUPS",
     "LAMBDA2_SCHEDULES",
     "MODES",
     "OPTIMIZERS",
@@ -65,23 +66,36 @@ class Config:
 
     source: str = _setting(
         "mnist",
-        "source domain (mnist, mnist_m, usps, svhn) or path to an .npz with x_train, "
-        "y_train, x_test, y_test (see dann_jax.data)",
+        "labelled source domain: a digit domain (mnist, mnist_m, usps, svhn), an .npz "
+        "(x_train, y_train, x_test, y_test), an image folder with one subfolder per class, "
+        "or an image-list file ('relative/path label' lines)",
     )
-    target: str = _setting("mnist_m", "target domain (mnist, mnist_m, usps, svhn) or .npz path")
+    target: str = _setting(
+        "mnist_m",
+        "target domain, the same forms; labels optional (used only to report): an .npz "
+        "without y_*, a flat folder of images, or an image list without labels",
+    )
     data_dir: str | None = _setting(
         None,
         "folder with the raw upstream files: mnist/, mnist_m/, usps/, svhn/ (see README); "
         "unset: prepared TFDS data, a download, or the embedded default",
     )
     tfds_dir: str | None = _setting(
-        None, "where prepared TFDS records live; unset: the TFDS default (~/tensorflow_datasets)"
+        None,
+        "where prepared data live (TFDS records of the digits, decoded image folders); "
+        "unset: the TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets)",
     )
     bsds_dir: str | None = _setting(
         None, "colour photos (e.g. BSDS500) for synthesising the embedded MNIST-M target"
     )
     arch: str = _setting(
         "mnist", "paper architecture: mnist (28x28 inputs) or svhn (32x32 inputs)", ARCHS
+    )
+    image_size: int | None = _setting(
+        None,
+        "bring every image to N x N: own images' shorter side resized to N, then a centre "
+        "crop; digit domains as --resize says; unset: the architecture's input size for "
+        "the digit domains, the native size for your own (which must then be one size)",
     )
     resize: str = _setting(
         "auto",
@@ -166,7 +180,8 @@ class Config:
     analyze: bool = _setting(
         False,
         "also write the adaptation analysis (analysis.json and figures: proxy A-distance, "
-        "embeddings, ...)",
+        "embeddings, confusion matrix); it trains a source-only reference model alongside "
+        "(same seed and steps), so the run takes about twice as long",
     )
     multihost: bool = _setting(
         False,
@@ -230,6 +245,8 @@ class Config:
         number("label_smoothing", low=0, high=1)
         if self.steps is not None:
             number("steps", low=1, integer=True)
+        if self.image_size is not None:
+            number("image_size", low=8, integer=True)
         number("batch_size", low=1, integer=True)
         number("lr", low=0, low_open=True)
         number("lr_alpha", low=0)
@@ -253,6 +270,23 @@ class Config:
                 "seed at a time); drop one of them."
             )
         return self
+
+
+# The fields by theme, in --help's order (every field in exactly one group; a test checks).
+HELP_GROUPS: dict[str, tuple[str, ...]] = {
+    "data": ("source", "target", "data_dir", "tfds_dir", "bsds_dir", "image_size", "resize"),
+    "model": ("arch", "batchnorm", "bn_stats", "dropout", "precision"),
+    "optimisation": (
+        "mode", "lambda2", "lambda3", "label_smoothing", "optimizer", "lr", "momentum",
+        "batch_size",
+    ),
+    "schedule": ("steps", "lambda2_schedule", "gamma", "lr_alpha", "lr_beta"),
+    "run and output": (
+        "seed", "seeds", "vmap_seeds", "eval_every", "steps_per_call", "workdir", "restart",
+        "multihost",
+    ),
+    "analysis": ("analyze",),
+}  # fmt: skip
 
 
 def _attributes_doc(cls: type) -> str:

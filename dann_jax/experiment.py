@@ -40,7 +40,9 @@ __all__ = ["DEFAULT_STEPS", "RunError", "check_workdir", "load_data", "run"]
 # Steps when --steps is not given: the paper-scale run on full data; on the embedded
 # default (2,000 images a domain) a run that ends in a few minutes on a 2-core CPU and
 # where DANN has already pulled away from source-only training (README).
-DEFAULT_STEPS = {"full": 12_000, "synthesised": 12_000, "embedded": 2_000, "npz": 12_000}
+DEFAULT_STEPS = {
+    "full": 12_000, "synthesised": 12_000, "embedded": 2_000, "npz": 12_000, "images": 12_000,
+}  # fmt: skip
 
 # Behaviour of runs whose config.json predates a field, where it differs from today's
 # default (resize="auto" came later; before it, every domain was resampled bilinearly).
@@ -71,12 +73,11 @@ def load_data(config: Config, log: Callable[[str], None] = print) -> PairData:
 
 
 # What a run writes in its workdir (removed by --restart; nothing else there is touched).
-_RUN_OUTPUTS = ("config.json", "metrics.jsonl", "results.json", "curves.png", "analysis.json")
+_RUN_OUTPUTS = (
+    "config.json", "run.json", "metrics.jsonl", "results.json", "curves.png",
+    "analysis.json", "predictions.csv", "confusion_target.png", "embeddings.png",
+)  # fmt: skip
 _RUN_FOLDERS = ("seed_*", "seeds_*", "analysis_source_only")
-
-# Domains smaller than this are refused: a model trained on them means nothing.
-MIN_TRAIN_IMAGES = 10
-MIN_IMAGE_SIDE = 8
 
 
 def usable_workdir(workdir: Path) -> None:
@@ -166,8 +167,11 @@ def device_info() -> dict[str, Any]:
     }
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and (population) standard deviation."""
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and (population) standard deviation; (None, None) when a value is missing
+    (the target accuracy of a target without labels)."""
+    if any(v is None for v in values):
+        return None, None
     a = np.asarray(values, np.float64)
     return float(a.mean()), float(a.std())
 
@@ -178,11 +182,15 @@ def check_request(config: Config, log: Callable[[str], None]) -> None:
 
     for role in ("source", "target"):
         name = getattr(config, role)
-        if not name.lower().endswith(".npz") and name not in KNOWN_DOMAINS:
-            raise DataError(
-                f"--{role} {name!r} is not a known domain. Known domains: "
-                f"{', '.join(KNOWN_DOMAINS)}; or give a path to an .npz file."
-            )
+        if name in KNOWN_DOMAINS or Path(name).expanduser().exists():
+            continue
+        what = "an .npz file" if name.lower().endswith(".npz") else "a known domain or a path"
+        raise DataError(
+            f"--{role} {name!r} is not {what} that exists. Known domains: "
+            f"{', '.join(KNOWN_DOMAINS)}; or give an .npz file, an image folder (one "
+            "subfolder per class, or a flat folder for an unlabelled target) or an "
+            "image-list file."
+        )
     if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", config.workdir):
         raise RunError(
             f"--workdir {config.workdir} is a URL; runs are written to a local folder only "
@@ -201,23 +209,6 @@ def check_request(config: Config, log: Callable[[str], None]) -> None:
             f"note: evaluating every {every} steps, the largest multiple of --steps-per-call "
             f"{config.steps_per_call} up to --eval-every {config.eval_every}"
         )
-
-
-def check_sizes(data: PairData) -> None:
-    """Refuse domains too small to train on (a handful of images, or tiny images)."""
-    from dann_jax.data import DataError
-
-    for role in ("source", "target"):
-        info = data.info[role]
-        side = min(info["native_shape"][:2])
-        if info["train_size"] < MIN_TRAIN_IMAGES or info["test_size"] < 1 or side < MIN_IMAGE_SIDE:
-            raise DataError(
-                f"The {role} domain {info['name']} is too small to train on: "
-                f"{info['train_size']} training and {info['test_size']} test images of "
-                f"{info['native_shape'][0]}x{info['native_shape'][1]} pixels. A domain needs at "
-                f"least {MIN_TRAIN_IMAGES} training images, 1 test image, and images of at "
-                f"least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels."
-            )
 
 
 def _train_all(config: Config, data: PairData, workdir: Path, log) -> list[dict[str, Any]]:
@@ -245,6 +236,28 @@ def _merge_metrics(workdir: Path, per_seed: list[dict[str, Any]]) -> None:
     io.write_text(workdir / "metrics.jsonl", "".join(m + "\n" for m in merged))
 
 
+def _target_outputs(config: Config, data: PairData, per_seed, workdir: Path, log) -> None:
+    """What a run says about its target beyond accuracy: each seed's predictions of an
+    image-folder target (``predictions.csv``, the first seed's also at the top), and,
+    for a target without labels, the label-free validators' scores of the final model."""
+    from dann_jax import outputs
+
+    for r in per_seed:
+        if data.target_paths is not None:
+            path = workdir / f"seed_{r['seed']}" / "predictions.csv"
+            outputs.write_predictions(
+                path, r["model"], r["state"], data.target_test, data.mean,
+                data.target_paths, data.class_names,
+            )  # fmt: skip
+            if r is per_seed[0]:
+                shutil.copyfile(path, workdir / "predictions.csv")
+        if not data.target_labelled:
+            scores = outputs.label_free_scores(r["model"], r["state"], data, r["seed"])
+            r["validators"] = {k: (v if np.isfinite(v) else None) for k, v in scores.items()}
+    if data.target_paths is not None:
+        log(f"wrote {workdir / 'predictions.csv'} ({len(data.target_paths)} target images)")
+
+
 def summarize(config, data, per_seed, analysis, device, wall_seconds) -> dict[str, Any]:
     """The contents of ``results.json``."""
     stats = {
@@ -262,6 +275,16 @@ def summarize(config, data, per_seed, analysis, device, wall_seconds) -> dict[st
         "analysis": analysis,
         "wall_seconds": wall_seconds,
     }
+    if not data.target_labelled:
+        # No target labels: target_accuracy is null; the label-free scores instead.
+        names = per_seed[0].get("validators", {})
+        results["validators"] = {
+            k: _mean_std([r["validators"][k] for r in per_seed])[0] for k in names
+        }
+        results["validators_note"] = (
+            "label-free validators of the final model (dann_jax.validators; each in its own "
+            "direction: see dann_jax.validators.VALIDATORS); the target has no labels"
+        )
     if data.info["variant"] == "embedded":
         results["warning"] = EMBEDDED_WARNING
     return results
@@ -315,7 +338,6 @@ def run(
     if config.restart and loop.is_writer():
         clear_run(workdir, log)
     data = load_data(config, log) if data is None else data
-    check_sizes(data)
     config = _resolve_steps(config, data, log)
     check_workdir(config, workdir, log)
     results_path = workdir / "results.json"
@@ -328,6 +350,7 @@ def run(
     if not loop.is_writer():
         return summarize(config, data, per_seed, None, device, time.perf_counter() - start)
     _merge_metrics(workdir, per_seed)
+    _target_outputs(config, data, per_seed, workdir, log)
     analysis = None
     if config.analyze:
         from dann_jax import experiment_analysis
@@ -336,15 +359,26 @@ def run(
     _plot(workdir / "curves.png", config, data, per_seed, log)
     results = summarize(config, data, per_seed, analysis, device, time.perf_counter() - start)
     io.write_json(results_path, results)
-    pm = "\u00b1"
-    log(
-        f"target accuracy (last step) {results['target_accuracy']:.4f} {pm} "
-        f"{results['target_accuracy_std']:.4f}, source accuracy "
-        f"{results['source_accuracy']:.4f} {pm} {results['source_accuracy_std']:.4f}, "
-        f"domain accuracy {results['domain_accuracy']:.3f}; "
-        f"{results['wall_seconds']:.0f} s. Wrote {results_path}, {workdir / 'curves.png'}"
-    )
+    log(_summary_line(results, results_path, workdir))
     return results
+
+
+def _summary_line(results: dict, results_path: Path, workdir: Path) -> str:
+    """The run's last line: accuracies (the target's only where it has labels)."""
+    pm = "\u00b1"
+    if results["target_accuracy"] is None:
+        target = "target accuracy n/a (the target has no labels; validators in results.json)"
+    else:
+        target = (
+            f"target accuracy (last step) {results['target_accuracy']:.4f} {pm} "
+            f"{results['target_accuracy_std']:.4f}"
+        )
+    return (
+        f"{target}, source accuracy {results['source_accuracy']:.4f} {pm} "
+        f"{results['source_accuracy_std']:.4f}, domain accuracy "
+        f"{results['domain_accuracy']:.3f}; {results['wall_seconds']:.0f} s. Wrote "
+        f"{results_path}, {workdir / 'curves.png'}"
+    )
 
 
 def _plot(path: Path, config: Config, data: PairData, per_seed, log) -> None:

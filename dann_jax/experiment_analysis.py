@@ -20,12 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from dann_jax import analysis, loop, plots, validators
 from dann_jax.data.pair import PairData
-from dann_jax.evaluate import compile_predict, make_eval_set
+from dann_jax.outputs import predict_host
 
 __all__ = ["analyze", "make_dev_hook"]
 
@@ -33,24 +32,17 @@ _MAX_DEV = 1000  # examples per domain for DEV at each evaluation (sklearn cost)
 _MAX_PAD = 2000  # examples per domain for the proxy A-distance
 
 
-def _subset(images: np.ndarray, labels: np.ndarray, n: int, seed: int):
-    """A seeded random subset of at most n examples."""
+def _subset(images: np.ndarray, labels: np.ndarray | None, n: int, seed: int):
+    """A seeded random subset of at most n examples (labels None stay None)."""
     idx = np.random.default_rng(seed).permutation(len(images))[:n]
-    return images[idx], labels[idx]
-
-
-def _outputs(model, state, images, labels, mean) -> dict[str, np.ndarray]:
-    """Features, logits and per-example losses of host images under a host `state`."""
-    es = make_eval_set(images, labels, chunk=250)
-    out = compile_predict(model)(state.params, state.batch_stats, es, np.asarray(mean))
-    return {k: np.asarray(v)[: len(images)] for k, v in jax.device_get(out).items()}
+    return images[idx], None if labels is None else labels[idx]
 
 
 def make_dev_hook(config, data: PairData, seed: int) -> Callable[[Any, dict], None]:
     """A per-evaluation hook that adds DEV's ``dev_risk`` (and IWCV) to the record."""
     from dann_jax.train import make_model
 
-    model = make_model(config)
+    model = make_model(config, num_classes=data.num_classes)
     src = _subset(data.source_test, data.source_test_labels, _MAX_DEV, seed)
     tgt_images = data.target_train[
         np.random.default_rng(seed + 1).permutation(len(data.target_train))[:_MAX_DEV]
@@ -58,8 +50,8 @@ def make_dev_hook(config, data: PairData, seed: int) -> Callable[[Any, dict], No
     tgt = (tgt_images, np.zeros(len(tgt_images), np.int32))  # labels unused
 
     def hook(state, record):
-        s = _outputs(model, state, *src, data.mean)
-        t = _outputs(model, state, *tgt, data.mean)
+        s = predict_host(model, state, src[0], data.mean, src[1])
+        t = predict_host(model, state, tgt[0], data.mean, tgt[1])
         dev = validators.deep_embedded_validation(
             s["features"], s["loss"], t["features"], seed=seed
         )
@@ -94,9 +86,9 @@ def _embeddings(path: Path, mode: str, feats: dict, ys, yt, seed: int) -> None:
 def _dev_selection(curves: list[dict]) -> dict[str, Any] | None:
     """How DEV's choice of evaluation agrees with the (report-only) target accuracy."""
     dev = [c.get("dev_risk") for c in curves]
-    if not dev or any(d is None for d in dev):
-        return None
     accuracy = [c["target_accuracy"] for c in curves]
+    if not dev or any(d is None for d in dev) or any(a is None for a in accuracy):
+        return None  # (no target labels: nothing to agree with)
     selection = {
         "validator": "deep embedded validation (You et al., ICML 2019); lower is better",
         "steps": [c["step"] for c in curves],
@@ -131,8 +123,8 @@ def analyze(config, data: PairData, dann_result: dict, workdir: Path, log) -> di
         "ref": (reference["model"], reference["state"]),
         "run": (model, state),
     }.items():
-        feats[f"{key}_s"] = _outputs(m, st, xs, ys, data.mean)["features"]
-        feats[f"{key}_t"] = _outputs(m, st, xt, yt, data.mean)["features"]
+        feats[f"{key}_s"] = predict_host(m, st, xs, data.mean, ys)["features"]
+        feats[f"{key}_t"] = predict_host(m, st, xt, data.mean, yt)["features"]
     log("analysis: proxy A-distance (raw pixels, source-only features, DANN features)")
     pad = {
         "raw_pixels": analysis.proxy_a_distance(
@@ -148,9 +140,11 @@ def analyze(config, data: PairData, dann_result: dict, workdir: Path, log) -> di
     log("analysis: embeddings")
     emb_path, cm_path = workdir / "embeddings.png", workdir / "confusion_target.png"
     _embeddings(emb_path, config.mode, feats, ys, yt, seed)
-    logits = _outputs(model, state, data.target_test, data.target_test_labels, data.mean)
-    cm = analysis.confusion_matrix(data.target_test_labels, np.argmax(logits["class_logits"], -1))
-    plots.plot_confusion_matrix(cm_path, cm, f"target test confusion ({config.mode})")
+    cm = None
+    if data.target_labelled:  # a confusion matrix needs the target's labels
+        logits = predict_host(model, state, data.target_test, data.mean)["class_logits"]
+        cm = analysis.confusion_matrix(data.target_test_labels, np.argmax(logits, -1))
+        plots.plot_confusion_matrix(cm_path, cm, f"target test confusion ({config.mode})")
     result = {
         "seed": seed,
         "proxy_a_distance": {k: v["pad"] for k, v in pad.items()},
@@ -159,9 +153,12 @@ def analyze(config, data: PairData, dann_result: dict, workdir: Path, log) -> di
             "target_accuracy": reference["target_accuracy"],
             "source_accuracy": reference["source_accuracy"],
         },
-        "confusion_matrix_target": cm.tolist(),
+        "confusion_matrix_target": None if cm is None else cm.tolist(),
         "selection": _dev_selection(dann_result["curves"]),
-        "figures": {"embeddings": emb_path.name, "confusion_target": cm_path.name},
+        "figures": {
+            "embeddings": emb_path.name,
+            "confusion_target": None if cm is None else cm_path.name,
+        },
         "note": "target labels are used here only to report, never to select",
     }
     analysis.write_analysis(workdir, result)

@@ -159,25 +159,31 @@ def _read_chunk(metrics, seeds, first_step: int) -> list[dict[str, float]]:
     return out
 
 
-def _evaluate(evaluate, state, eval_sets, mean, seeds) -> list[dict[str, float]]:
-    """Accuracy, loss and mean domain score on both test sets, one dict per seed."""
-    out: list[dict[str, float]] = [{} for _ in seeds]
+def _evaluate(evaluate, state, eval_sets, mean, seeds, labelled) -> list[dict[str, Any]]:
+    """Accuracy, loss and mean domain score on both test sets, one dict per seed.
+
+    A test set without labels (``labelled[name]`` False: an unlabelled target) gets
+    None for its accuracy and loss; its domain score needs no labels.
+    """
+    out: list[dict[str, Any]] = [{} for _ in seeds]
     for name, es in eval_sets.items():
         r = evaluate(state.params, state.batch_stats, es, mean)
         r = sharding.fetch({k: r[k] for k in ("accuracy", "loss", "domain_score")})
         for i in range(len(seeds)):
             for key, value in r.items():
-                out[i][f"{name}_{key}"] = float(_pick(value, seeds, i))
+                known = labelled[name] or key == "domain_score"
+                out[i][f"{name}_{key}"] = float(_pick(value, seeds, i)) if known else None
     return out
 
 
 def _log_eval(log, seeds, step: int, total: int, records) -> None:
     """One plain line per seed and evaluation (when no progress bar is shown)."""
     for seed, r in zip(seeds, records, strict=True):
+        target = r["target_accuracy"]
         log(
             f"seed {seed} step {step}/{total}: loss {r['train_loss']:.4f} "
             f"domain_acc {r['train_domain_accuracy']:.3f} source_acc {r['source_accuracy']:.4f} "
-            f"target_acc {r['target_accuracy']:.4f}"
+            f"target_acc {'n/a (no labels)' if target is None else f'{target:.4f}'}"
         )
 
 
@@ -236,6 +242,15 @@ class _Queue:
             f.flush()
 
 
+def _run_info(data: PairData) -> dict[str, Any]:
+    """The classes, input shape and normalisation mean a run's checkpoints go with."""
+    return {
+        "classes": list(data.class_names),
+        "input_shape": [int(d) for d in data.source_train.shape[1:]],
+        "mean": [float(m) for m in np.asarray(data.mean).reshape(-1)],
+    }
+
+
 def _place(state, data: PairData, config: Config, mesh):
     """State, pools, hparams and mean replicated over the mesh; test sets split along it."""
     put = lambda tree: sharding.put_replicated(tree, mesh)
@@ -251,10 +266,12 @@ def train_and_evaluate(
     seeds: Sequence[int],
     log: Callable[[str], None] = print,
     on_eval: Callable[[Any, dict], None] | None = None,
+    model=None,
 ) -> list[dict[str, Any]]:
     """Train `seeds` to ``config.steps`` (resuming) and return each seed's results.
 
-    Several seeds train in one vmapped program; one seed alone. ``on_eval(host_state,
+    Several seeds train in one vmapped program; one seed alone. ``model`` replaces the
+    model `config` describes (e.g. a `DANN` over your own extractor). ``on_eval(host_state,
     record)`` may add label-free fields to each evaluation record (one seed only). Each
     result has the last-step ``target_accuracy``, ``source_accuracy``,
     ``domain_accuracy`` (discriminator, last training steps), ``curves``, the host
@@ -264,15 +281,20 @@ def train_and_evaluate(
     if len(seeds) > 1 and on_eval is not None:
         raise ValueError("on_eval hooks need one seed at a time")
     start, name, mesh = time.perf_counter(), run_name(seeds), _mesh_for(config)
-    model, tx = train.make_model(config), train.make_optimizer(config)
+    if model is None:
+        model = train.make_model(config, num_classes=data.num_classes)
+    tx = train.make_optimizer(config)
     ckpt_dir = workdir / name / "checkpoint"
     shape = tuple(data.source_train.shape[1:])
     state, curves = restore_or_init(seeds, model, tx, shape, ckpt_dir, log)
     step = step_of(state)
     state, pools, hp, tests, mean = _place(state, data, config, mesh)
     evaluate = compile_evaluate(model, vmap_seeds=len(seeds) > 1, mesh=mesh)
+    labelled = {"source": True, "target": data.target_labelled}
     every = config.eval_interval
     bar = _progress(config.steps, step, name)
+    if is_writer():  # what a checkpoint needs to be used: `dann_jax.load_run` reads it
+        io.write_json(workdir / "run.json", _run_info(data), make_parents=True)
     with contextlib.ExitStack() as stack:
         files = _open_metrics(stack, workdir, seeds, step)
         queue = _Queue(seeds, files, bar, _Eta(config.steps - step, log, name))
@@ -288,7 +310,7 @@ def train_and_evaluate(
             if step % every and step < config.steps:
                 continue
             records, host = queue.drain(), sharding.fetch(state)
-            for i, r in enumerate(_evaluate(evaluate, state, tests, mean, seeds)):
+            for i, r in enumerate(_evaluate(evaluate, state, tests, mean, seeds, labelled)):
                 records[i].update(r)
                 if on_eval is not None:
                     on_eval(host, records[i])
@@ -300,11 +322,13 @@ def train_and_evaluate(
             queue.write(records)
     if bar is not None:
         bar.close()
-    args = (evaluate, tests, mean, curves, queue.last, model, start)
+    args = (evaluate, tests, mean, labelled, curves, queue.last, model, start)
     return _results(config, seeds, state, *args)
 
 
-def _results(config, seeds, state, evaluate, tests, mean, curves, last_train, model, start):
+def _results(
+    config, seeds, state, evaluate, tests, mean, labelled, curves, last_train, model, start
+):
     """Each seed's last-step numbers (from the last evaluation, or a new one)."""
     host = sharding.fetch(state)
     finals = None
@@ -313,7 +337,7 @@ def _results(config, seeds, state, evaluate, tests, mean, curves, last_train, mo
         if curves[i] and curves[i][-1]["step"] == config.steps:
             final = curves[i][-1]
         else:  # a finished run resumed: nothing trained, evaluate once more
-            finals = finals or _evaluate(evaluate, state, tests, mean, seeds)
+            finals = finals or _evaluate(evaluate, state, tests, mean, seeds, labelled)
             final = finals[i]
         results.append(
             {

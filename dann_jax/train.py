@@ -87,7 +87,7 @@ class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or infinite; the message names the step and the term."""
 
 
-def make_model(config: Config, backend: str | None = None) -> DANN:
+def make_model(config: Config, backend: str | None = None, num_classes: int = 10) -> DANN:
     """The DANN module described by `config` (architecture, BatchNorm, dropout, precision).
 
     The one place that picks code per backend: on CPU, convolutions with few input
@@ -99,10 +99,12 @@ def make_model(config: Config, backend: str | None = None) -> DANN:
     matmuls (``lax.Precision.HIGHEST``) on every backend; ``tf32`` is float32 at the
     backend's default precision (TF32 on NVIDIA Ampere and later, one bfloat16 pass on
     TPU, float32 on CPU); ``bf16`` computes in bfloat16. Parameters are float32 always.
+    ``num_classes`` comes from the data (`dann_jax.data.PairData.num_classes`).
     """
     backend = backend or jax.default_backend()
     return paper_model(
         config.arch,
+        num_classes,
         batchnorm=config.batchnorm,
         bn_stats=config.bn_stats,
         dropout=config.dropout,

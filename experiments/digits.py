@@ -19,10 +19,16 @@ import sys
 
 from dann_jax.cli import config_from_args, make_parser, run_cli
 
+EXAMPLES = """examples:
+  python experiments/digits.py --lambda2 1.0                     # MNIST -> MNIST-M, the paper
+  python experiments/digits.py --data-dir DIR --batchnorm --bn-stats per_domain --dropout 0.5
+  python experiments/digits.py --source usps --target mnist --data-dir DIR --seeds 3
+Your own images: experiments/adapt.py. More: docs/running.md."""
+
 
 def parser() -> argparse.ArgumentParser:
-    """The command-line flags: one per `dann_jax.config.Config` field."""
-    return make_parser(__doc__.split("\n\n")[0])
+    """The command-line flags: one per `dann_jax.config.Config` field, in groups."""
+    return make_parser(__doc__.split("\n\n")[0], EXAMPLES)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -156,7 +156,8 @@ def test_npz_domain_loads(tmp_path):
         ({"x_test": np.zeros((4, 20, 20, 5), np.uint8)}, "x_test has shape"),
         ({"y_train": np.arange(5)}, "5 labels but x_train has 6"),
         ({"y_train": np.arange(6).reshape(6, 1)}, "expected \\(N,\\)"),
-        ({"y_train": np.arange(6) * 3}, "labels in \\[0, 15\\]"),
+        ({"y_train": np.arange(6) - 2}, "labels in \\[-2, 3\\]; labels must be >= 0"),
+        ({"class_names": np.array(["a", "b"])}, "labels go up to 9 but class_names has 2"),
         ({"y_test": np.zeros(4, np.float32)}, "integer dtype"),
         ({"x_test": np.zeros((4, 10, 10, 3), np.uint8)}, "x_train images are"),
     ],
@@ -165,6 +166,13 @@ def test_npz_validation_errors(tmp_path, overrides, match):
     with pytest.raises(DataError, match=match) as err:
         data.load_domain(str(_npz(tmp_path, **overrides)))
     assert "np.savez" in str(err.value)  # says how to fix it
+
+
+def test_npz_without_labels_is_an_unlabelled_domain_and_any_class_count(tmp_path):
+    unlabelled = data.load_domain(str(_npz(tmp_path, y_train=None, y_test=None)))
+    assert unlabelled.y_train is None and unlabelled.y_test is None and not unlabelled.labelled
+    many = data.load_domain(str(_npz(tmp_path, y_train=np.arange(6) * 3)))  # labels up to 15
+    assert many.y_train.max() == 15 and many.class_names is None
 
 
 def test_npz_missing_file(tmp_path):

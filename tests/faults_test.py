@@ -195,7 +195,7 @@ def test_a_typo_in_the_target_names_the_typo(tmp_path):
 def test_too_small_domains_are_refused_with_the_minimum(tmp_path, n, side):
     path = tmp_path / "tiny.npz"
     x = np.zeros((n, side, side), np.uint8)
-    y = np.zeros(n, np.int64)
+    y = np.arange(n) % 2  # two classes where there are two images
     np.savez(path, x_train=x, y_train=y, x_test=x[:1], y_test=y[:1])
     config = Config(source=str(path), target=str(path), steps=4, steps_per_call=2, eval_every=2)
     with pytest.raises(DataError, match=r"too small to train on.*at least 10 training images"):

@@ -1,4 +1,4 @@
-"""Bring-your-own domain: a validated ``.npz`` file."""
+"""Your own domain as a validated ``.npz`` file (labels optional: an unlabelled target)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-from dann_jax.data.domain import NUM_CLASSES, DataError, Domain
+from dann_jax.data.domain import DataError, Domain
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+IMAGE_KEYS, LABEL_KEYS = ("x_train", "x_test"), ("y_train", "y_test")
 NPZ_HOWTO = (
     "Write it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...): "
     "x_* uint8 images (N, H, W) or (N, H, W, C) with C in (1, 3), "
-    f"y_* integer labels (N,) in [0, {NUM_CLASSES})."
+    "y_* integer class indices (N,) >= 0 (leave both y_* out for an unlabelled target), "
+    "optionally class_names=[...] (one name per index)."
 )
 
 
@@ -49,20 +51,33 @@ def _check_labels(path: object, key: str, y: np.ndarray, n: int) -> np.ndarray:
         raise _bad(path, f"{key} has shape {y.shape}, expected (N,) (use y.reshape(-1)).")
     if len(y) != n:
         raise _bad(path, f"{key} has {len(y)} labels but x_{key[2:]} has {n} images.")
-    if y.min() < 0 or y.max() >= NUM_CLASSES:
-        raise _bad(
-            path, f"{key} has labels in [{y.min()}, {y.max()}], expected [0, {NUM_CLASSES})."
-        )
+    if len(y) and y.min() < 0:
+        raise _bad(path, f"{key} has labels in [{y.min()}, {y.max()}]; labels must be >= 0.")
     return y.astype(np.int32)
 
 
+def _class_names(path: object, names: np.ndarray | None, labels) -> tuple[str, ...] | None:
+    """The optional ``class_names`` array, checked against the labels."""
+    if names is None:
+        return None
+    if names.ndim != 1 or names.dtype.kind not in "US":
+        raise _bad(
+            path, f"class_names must be a 1-D array of strings, got {names.dtype}{names.shape}."
+        )
+    top = max((int(y.max()) for y in labels if y is not None and len(y)), default=-1)
+    if top >= len(names):
+        raise _bad(path, f"labels go up to {top} but class_names has {len(names)} names.")
+    return tuple(str(n) for n in names)
+
+
 def load_npz(path: str | os.PathLike) -> Domain:
-    """Load and validate a bring-your-own domain from an ``.npz`` file.
+    """Load and validate your own domain from an ``.npz`` file.
 
     Args:
-      path: file with arrays ``x_train``, ``y_train``, ``x_test``, ``y_test``;
-        images uint8 (N, H, W) or (N, H, W, C) with C in (1, 3) and the same
-        (H, W, C) in both splits, labels integer (N,) in [0, 10).
+      path: file with arrays ``x_train``, ``x_test`` and, for a labelled domain,
+        ``y_train``, ``y_test`` (both or neither); images uint8 (N, H, W) or (N, H, W, C)
+        with C in (1, 3) and the same (H, W, C) in both splits, labels integer class
+        indices (N,) >= 0; optionally ``class_names`` (strings, one per index).
 
     Returns:
       `Domain` with variant ``'npz'`` and name `path` (grey images get C = 1).
@@ -88,10 +103,12 @@ def load_npz(path: str | os.PathLike) -> Domain:
         )
     try:
         with loaded as f:
-            missing = [k for k in NPZ_KEYS if k not in f.files]
-            if missing:
+            missing = [k for k in IMAGE_KEYS if k not in f.files]
+            labels = [k for k in LABEL_KEYS if k in f.files]
+            if missing or len(labels) == 1:
+                missing += [k for k in LABEL_KEYS if k not in f.files] if labels else []
                 raise _bad(path, f"missing key(s) {missing}; found {sorted(f.files)}.")
-            arrays = {k: f[k] for k in NPZ_KEYS}
+            arrays = {k: f[k] for k in (*IMAGE_KEYS, *labels, "class_names") if k in f.files}
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise _bad(path, f"not a readable .npz file ({e}).") from e
     x_train = _check_images(path, "x_train", arrays["x_train"])
@@ -100,12 +117,15 @@ def load_npz(path: str | os.PathLike) -> Domain:
         raise _bad(
             path, f"x_train images are {x_train.shape[1:]} but x_test are {x_test.shape[1:]}."
         )
+    y = {k: _check_labels(path, k, arrays[k], len(x)) if k in arrays else None
+         for k, x in (("y_train", x_train), ("y_test", x_test))}  # fmt: skip
     return Domain(
         name=str(path),
         variant="npz",
         x_train=x_train,
-        y_train=_check_labels(path, "y_train", arrays["y_train"], len(x_train)),
+        y_train=y["y_train"],
         x_test=x_test,
-        y_test=_check_labels(path, "y_test", arrays["y_test"], len(x_test)),
+        y_test=y["y_test"],
         origin=f"npz file {path}",
+        class_names=_class_names(path, arrays.get("class_names"), y.values()),
     )

@@ -1,10 +1,16 @@
-"""A source/target pair for training: loaded, resized to the model's input, described.
+"""A source/target pair for training: loaded, brought to one image size, described.
 
-`load_pair` follows the order of sources the main job promises: ``--data-dir`` (raw
-upstream files, read through TFDS or, where TFDS is not installed, directly), prepared
-TFDS records, a download, and for the default MNIST -> MNIST-M pair without any of
-these the embedded default (said loudly). `PairData` holds the preprocessed host
-arrays; the training loop puts them on the device once.
+`load_pair` follows the order of sources the main job promises for the digit domains:
+``--data-dir`` (raw upstream files, read through TFDS or, where TFDS is not installed,
+directly), prepared TFDS records, a download, and for the default MNIST -> MNIST-M pair
+without any of these the embedded default (said loudly). Your own domains (an ``.npz``,
+an image folder or an image-list file) are read as they are. `PairData` holds the
+preprocessed host arrays; the training loop puts them on the device once.
+
+Protocol for image folders and lists: a source is split 90/10 (stratified, a fixed seed)
+into training images and a source validation set; a target is used whole, unlabelled,
+in training, and every one of its images is predicted (the transductive protocol).
+Target labels, where there are any, are used only to report.
 """
 
 from __future__ import annotations
@@ -16,12 +22,19 @@ from typing import Any
 
 import numpy as np
 
-from dann_jax.data import embedded, raw
-from dann_jax.data.domain import DataError, Domain
-from dann_jax.data.load import load_domain
+from dann_jax.data import embedded, folders, raw
+from dann_jax.data.domain import DIGIT_CLASSES, DataError, Domain
+from dann_jax.data.load import KNOWN_DOMAINS, load_domain
 from dann_jax.data.preprocess import channel_mean, prepare_images, resize_method
 
-__all__ = ["EMBEDDED_BANNER", "PairData", "load_pair", "read_raw_domain"]
+__all__ = [
+    "EMBEDDED_BANNER",
+    "PairData",
+    "image_domain",
+    "load_pair",
+    "pair_from_arrays",
+    "read_raw_domain",
+]
 
 EMBEDDED_BANNER = (
     "! FULL MNIST / MNIST-M NOT AVAILABLE: using the EMBEDDED DEFAULT instead.\n"
@@ -34,7 +47,12 @@ EMBEDDED_BANNER = (
 
 @dataclasses.dataclass
 class PairData:
-    """Preprocessed host arrays of a source/target pair plus what to report about them."""
+    """Preprocessed host arrays of a source/target pair plus what to report about them.
+
+    ``target_test_labels`` is None for an unlabelled target (nothing in training reads
+    it either way). ``class_names`` names the class indices; ``target_paths`` names the
+    target test images (image folders and lists), for predictions.csv.
+    """
 
     source_train: np.ndarray
     source_labels: np.ndarray
@@ -42,9 +60,19 @@ class PairData:
     source_test: np.ndarray
     source_test_labels: np.ndarray
     target_test: np.ndarray
-    target_test_labels: np.ndarray
+    target_test_labels: np.ndarray | None
     mean: np.ndarray
     info: dict[str, Any]
+    class_names: tuple[str, ...] = DIGIT_CLASSES
+    target_paths: tuple[str, ...] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def target_labelled(self) -> bool:
+        return self.target_test_labels is not None
 
     def train_data(self):
         """The pools `dann_jax.train.sample_batch` draws batches from (flat uint8 rows)."""
@@ -88,8 +116,36 @@ def read_raw_domain(name: str, data_dir: str) -> Domain:
     )  # fmt: skip
 
 
-def _load_one(name: str, config) -> Domain:
-    """One domain from --data-dir (raw upstream files), prepared TFDS data, or download."""
+def _split(labels: np.ndarray, fraction: float = 0.1, seed: int = 0) -> np.ndarray:
+    """A stratified validation mask: `fraction` of each class (at least one of a class of
+    two or more), drawn with a fixed seed so every training seed sees the same split."""
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        held[idx[: max(1, round(len(idx) * fraction)) if len(idx) > 1 else 0]] = True
+    return held
+
+
+def image_domain(path: str, role: str, config, log) -> Domain:
+    """A domain from an image folder or list: a source split 90/10, a target used whole."""
+    images = folders.read_images(path, config.image_size, config.tfds_dir, log)
+    x, y = images.images, images.labels
+    kind = {"source_kind": "image files", "class_names": images.class_names}
+    origin = f"image files in {images.root}"
+    if role == "source" and y is not None:
+        held = _split(y)
+        paths = tuple(p for p, h in zip(images.paths, held, strict=True) if h)
+        return Domain(path, "images", x[~held], y[~held], x[held], y[held], origin + " (90% "
+                      "training, 10% source validation)", test_paths=paths, **kind)  # fmt: skip
+    return Domain(path, "images", x, y, x, y, origin, test_paths=images.paths, **kind)
+
+
+def _load_one(name: str, config, role: str, log) -> Domain:
+    """One domain: a digit domain (--data-dir, prepared TFDS data, download), an .npz,
+    an image folder or an image-list file."""
+    if name not in KNOWN_DOMAINS and folders.is_image_source(name):
+        return image_domain(name, role, config, log)
     if config.data_dir and not name.endswith(".npz") and not _tfds_available():
         return read_raw_domain(name, config.data_dir)
     return load_domain(
@@ -104,13 +160,14 @@ def _load_one(name: str, config) -> Domain:
 def _load_domains(config, log: Callable[[str], None]) -> tuple[Domain, Domain, bool]:
     """(source, target, embedded?) following the documented order of sources."""
     default_pair = (config.source, config.target) == ("mnist", "mnist_m")
+    load = lambda role: _load_one(getattr(config, role), config, role, log)
     if config.data_dir is not None or not default_pair:
-        return _load_one(config.source, config), _load_one(config.target, config), False
+        return load("source"), load("target"), False
     try:
         # Target first: a machine that cannot get MNIST-M falls back at once instead of
         # downloading MNIST for nothing.
-        target = _load_one(config.target, config)
-        return _load_one(config.source, config), target, False
+        target = load("target")
+        return load("source"), target, False
     except DataError as e:
         first = str(e).splitlines()[0]
         log("\n" + "!" * 78 + "\n" + EMBEDDED_BANNER + f"! (why: {first[:150]})\n" + "!" * 78)
@@ -134,45 +191,190 @@ def _describe(d: Domain, x: np.ndarray, x_test: np.ndarray) -> dict[str, Any]:
         "train_size": len(x),
         "test_size": len(x_test),
         "native_shape": list(d.image_shape),
+        "labelled": d.labelled,
     }
+
+
+# Domains smaller than this are refused: a model trained on them means nothing.
+MIN_TRAIN_IMAGES = 10
+MIN_IMAGE_SIDE = 8
+
+
+def _check_sizes(source: Domain, target: Domain) -> None:
+    """Refuse domains too small to train on (a handful of images, or tiny images)."""
+    for role, d in (("source", source), ("target", target)):
+        h, w = d.image_shape[:2]
+        if len(d.x_train) < MIN_TRAIN_IMAGES or len(d.x_test) < 1 or min(h, w) < MIN_IMAGE_SIDE:
+            raise DataError(
+                f"The {role} domain {d.name} is too small to train on: {len(d.x_train)} "
+                f"training and {len(d.x_test)} test images of {h}x{w} pixels. A domain needs "
+                f"at least {MIN_TRAIN_IMAGES} training images, 1 test image, and images of at "
+                f"least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels."
+            )
+
+
+def _class_names(source: Domain) -> tuple[str, ...]:
+    """The source's classes: its names, the digits, or the label numbers 0..K-1."""
+    if source.y_train is None:
+        raise DataError(
+            f"The source domain {source.name} has no labels, but DANN learns the labels from "
+            "the source: give it class subfolders (an image folder), labels in its image "
+            "list, or y_train and y_test (an .npz). Only the target may be unlabelled."
+        )
+    if source.class_names is not None:
+        names = source.class_names
+    elif source.name in KNOWN_DOMAINS or source.variant == "embedded":
+        names = DIGIT_CLASSES
+    else:
+        names = tuple(str(i) for i in range(int(source.y_train.max()) + 1))
+    present = np.unique(source.y_train)
+    if len(present) < 2:
+        raise DataError(
+            f"The source domain {source.name} has one class only ({names[present[0]]!r}): a "
+            "classifier needs at least two. Add the other classes' images."
+        )
+    return names
+
+
+def _target_labels(target: Domain, names: tuple[str, ...], source: Domain):
+    """(train, test) target labels as indices into the source's classes, or (None, None)."""
+    if not target.labelled:
+        return None, None
+    if target.class_names is not None and source.class_names is not None:
+        index = {n: i for i, n in enumerate(names)}
+        missing = [n for n in target.class_names if n not in index]
+        if missing:
+            raise DataError(
+                f"The target {target.name} has classes the source {source.name} has not: "
+                f"{', '.join(missing[:5])}. Target labels (used only to report) must be a "
+                "subset of the source's classes: rename or remove those class folders."
+            )
+        remap = np.asarray([index[n] for n in target.class_names], np.int32)
+        return remap[target.y_train], remap[target.y_test]
+    top = int(max(target.y_train.max(initial=0), target.y_test.max(initial=0)))
+    if top >= len(names):
+        raise DataError(
+            f"The target {target.name} has label {top}, but the source {source.name} has "
+            f"{len(names)} classes (0..{len(names) - 1}): target labels must be source classes."
+        )
+    return target.y_train, target.y_test
+
+
+def _image_size(config, input_size, source: Domain, target: Domain, embedded_pair: bool):
+    """The side every image is brought to; None keeps the native size (own data only)."""
+    if config.image_size is not None:
+        return config.image_size
+    if embedded_pair or _any_digits(source, target):
+        return input_size
+    (hs, ws, _), (ht, wt, _) = source.image_shape, target.image_shape
+    if (hs, ws) != (ht, wt):
+        raise DataError(
+            f"The source images are {ws}x{hs} and the target images {wt}x{ht}: one model "
+            "needs one input size. Pass --image-size N to resize both (shorter side to N, "
+            "then a centre crop)."
+        )
+    return None
+
+
+def _any_digits(*domains: Domain) -> bool:
+    """Whether a pair includes a digit domain (which keeps the paper's input size)."""
+    return any(d.name in KNOWN_DOMAINS for d in domains)
 
 
 def load_pair(config, input_size: int, log: Callable[[str], None] = print) -> PairData:
     """Load, resize and describe the source/target pair of `config` (a `Config`).
 
-    Preprocessing (as the paper): resize to ``input_size`` as ``config.resize`` says,
-    grey repeated to 3 channels, and per-channel mean subtraction with the mean of the
-    source and target *training* images (no labels involved), applied on the device.
+    Preprocessing (as the paper): images brought to one size (the architecture's input
+    for the digit domains, as ``config.resize`` says; your own domains keep their native
+    size unless ``config.image_size`` is set), grey repeated to 3 channels, and
+    per-channel mean subtraction with the mean of the source and target *training*
+    images (no labels involved), applied on the device. Every resize is logged.
 
     In ``target_only`` mode (the oracle) the labelled target training set replaces the
     source. Raises `DataError` with a fix-it message on bad data.
     """
     source, target, is_embedded = _load_domains(config, log)
+    _check_sizes(source, target)
+    names = _class_names(source)
+    yt_train, yt_test = _target_labels(target, names, source)
+    size = _image_size(config, input_size, source, target, is_embedded)
     how = {d.name: resize_method(d.name, config.resize) for d in (source, target)}
+    said = set()
 
-    def prep(x, domain):
-        return prepare_images(x, input_size, 3, resize=how[domain.name])
+    def prep(x, domain, role):
+        h, w = x.shape[1:3]
+        if size is not None and (h, w) != (size, size) and role not in said:
+            said.add(role)
+            log(f"{role} {domain.name}: {w}x{h} images resized to {size}x{size} "
+                f"({how[domain.name]})")  # fmt: skip
+        return prepare_images(x, size or h, 3, resize=how[domain.name])
 
-    xs, xt = prep(source.x_train, source), prep(target.x_train, target)
-    xs_test, xt_test = prep(source.x_test, source), prep(target.x_test, target)
+    xs, xt = prep(source.x_train, source, "source"), prep(target.x_train, target, "target")
+    xs_test, xt_test = prep(source.x_test, source, "source"), prep(target.x_test, target, "target")
     ys = np.asarray(source.y_train, np.int32)
     if config.mode == "target_only":
-        xs, ys = xt, np.asarray(target.y_train, np.int32)
+        if yt_train is None:
+            raise DataError(f"--mode target_only trains on the target's labels, and the "
+                            f"target {target.name} has none.")  # fmt: skip
+        xs, ys = xt, yt_train
     mean = channel_mean(np.concatenate([xs, xt]))
     variants = (source.variant, target.variant)
     info = {
         "variant": "embedded"
         if is_embedded
-        else next((v for v in ("npz", "synthesised") if v in variants), "full"),
+        else next((v for v in ("npz", "images", "synthesised") if v in variants), "full"),
         "source": _describe(source, xs, xs_test),
         "target": _describe(target, xt, xt_test),
-        "input_shape": [input_size, input_size, 3],
+        "input_shape": list(xs.shape[1:]),
+        "classes": list(names),
         "mean": [float(m) for m in mean],
-        "preprocessing": f"to the {input_size}x{input_size} input: source "
-        f"{how[source.name]}, target {how[target.name]} (when the size differs); grey->RGB; "
-        "per-channel mean of source+target train images subtracted",
+        "preprocessing": f"to {xs.shape[2]}x{xs.shape[1]}: source {how[source.name]}, target "
+        f"{how[target.name]} (when the size differs); grey->RGB; per-channel mean of "
+        "source+target train images subtracted",
     }
     return PairData(
-        xs, ys, xt, xs_test, np.asarray(source.y_test, np.int32), xt_test,
-        np.asarray(target.y_test, np.int32), mean, info,
+        xs, ys, xt, xs_test, np.asarray(source.y_test, np.int32), xt_test, yt_test, mean,
+        info, names, target.test_paths,
+    )  # fmt: skip
+
+
+def _rgb(images, what: str) -> np.ndarray:
+    """uint8 (N, H, W[, C]) images as (N, H, W, 3): grey repeated, RGB kept."""
+    from dann_jax.data.preprocess import _as_nhwc
+
+    x = _as_nhwc(images, f"the {what} images")
+    return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else np.ascontiguousarray(x)
+
+
+def pair_from_arrays(
+    source_images: np.ndarray,
+    source_labels: np.ndarray,
+    target_images: np.ndarray,
+    target_labels: np.ndarray | None = None,
+    class_names: tuple[str, ...] | None = None,
+) -> PairData:
+    """A pair from host arrays (uint8 images of one size, grey or RGB; integer labels).
+
+    The folders' protocol: the source is split 90/10 (stratified, a fixed seed) into
+    training images and a source validation set; the target is used whole, in training
+    (unlabelled) and as its test set. ``target_labels`` are used only to report.
+    """
+    x = {r: _rgb(v, r) for r, v in (("source", source_images), ("target", target_images))}
+    if x["source"].shape[1:] != x["target"].shape[1:]:
+        raise DataError(f"source images are {x['source'].shape[1:]}, target images "
+                        f"{x['target'].shape[1:]}: resize them to one size first.")  # fmt: skip
+    ys = np.asarray(source_labels, np.int32)
+    if len(ys) != len(x["source"]):
+        raise DataError(f"{len(ys)} source labels for {len(x['source'])} source images.")
+    source = Domain("source", "arrays", x["source"], ys, x["source"], ys, "arrays",
+                    class_names=class_names)  # fmt: skip
+    names = _class_names(source)
+    held = _split(ys)
+    yt = None if target_labels is None else np.asarray(target_labels, np.int32)
+    mean = channel_mean(np.concatenate([x["source"][~held], x["target"]]))
+    info = {"variant": "arrays", "classes": list(names), "input_shape": list(x["source"].shape[1:]),
+            "mean": [float(m) for m in mean]}  # fmt: skip
+    return PairData(
+        x["source"][~held], ys[~held], x["target"], x["source"][held], ys[held], x["target"],
+        yt, mean, info, names,
     )  # fmt: skip

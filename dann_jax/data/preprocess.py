@@ -25,14 +25,23 @@ def _as_nhwc(x: np.ndarray, what: str) -> np.ndarray:
 
 
 def _resize(x: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear-resize NHWC uint8 images to size x size with PIL, one image at a time."""
+    """Bilinear-resize NHWC uint8 images to size x size with PIL, one image at a time.
+
+    Square images are resized whole; others have their shorter side resized to `size`
+    and are then centre-cropped (the aspect ratio is kept, nothing is stretched).
+    """
     from PIL import Image  # lazy: keeps `import dann_jax.data` cheap
 
-    n, _, _, c = x.shape
+    n, h, w, c = x.shape
+    scale = size / min(h, w)
+    inner = (max(size, round(w * scale)), max(size, round(h * scale)))  # PIL: (W, H)
+    top, left = (inner[1] - size) // 2, (inner[0] - size) // 2
     out = np.empty((n, size, size, c), dtype=np.uint8)
     for i in range(n):
         img = Image.fromarray(x[i, ..., 0] if c == 1 else x[i])
-        resized = np.asarray(img.resize((size, size), Image.BILINEAR))
+        resized = np.asarray(img.resize(inner, Image.BILINEAR))[
+            top : top + size, left : left + size
+        ]
         out[i] = resized[..., None] if c == 1 else resized
     return out
 

@@ -36,13 +36,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from dann_jax import experiment, loop, validators
 from dann_jax.config import Config
 from dann_jax.data.pair import PairData
-from dann_jax.evaluate import compile_predict, make_eval_set
+from dann_jax.outputs import predict_host, validation_sets
 from dann_jax.reproduce import RECIPES
 from dann_jax.select.scoring import (
     DEFAULT_LAMBDA2,
@@ -98,27 +97,6 @@ def arm_config(base: Config, pair: tuple[str, str], seed: int, arm: Arm, workdir
 # ----------------------------------------------------------------------------------------
 
 
-def validation_sets(data: PairData, seed: int, size: int) -> dict[str, tuple]:
-    """Fixed random subsets (images, labels) the validators see; target labels are zeros."""
-    rng = np.random.default_rng(seed)
-
-    def pick(images, labels):
-        idx = np.sort(rng.permutation(len(images))[:size])
-        return images[idx], (np.zeros(len(idx), np.int32) if labels is None else labels[idx])
-
-    return {
-        "source_val": pick(data.source_test, data.source_test_labels),
-        "target": pick(data.target_train, None),  # unlabelled: no labels are read
-        "source_train": pick(data.source_train, data.source_labels),
-    }
-
-
-def _outputs(predict, state, images, labels, mean) -> dict[str, np.ndarray]:
-    """Per-example features, logits and losses of host images (the real rows only)."""
-    out = predict(state.params, state.batch_stats, make_eval_set(images, labels, 250), mean)
-    return {k: np.asarray(v)[: len(images)] for k, v in jax.device_get(out).items()}
-
-
 def make_hook(config: Config, data: PairData, sets: dict, reverse_steps: int, workdir: Path, log):
     """An ``on_eval`` hook for `dann_jax.loop.train_and_evaluate`: validators at each checkpoint.
 
@@ -129,19 +107,18 @@ def make_hook(config: Config, data: PairData, sets: dict, reverse_steps: int, wo
     """
     from dann_jax.train import make_model
 
-    model = make_model(config)
-    predict = compile_predict(model)
+    model = make_model(config, num_classes=data.num_classes)
     mean = np.asarray(data.mean, np.float32)
 
     def hook(state, record):
-        out = {k: _outputs(predict, state, *sets[k], mean) for k in sets}
+        out = {k: predict_host(model, state, sets[k][0], mean, sets[k][1]) for k in sets}
         out["source_val"]["labels"] = sets["source_val"][1]
         values = validators.compute_validators(
             out["source_val"], out["target"], out["source_train"]["features"], seed=config.seed
         )
         if reverse_steps > 0:
             values["reverse_dann"] = reverse_dann_accuracy(
-                config, data, state, predict, sets, reverse_steps,
+                config, data, state, model, sets, reverse_steps,
                 workdir / "reverse" / f"step_{record['step']}", log,
             )  # fmt: skip
         for name, value in values.items():
@@ -152,7 +129,7 @@ def make_hook(config: Config, data: PairData, sets: dict, reverse_steps: int, wo
 
 
 def reverse_dann_accuracy(
-    config: Config, data: PairData, state, predict, sets: dict, steps: int, workdir: Path, log
+    config: Config, data: PairData, state, model, sets: dict, steps: int, workdir: Path, log
 ) -> float:
     """Reverse validation as in the paper: a reverse DANN's source validation accuracy.
 
@@ -169,14 +146,14 @@ def reverse_dann_accuracy(
     idx = np.random.default_rng(config.seed).permutation(len(data.target_train))[:_REVERSE_POOL]
     images = data.target_train[np.sort(idx)]
     mean = np.asarray(data.mean, np.float32)
-    logits = _outputs(predict, state, images, np.zeros(len(images), np.int32), mean)
+    logits = predict_host(model, state, images, mean)
     pseudo = np.argmax(logits["class_logits"], axis=1).astype(np.int32)
     source_val_images, source_val_labels = sets["source_val"]
     reverse = PairData(
         source_train=images, source_labels=pseudo, target_train=data.source_train,
         source_test=images[:1000], source_test_labels=pseudo[:1000],
         target_test=source_val_images, target_test_labels=source_val_labels,
-        mean=data.mean, info={"variant": "reverse"},
+        mean=data.mean, info={"variant": "reverse"}, class_names=data.class_names,
     )  # fmt: skip
     reverse_config = config.replace(
         mode="dann", steps=steps, eval_every=steps, steps_per_call=min(config.call_steps, steps)

@@ -1,0 +1,375 @@
+"""Your own domains as image files: a folder of class subfolders, a flat folder, an image list.
+
+Three forms, each one domain:
+
+* a folder with one subfolder per class (torchvision's ``ImageFolder`` convention: class
+  names sorted give the indices; the names are kept and used in every output);
+* a flat folder of images: an unlabelled domain;
+* an image-list file, one ``relative/path [label]`` per line (tllib's convention; paths
+  relative to the list's folder, integer labels optional but all or none).
+
+Any format Pillow reads; grey, palette and RGBA images become RGB. Files without an image
+extension are ignored (counted in the log); files that Pillow cannot decode are skipped,
+counted and named. Images keep their native size unless ``image_size`` is given (shorter
+side resized to it, then a centre crop).
+
+Decoded images are cached as numpy ``.npy`` files under ``<cache_dir>/dann_images/<key>``,
+keyed by a SHA-256 of every file's path and bytes and the decode settings: a changed
+folder is read again, an unchanged one is loaded in a fraction of a second. Plain ``.npy``
+rather than array_record (which the digits use through TFDS): a domain is one dense uint8
+array that the training loop holds whole in device memory, so random access per record
+buys nothing, and ``np.load`` of an exact, schema-free array is the simplest reader there
+is. The cache is written to a temporary folder and renamed when complete. While decoding,
+the bytes are hashed again: a folder that changed during the read is refused.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from dann_jax.data.domain import DataError
+
+__all__ = ["IMAGE_EXTENSIONS", "Images", "is_image_source", "read_images"]
+
+# What Pillow reads without plugins; anything else in a folder is not an image.
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
+)  # fmt: skip
+_CACHE_VERSION = 1  # bump when the decoding changes: old entries are then never matched
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Images:
+    """One domain's decoded images.
+
+    Attributes:
+      images: uint8 (N, H, W, 3).
+      labels: int32 (N,) class indices into ``class_names``, or None (unlabelled).
+      class_names: the classes (sorted folder names, or the list's labels), or None.
+      paths: each image's path relative to the domain's root, in order.
+      root: the folder (or the list file) the domain was read from.
+      skipped: relative paths of files that could not be decoded.
+      ignored: how many files were left out for not having an image extension.
+      cached: whether the images came from the cache.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    class_names: tuple[str, ...] | None
+    paths: tuple[str, ...]
+    root: str
+    skipped: tuple[str, ...] = ()
+    ignored: int = 0
+    cached: bool = False
+
+
+def is_image_source(path: str | os.PathLike) -> bool:
+    """Whether `path` names an image folder or an image-list file (not a digit name, .npz)."""
+    p = Path(path).expanduser()
+    return p.is_dir() or (p.is_file() and not p.name.lower().endswith(".npz"))
+
+
+def _is_image(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+
+
+def _files_under(folder: Path) -> tuple[list[Path], int]:
+    """(image files under `folder`, recursively, sorted; count of other files)."""
+    files, other = [], 0
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if _is_image(p):
+                files.append(p)
+            else:
+                other += 1
+    return files, other
+
+
+def _list_folder(
+    root: Path, unlabelled: bool = False
+) -> tuple[list[tuple[Path, int | None]], tuple[str, ...] | None, int]:
+    """(files with class index or None, class names or None, ignored count) of a folder.
+
+    ``unlabelled``: every image under the folder, subfolders or not, without labels.
+    """
+    if not any(root.iterdir()):
+        raise DataError(
+            f"{root} is empty. Put images in it (a flat folder: an unlabelled "
+            "domain), or one subfolder of images per class (a labelled domain)."
+        )
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = [] if unlabelled else classes
+    loose = [p for p in root.iterdir() if p.is_file() and _is_image(p)]
+    if classes and loose:
+        raise DataError(
+            f"{root} holds both class subfolders ({', '.join(classes[:3])}, ...) and "
+            f"{len(loose)} images directly in it (e.g. {loose[0].name}). A labelled domain "
+            "has its images in one subfolder per class only; an unlabelled domain is a "
+            "flat folder: move the loose images into their class folders, or out."
+        )
+    if not classes:
+        files, other = _files_under(root)
+        if not files:
+            raise DataError(
+                f"{root} holds no image files ({other} other files); images "
+                f"need one of the extensions {', '.join(IMAGE_EXTENSIONS)}."
+            )
+        return [(p, None) for p in files], None, other
+    entries, ignored = [], 0
+    for index, name in enumerate(classes):
+        files, other = _files_under(root / name)
+        ignored += other
+        if not files:
+            raise DataError(
+                f"The class folder {root / name} holds no images. Every subfolder of a "
+                "labelled domain is a class: add its images, or remove the folder."
+            )
+        entries += [(p, index) for p in files]
+    return entries, tuple(classes), ignored
+
+
+def _list_file(path: Path) -> tuple[list[tuple[Path, int | None]], tuple[str, ...] | None, int]:
+    """(files with label or None, class names or None, 0) of an image-list file."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable image-list file ({e}).") from e
+    rows = [ln.strip().rsplit(maxsplit=1) for ln in lines if ln.strip() and not ln.startswith("#")]
+    if not rows:
+        raise DataError(f"{path} lists no images; write one 'relative/path [label]' per line.")
+    labelled = [len(r) == 2 and r[1].lstrip("-").isdigit() for r in rows]
+    if any(labelled) and not all(labelled):
+        bad = rows[labelled.index(False)]
+        raise DataError(
+            f"{path}: some lines have an integer label and some do not (e.g. "
+            f"{' '.join(bad)!r}); give every line a label, or none."
+        )
+    base = path.parent
+    if not all(labelled):
+        return [(base / " ".join(r), None) for r in rows], None, 0
+    labels = [int(r[1]) for r in rows]
+    if min(labels) < 0:
+        raise DataError(f"{path}: labels must be >= 0, found {min(labels)}.")
+    names = tuple(str(i) for i in range(max(labels) + 1))
+    return [(base / r[0], y) for r, y in zip(rows, labels, strict=True)], names, 0
+
+
+def _decode(data: bytes, image_size: int | None) -> np.ndarray:
+    """RGB uint8 (H, W, 3) from file bytes; shorter side to `image_size`, centre crop."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        img = img.convert("RGB")
+        if image_size is not None:
+            w, h = img.size
+            scale = image_size / min(w, h)
+            size = (max(image_size, round(w * scale)), max(image_size, round(h * scale)))
+            img = img.resize(size, Image.BILINEAR)
+            left, top = (size[0] - image_size) // 2, (size[1] - image_size) // 2
+            img = img.crop((left, top, left + image_size, top + image_size))
+        return np.asarray(img, np.uint8)
+
+
+def _digest(entries, root: Path, settings: dict) -> str:
+    """SHA-256 of the settings and of every file's relative path, label and bytes."""
+    h = hashlib.sha256(json.dumps({**settings, "version": _CACHE_VERSION}).encode())
+    for path, label in entries:
+        h.update(f"\0{_relative(path, root)}\0{label}\0".encode())
+        h.update(_read(path, root))
+    return h.hexdigest()
+
+
+def _read(path: Path, root: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(
+            f"{path} (listed in {root}) does not exist. Fix the path, or remove the line."
+        ) from None
+    except OSError as e:
+        raise DataError(f"{path} cannot be read ({e}).") from e
+
+
+def _relative(path: Path, root: Path) -> str:
+    base = root if root.is_dir() else root.parent
+    return os.path.relpath(path, base)
+
+
+def _decode_all(entries, root: Path, settings: dict, digest: str):
+    """Decode every file (in parallel threads), hashing the bytes again as they are read."""
+    h = hashlib.sha256(json.dumps({**settings, "version": _CACHE_VERSION}).encode())
+    image_size = settings["image_size"]
+
+    def one(entry):
+        data = _read(entry[0], root)
+        try:
+            return data, _decode(data, image_size)
+        except Exception:  # Pillow raises many kinds on damaged files (OSError, SyntaxError...)
+            return data, None
+
+    images, labels, paths, skipped = [], [], [], []
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+        for (path, label), (data, image) in zip(entries, pool.map(one, entries), strict=True):
+            h.update(f"\0{_relative(path, root)}\0{label}\0".encode())
+            h.update(data)
+            (paths if image is not None else skipped).append(_relative(path, root))
+            if image is not None:
+                images.append(image)
+                labels.append(label)
+    if h.hexdigest() != digest:
+        raise DataError(
+            f"The files in {root} changed while they were being read. Rerun once "
+            "nothing writes to the folder any more."
+        )
+    return images, labels, paths, skipped
+
+
+def _stack(images: list[np.ndarray], root: Path, paths) -> np.ndarray:
+    """One (N, H, W, 3) array; images of several sizes are an error naming the fix."""
+    sizes: dict[tuple[int, int], int] = {}
+    for img in images:
+        sizes[img.shape[:2]] = sizes.get(img.shape[:2], 0) + 1
+    if len(sizes) > 1:
+        common = sorted(sizes.items(), key=lambda kv: -kv[1])
+        listed = ", ".join(f"{w}x{h}: {n}" for (h, w), n in common[:4])
+        raise DataError(
+            f"The images in {root} have {len(sizes)} different sizes ({listed}"
+            f"{', ...' if len(sizes) > 4 else ''}). Pass --image-size N (image_size=N) to "
+            "resize every image's shorter side to N and centre-crop it to N x N."
+        )
+    return np.stack(images)
+
+
+def _save(directory: Path, images: Images) -> None:
+    """Write a cache entry atomically (a temporary folder renamed when complete)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
+    try:
+        np.save(tmp / "images.npy", images.images)
+        if images.labels is not None:
+            np.save(tmp / "labels.npy", images.labels)
+        meta = {k: getattr(images, k) for k in ("class_names", "paths", "skipped", "ignored")}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        os.replace(tmp, directory)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not directory.is_dir():
+            raise
+
+
+def _load(directory: Path, root: str) -> Images | None:
+    """A cache entry, or None when it is absent or unreadable (then it is rebuilt)."""
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+        images = np.load(directory / "images.npy", allow_pickle=False)
+        labels_file = directory / "labels.npy"
+        labels = np.load(labels_file, allow_pickle=False) if labels_file.exists() else None
+    except (OSError, ValueError):
+        return None
+    names = None if meta["class_names"] is None else tuple(meta["class_names"])
+    return Images(
+        images,
+        labels,
+        names,
+        tuple(meta["paths"]),
+        root,
+        tuple(meta["skipped"]),
+        meta["ignored"],
+        cached=True,
+    )
+
+
+def read_images(
+    path: str | os.PathLike,
+    image_size: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    log: Callable[[str], None] = print,
+    unlabelled: bool = False,
+) -> Images:
+    """Read one domain from an image folder or an image-list file (see the module doc).
+
+    Args:
+      path: a folder (class subfolders: labelled; flat: unlabelled) or an image-list file.
+      image_size: resize each image's shorter side to this and centre-crop it square;
+        None keeps the native size (then every image must have the same size).
+      cache_dir: where decoded domains are cached (``<cache_dir>/dann_images``); None:
+        the TFDS data dir (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+      log: where the counts of ignored and skipped files go.
+      unlabelled: read every image under the folder (subfolders included) without labels.
+
+    Raises:
+      DataError: a missing or empty folder, a class folder without images, a list with
+        missing files or mixed labels, no decodable image, images of several sizes
+        without ``image_size``, or files that changed while being read.
+    """
+    from dann_jax.data.load import default_data_dir
+
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DataError(f"{path} does not exist: give an image folder or an image-list file.")
+    if root.is_dir():
+        entries, class_names, ignored = _list_folder(root, unlabelled)
+    else:
+        entries, class_names, ignored = _list_file(root)
+    settings = {"image_size": image_size, "unlabelled": unlabelled}
+    digest = _digest(entries, root, settings)
+    cache = Path(cache_dir).expanduser() if cache_dir else default_data_dir()
+    entry_dir = cache / "dann_images" / digest
+    cached = _load(entry_dir, str(root)) if entry_dir.is_dir() else None
+    if cached is None:
+        images, labels, paths, skipped = _decode_all(entries, root, settings, digest)
+        if not images:
+            raise DataError(
+                f"None of the {len(entries)} image files in {root} could be "
+                f"decoded (e.g. {skipped[0]}): are they images?"
+            )
+        labels = None if class_names is None else np.asarray(labels, np.int32)
+        result = Images(
+            _stack(images, root, paths),
+            labels,
+            class_names,
+            tuple(paths),
+            str(root),
+            tuple(skipped),
+            ignored,
+        )
+        try:
+            _save(entry_dir, result)
+        except OSError as e:  # a read-only cache costs a decode next time, nothing else
+            log(f"warning: could not cache the decoded images of {root} in {cache} ({e})")
+    else:
+        result = cached
+    _report(result, log)
+    return result
+
+
+def _report(images: Images, log: Callable[[str], None]) -> None:
+    """Say what was read, and what was left out."""
+    n, h, w, _ = images.images.shape
+    what = f"{len(images.class_names)} classes" if images.class_names else "unlabelled"
+    log(
+        f"{images.root}: {n} images of {w}x{h} ({what}){' from the cache' if images.cached else ''}"
+    )
+    if images.skipped:
+        more = " ..." if len(images.skipped) > 5 else ""
+        log(
+            f"warning: {len(images.skipped)} files in {images.root} could not be decoded and "
+            f"were skipped: {', '.join(images.skipped[:5])}{more}"
+        )
+    if images.ignored:
+        log(
+            f"note: {images.ignored} files in {images.root} without an image extension were ignored"
+        )

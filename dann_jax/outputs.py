@@ -1,0 +1,96 @@
+"""A trained model's outputs on host images: per-example predictions, label-free scores,
+``predictions.csv``.
+
+Shared by the main job (predictions of an image-folder target, validator scores of a run
+whose target has no labels), ``--analyze`` and the selection experiment, which all run a
+model over host arrays in fixed-size chunks (`dann_jax.evaluate.compile_predict`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from dann_jax.evaluate import compile_predict, make_eval_set
+
+__all__ = [
+    "label_free_scores",
+    "predict_host",
+    "predictions_csv",
+    "validation_sets",
+    "write_predictions",
+]
+
+
+def predict_host(model, state, images: np.ndarray, mean, labels=None, chunk: int = 250):
+    """Features, class and domain logits and per-example loss of host uint8 images.
+
+    Returns numpy arrays with one row per image (``loss`` is against ``labels``, zeros
+    when None, so meaningless then).
+    """
+    es = make_eval_set(images, labels, chunk)
+    out = compile_predict(model)(state.params, state.batch_stats, es, np.asarray(mean, np.float32))
+    return {k: np.asarray(v)[: len(images)] for k, v in jax.device_get(out).items()}
+
+
+def validation_sets(data, seed: int, size: int) -> dict[str, tuple]:
+    """Fixed random subsets (images, labels) the validators see; target labels are zeros.
+
+    The labelled source validation split, target *training* images (their labels are
+    never read) and source training images (DEV's discriminator, as in You et al. 2019).
+    """
+    rng = np.random.default_rng(seed)
+
+    def pick(images, labels):
+        idx = np.sort(rng.permutation(len(images))[:size])
+        return images[idx], (np.zeros(len(idx), np.int32) if labels is None else labels[idx])
+
+    return {
+        "source_val": pick(data.source_test, data.source_test_labels),
+        "target": pick(data.target_train, None),  # unlabelled: no labels are read
+        "source_train": pick(data.source_train, data.source_labels),
+    }
+
+
+def label_free_scores(model, state, data, seed: int, size: int = 1000) -> dict[str, float]:
+    """Every training-free validator of `dann_jax.validators` for one model (NaN: failed).
+
+    What a run reports about its target when the target has no labels (each value in
+    its validator's own direction; `dann_jax.validators.VALIDATORS` says which is better).
+    """
+    from dann_jax import validators  # scikit-learn and SciPy: only when asked
+
+    sets = validation_sets(data, seed, size)
+    out = {k: predict_host(model, state, x, data.mean, y) for k, (x, y) in sets.items()}
+    out["source_val"]["labels"] = sets["source_val"][1]
+    return validators.compute_validators(
+        out["source_val"], out["target"], out["source_train"]["features"], seed=seed
+    )
+
+
+def predictions_csv(paths: Sequence[str], class_names: Sequence[str], logits: np.ndarray) -> str:
+    """``path,prediction,probability`` rows: the predicted class name and its softmax."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    best = p.argmax(axis=1)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("path", "prediction", "probability"))
+    for path, k, prob in zip(paths, best, p[np.arange(len(best)), best], strict=True):
+        writer.writerow((path, class_names[k], f"{prob:.6f}"))
+    return buffer.getvalue()
+
+
+def write_predictions(path: Path, model, state, images, mean, paths, class_names) -> Any:
+    """Predict `images` and write ``predictions.csv`` at `path` (atomically)."""
+    from dann_jax import io as dj_io
+
+    logits = predict_host(model, state, images, mean)["class_logits"]
+    dj_io.write_text(path, predictions_csv(paths, class_names, logits))
+    return logits
