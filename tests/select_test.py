@@ -76,6 +76,27 @@ def test_score_cell_spearman_regret_and_baselines():
     assert out["guard"]["prefers_source_only"] == {"snd": False, "dev": True}
 
 
+def test_score_cell_without_target_labels_picks_and_guards_only(tmp_path):
+    so, dann = select.grid(["paper"], [1.0])
+    candidates = [
+        _candidate(so, 5, None, snd=1.0, dev=0.1),
+        _candidate(dann, 5, None, snd=3.0, dev=0.3),
+        _candidate(dann, 10, None, snd=4.0, dev=0.2),
+    ]
+    out = select.score_cell(candidates, [so, dann], "snd", None)
+    assert out["picked"]["id"] == "paper/dann_l1@10" and out["oracle"] is None
+    assert out["validators"]["dev"]["picked_id"] == "paper/source_only@5"
+    assert out["validators"]["snd"]["spearman"] is None and out["harmful"] == []
+    assert out["baselines"]["default_last_step"]["id"] == "paper/dann_l1@10"
+    cell = {"pair": "a→b", "seed": 0, "candidates": candidates, "score": out}
+    result = {"date": "d", "protocol": "p", "complete": True, "cells": [cell],
+              "rows": select.summarize([cell]), "picker": "snd"}  # fmt: skip
+    select.write_outputs(tmp_path, result)
+    md = (tmp_path / "selection.md").read_text()
+    assert "snd picked paper/dann_l1@10; no target labels." in md
+    assert "| snd | higher | — | — |" in md  # no Spearman, no regret without labels
+
+
 def test_guard_in_the_table_when_every_validator_prefers_source_only(tmp_path):
     so, dann = select.grid(["paper"], [1.0])
     candidates = [

@@ -306,11 +306,13 @@ def _log_cell(log, pair, seed, score: dict) -> None:
     """What was picked (and the guard's verdict) for one pair and seed."""
     pick, best = score["picked"], score["oracle"]
     what = "nothing" if pick is None else f"{pick['id']} by {pick['validator']}"
-    if pick is not None:
+    if pick is not None and pick["target_accuracy"] is not None:
         what += f" (target accuracy, reported only: {pick['target_accuracy']:.4f})"
-    log(
-        f"{pair[0]} -> {pair[1]} seed {seed}: picked {what}; best candidate {best['id']} "
-        f"({best['target_accuracy']:.4f})"
+    tail = (
+        "the target has no labels to measure it against"
+        if best is None
+        else f"best candidate {best['id']} ({best['target_accuracy']:.4f})"
     )
+    log(f"{pair[0]} -> {pair[1]} seed {seed}: picked {what}; {tail}")
     if score["guard"]["harmful"]:
         log(score["guard"]["message"])

@@ -133,6 +133,8 @@ def score_cell(
       (the picker's candidate), ``guard``, ``harmful`` (`harmful_candidates`) and
       ``oracle`` (best target accuracy, reported only).
     """
+    if any(c["target_accuracy"] is None for c in candidates):
+        return _score_unlabelled(candidates, arms, picker, guard_use)
     accs = np.array([c["target_accuracy"] for c in candidates], np.float64)
     harmful = harmful_candidates(candidates)
     # A validator missing for some candidates (e.g. reverse_dann, added on a rerun) is
@@ -174,6 +176,42 @@ def score_cell(
         "guard": guard,
         "harmful": harmful,
         "oracle": {"target_accuracy": oracle, "id": candidates[int(np.argmax(accs))]["id"]},
+    }
+
+
+def _score_unlabelled(candidates: list[dict], arms, picker: str, guard_use) -> dict:
+    """`score_cell` for a target without labels: each validator's pick and the guard only.
+
+    Without labels there is nothing to measure a validator against (no Spearman, no
+    regret, no oracle); the picks and the guard's verdict are label-free all the same.
+    """
+    names = [n for n in validators.VALIDATORS if any(n in c["scores"] for c in candidates)]
+    per_validator, prefs = {}, {}
+    for name in names:
+        raw = np.array([c["scores"].get(name, math.nan) for c in candidates], np.float64)
+        prefs[name] = validators.preference(name, raw)
+        if not np.isfinite(prefs[name]).any():
+            per_validator[name] = None
+            continue
+        best = int(np.nanargmax(prefs[name]))  # ties: the first in grid order
+        per_validator[name] = {"chosen_index": best, "picked_id": candidates[best]["id"],
+                               "spearman": None, "regret": None, "harmful_pick": None}  # fmt: skip
+    by_id = {c["id"]: c for c in candidates}
+    ends = (("default_last_step", default_arm(arms)), ("source_only_last_step", arms[0]))
+    baselines = {
+        label: {"id": _last_step_id(candidates, arm), "regret": None, "harmful_pick": None}
+        for label, arm in ends
+    }
+    is_so = [c["mode"] == "source_only" for c in candidates]
+    use = None if guard_use is None else [n for n in guard_use if n in prefs]
+    pick = per_validator.get(picker)
+    return {
+        "validators": per_validator,
+        "baselines": baselines,
+        "picked": None if pick is None else {"validator": picker, **by_id[pick["picked_id"]]},
+        "guard": validators.negative_transfer_guard(prefs, is_so, use=use),
+        "harmful": [],
+        "oracle": None,
     }
 
 
@@ -299,11 +337,16 @@ def _pick_lines(result: dict) -> list[str]:
     lines = []
     for c in result["cells"]:
         s, pick = c["score"], c["score"]["picked"]
-        what = "—" if pick is None else f"{pick['id']} (target acc {pick['target_accuracy']:.4f})"
+        what = "—" if pick is None else pick["id"]
+        if pick is not None and pick["target_accuracy"] is not None:
+            what += f" (target acc {pick['target_accuracy']:.4f})"
+        best = s["oracle"]
+        best = "no target labels" if best is None else (
+            f"best {best['id']} ({best['target_accuracy']:.4f})"
+        )  # fmt: skip
         guard = f" **{s['guard']['message']}**" if s["guard"]["harmful"] else ""
         lines.append(
-            f"* {c['pair']} seed {c['seed']}: {result['picker']} picked {what}; best "
-            f"{s['oracle']['id']} ({s['oracle']['target_accuracy']:.4f}).{guard}"
+            f"* {c['pair']} seed {c['seed']}: {result['picker']} picked {what}; {best}.{guard}"
         )
     return lines
 
