@@ -7,14 +7,17 @@
 # On the shared H200 (at most 10 minutes per command, 15 minutes of device time in all,
 # the machine's start included) as two calls, the second right after the first:
 #
-#   PYTHONPATH=. bash benchmarks/device_check.sh $OUT step_mnist step_svhn tta  # <= 430 s
-#   PYTHONPATH=. bash benchmarks/device_check.sh $OUT reproduce                 # <= 330 s
+#   PYTHONPATH=. bash benchmarks/device_check.sh $OUT step_mnist step_svhn step_resnet50 tta  # <= 470 s
+#   PYTHONPATH=. bash benchmarks/device_check.sh $OUT reproduce                               # <= 330 s
 #
 # PARTs (default: all of them, in this order); expected and capped seconds on the H200:
 #   step_mnist    155 / 170  benchmarks.step_time, MNIST model, 64 then 1024 images per
 #                            domain, every implementation, 10 repeats of 50 steps
-#   step_svhn     140 / 150  the same for the SVHN model at 1024 then 64, without the pmap
-#                            and no-diagnostics rows
+#   step_svhn     120 / 130  the same for the SVHN model at 1024 then 64, without the pmap,
+#                            no-diagnostics and CUDA-graphs rows
+#   step_resnet50  50 /  60  the office recipe's ResNet-50 model at 224 x 224, 32 + 32
+#                            images: dann_jax jit (fp32 and bf16) against torchvision's model
+#                            in PyTorch eager (fp32 and bf16 autocast), 5 repeats of 10 steps
 #   tta            70 /  80  benchmarks.time_to_accuracy, improved recipe then the paper's
 #                            (parts tta_improved and tta_paper, 40 s cap each)
 #   reproduce     280 / 300  experiments/reproduce.py: MNIST -> MNIST-M, MNIST -> USPS,
@@ -27,11 +30,12 @@
 # PAIRS (reproduce's pairs, default mnist:mnist_m,mnist:usps,usps:mnist), PLATFORM (the
 # JAX platform the preflight insists on, default gpu), DEADLINE_S (default: 30 s of
 # preflight plus the caps of the parts asked for), CAP_<part> (one part's cap, seconds),
-# PYTHON (default python3), and REPRODUCE_ARGS, TTA_ARGS, STEP_ARGS appended to the
-# parts' commands (later flags win: the CPU test shrinks every part with them).
+# PYTHON (default python3), and REPRODUCE_ARGS, TTA_ARGS, STEP_ARGS, RESNET_ARGS appended to
+# the parts' commands (later flags win: the CPU test shrinks every part with them).
 #
 # Writes to OUT: env.txt (the preflight), log.txt (everything), and per part
-# step_mnist.json, step_svhn.json, tta_improved.json, tta_paper.json, table.json and
+# step_mnist.json, step_svhn.json, step_resnet50.json, tta_improved.json, tta_paper.json,
+# table.json and
 # table.md; each JSON is complete on its own (a part cut short says so inside it).
 # The preflight (imports, a computation on the device, the data) runs first and stops
 # everything at once (exit 3) when it fails. Run from the repository root.
@@ -39,7 +43,7 @@ set -uo pipefail
 out="${1:?usage: bash benchmarks/device_check.sh OUT [PART...]}"
 shift
 requested=("$@")
-[ "${#requested[@]}" -gt 0 ] || requested=(step_mnist step_svhn tta reproduce)
+[ "${#requested[@]}" -gt 0 ] || requested=(step_mnist step_svhn step_resnet50 tta reproduce)
 data="${DATA_DIR:-.devdata}"
 pairs="${PAIRS:-mnist:mnist_m,mnist:usps,usps:mnist}"
 py="${PYTHON:-python3}"
@@ -49,17 +53,18 @@ log="$out/log.txt"
 start=$SECONDS
 
 # Expected and capped seconds of each part (see the header).
-declare -A expect=([step_mnist]=155 [step_svhn]=140 [tta_improved]=35 [tta_paper]=35
-  [reproduce]=280)
-declare -A cap=([step_mnist]=170 [step_svhn]=150 [tta_improved]=40 [tta_paper]=40
-  [reproduce]=300)
+declare -A expect=([step_mnist]=155 [step_svhn]=120 [step_resnet50]=50 [tta_improved]=35
+  [tta_paper]=35 [reproduce]=280)
+declare -A cap=([step_mnist]=170 [step_svhn]=130 [step_resnet50]=60 [tta_improved]=40
+  [tta_paper]=40 [reproduce]=300)
 parts=()
 domains=()
 for part in "${requested[@]}"; do
   case "$part" in
-    step_mnist | step_svhn | reproduce) parts+=("$part") ;;
+    step_mnist | step_svhn | step_resnet50 | reproduce) parts+=("$part") ;;
     tta) parts+=(tta_improved tta_paper) ;;
-    *) echo "unknown part $part (step_mnist, step_svhn, tta, reproduce)" | tee -a "$log"; exit 2 ;;
+    *) echo "unknown part $part (step_mnist, step_svhn, step_resnet50, tta, reproduce)" |
+      tee -a "$log"; exit 2 ;;
   esac
   case "$part" in
     tta) domains+=(mnist mnist_m) ;;
@@ -123,7 +128,12 @@ for part in "${parts[@]}"; do
     step_svhn)
       run "$part" "$py" -m benchmarks.step_time --archs svhn --batch-sizes 1024 64 \
         --repeats 10 --impls jit steps jit_bf16 handwritten handwritten_bf16 torch_eager \
-        torch_bf16 torch_compile torch_compile_cg --out "$out/$part.json" ${STEP_ARGS:-}
+        torch_bf16 torch_compile --out "$out/$part.json" ${STEP_ARGS:-}
+      ;;
+    step_resnet50)
+      run "$part" "$py" -m benchmarks.step_time --archs resnet50 --batch-sizes 32 \
+        --repeats 5 --steps-per-call 10 --impls jit jit_bf16 torch_eager torch_bf16 \
+        --out "$out/$part.json" ${STEP_ARGS:-} ${RESNET_ARGS:-}
       ;;
     tta_improved | tta_paper)
       run "$part" "$py" -m benchmarks.time_to_accuracy --data-dir "$data" \
@@ -144,5 +154,5 @@ echo "== done in $((SECONDS - start)) s" | tee -a "$log"
 # The results, for a caller that sees only the end of the output.
 cat "$out/table.md" 2>/dev/null
 grep -hE '^(== tta_[a-z]+ \(|time to |reached|did not reach)' "$log"
-grep -hE '^(arch |mnist |svhn )' "$log"
+grep -hE '^(arch |mnist |svhn |resnet)' "$log"
 exit 0

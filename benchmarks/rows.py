@@ -22,7 +22,17 @@ import dann_jax as dj
 from benchmarks import handwritten as hw
 from benchmarks.xla_cost import compile_with_flops
 
-__all__ = ["IMPLS", "SIZES", "Bench", "Shape", "build", "make_shape", "torch_missing"]
+__all__ = [
+    "IMPLS",
+    "RESNETS",
+    "SIZES",
+    "Bench",
+    "NotApplicable",
+    "Shape",
+    "build",
+    "make_shape",
+    "torch_missing",
+]
 
 IMPLS = {
     "jit": "dann_jax jit",
@@ -37,7 +47,15 @@ IMPLS = {
     "torch_compile": "torch.compile",
     "torch_compile_cg": "torch.compile cudagraphs",
 }
-SIZES = {"mnist": 28, "svhn": 32}
+SIZES = {"mnist": 28, "svhn": 32, "resnet18": 224, "resnet50": 224}
+RESNETS = ("resnet18", "resnet50")
+# The ResNet rows train the office recipe's model: the backbone, a 256-wide bottleneck, a
+# linear label head and a 1024-1024 domain head, joint BatchNorm (torchvision's BatchNorm
+# has no per-domain form), SGD with Nesterov momentum, weight decay, the backbone at 0.1x.
+RESNET_SETTINGS = {
+    "bottleneck": 256, "bn_stats": "joint", "nesterov": True, "weight_decay": 1e-3,
+    "backbone_lr_mult": 0.1,
+}  # fmt: skip
 TOTAL_STEPS = 10_000  # schedule length (p = step / total); only the schedule values depend on it
 POOL = 1024  # images per domain in the device-resident pool the K-step variant draws from
 
@@ -60,11 +78,11 @@ class Bench:
 # -------------------------------------------------------------- data
 
 
-def make_data(arch: str, batch_size: int, seed: int = 0) -> dj.TrainData:
+def make_data(arch: str, batch_size: int, seed: int = 0, size: int | None = None) -> dj.TrainData:
     """Device-resident uint8 pools of both domains and their mean (for sample_batch)."""
     rng = np.random.default_rng(seed)
-    size = SIZES[arch]
-    n = max(POOL, batch_size)
+    size = size or SIZES[arch]
+    n = max(POOL if arch not in RESNETS else 128, batch_size)
     images = lambda: rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
     xs, ys, xt = images(), rng.integers(0, 10, n), images()
     return jax.device_put(dj.make_train_data(xs, ys, xt, np.full((3,), 0.45, np.float32)))
@@ -87,12 +105,19 @@ class Shape:
     state: Any  # dann_jax TrainState at step 0; every implementation starts from its params
 
 
-def make_shape(arch: str, batch_size: int, k: int) -> Shape:
-    """Data, batch and one initial dann_jax state for a shape."""
-    data = make_data(arch, batch_size)
-    config = dj.Config(arch=arch, batch_size=batch_size, steps=TOTAL_STEPS).validate()
+def _settings(arch: str) -> dict:
+    """The Config settings of an architecture's rows beside its name."""
+    return RESNET_SETTINGS if arch in RESNETS else {}
+
+
+def make_shape(arch: str, batch_size: int, k: int, size: int | None = None) -> Shape:
+    """Data, batch and one initial dann_jax state for a shape (`size`: the image side)."""
+    size = size or SIZES[arch]
+    data = make_data(arch, batch_size, size=size)
+    config = dj.Config(
+        arch=arch, batch_size=batch_size, steps=TOTAL_STEPS, **_settings(arch)
+    ).validate()
     model, tx = dj.make_model(config), dj.make_optimizer(config)
-    size = SIZES[arch]
     # Jitted: op-by-op initialisation compiles every primitive and takes seconds on a CPU.
     init = jax.jit(lambda key: dj.create_train_state(key, model, tx, (size, size, 3)))
     state = jax.block_until_ready(init(jax.random.key(0)))
@@ -115,8 +140,9 @@ def _fresh(tree: Any) -> Any:
 def _library(shape: Shape, precision: str = "fp32") -> tuple:
     """(model, optimizer, state, hparams) as a dann_jax user builds them."""
     config = dj.Config(
-        arch=shape.arch, batch_size=shape.batch_size, precision=precision, steps=TOTAL_STEPS
-    ).validate()
+        arch=shape.arch, batch_size=shape.batch_size, precision=precision, steps=TOTAL_STEPS,
+        **_settings(shape.arch),
+    ).validate()  # fmt: skip
     # bf16 changes the compute dtype only: parameters and optimizer state keep their
     # float32 structure, so the shared initial state fits every precision.
     model, tx = dj.make_model(config), dj.make_optimizer(config)
@@ -190,8 +216,14 @@ def bench_pmap(shape: Shape, precision: str) -> Bench:
     return _jitted(step, state, (batch, hp), precision, "pmap over 1 of the local devices")
 
 
+class NotApplicable(Exception):
+    """An implementation that has no form for this architecture (e.g. hand-written ResNets)."""
+
+
 def bench_handwritten(shape: Shape, precision: str) -> Bench:
     """The hand-written JAX/optax step (benchmarks/handwritten.py), same initial params."""
+    if shape.arch in RESNETS:
+        raise NotApplicable("the hand-written step has the paper's CNNs only")
     dtype = jnp.bfloat16 if precision == "bf16" else jnp.float32
     tx = hw.make_optimizer(TOTAL_STEPS)
     state = hw.init_state(hw.from_flax(_fresh(shape.state.params)), tx)
@@ -254,9 +286,12 @@ def bench_torch(shape: Shape, impl: str, tf32: bool) -> Bench:
     td.configure(tf32)
     xs, ys, xt = td.to_torch({k: np.asarray(v) for k, v in shape.batch.items()}, dev)
     step = td.make_step(shape.arch, TOTAL_STEPS, dev, compile_mode=mode, bf16=bf16)
-    params = jax.tree.map(np.asarray, hw.from_flax(shape.state.params))
-    td.load_params(step.model, params, shape.arch)
     note = f"torch {td.torch.__version__} on {dev.type}"
+    if shape.arch in RESNETS:
+        note += ", torchvision's model, its own initialisation"
+    else:
+        params = jax.tree.map(np.asarray, hw.from_flax(shape.state.params))
+        td.load_params(step.model, params, shape.arch)
     if dev.type == "cuda":
         note += ", TF32 " + ("on" if tf32 else "off") + ", cudnn.benchmark"
     if mode:

@@ -34,7 +34,7 @@ from typing import Any
 import jax
 
 import benchmarks
-from benchmarks.rows import IMPLS, SIZES, TORCH_BENCHES, make_shape
+from benchmarks.rows import IMPLS, RESNETS, SIZES, TORCH_BENCHES, make_shape
 from benchmarks.timing import finish_rows, format_table, measure_shape, warm_clocks
 from dann_jax import io as dj_io
 
@@ -102,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
         help="implementations to time (default all)",
     )
     a("--repeats", type=int, default=None, help="timed repeats (default 10)")
+    a("--resnet-size", type=int, default=None, help="image side of the ResNet rows (default 224)")
     a(
         "--steps-per-call",
         type=int,
@@ -162,7 +163,8 @@ def _measure_all(args: argparse.Namespace, env: dict, rows: list[dict]) -> None:
     """Measure shape by shape into `rows`, printing each row and saving after each shape."""
     for arch in args.archs:
         for batch_size in args.batch_sizes:
-            shape = make_shape(arch, batch_size, args.steps_per_call)
+            size = args.resnet_size if arch in RESNETS else None
+            shape = make_shape(arch, batch_size, args.steps_per_call, size)
             measured = measure_shape(shape, args.impls, args.repeats, args.tf32, args.verbose)
             for row in measured:
                 rows.append(row)

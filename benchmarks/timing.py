@@ -106,6 +106,8 @@ def _prepare(shape: impls.Shape, rows: dict, tf32: bool, verbose: bool) -> dict:
         try:
             benches[impl] = impls.build(impl, shape, tf32)
             warm_up(benches[impl])
+        except impls.NotApplicable as e:
+            row.update(status="n/a", note=str(e))
         except Exception as e:  # one failing implementation must not end the run
             benches.pop(impl, None)
             _error(row, e, verbose)

@@ -82,6 +82,47 @@ class TorchDANN(nn.Module):
         return ce + 0.5 * (bce_s + bce_t)
 
 
+class TorchResNetDANN(nn.Module):
+    """DANN on torchvision's ResNet (fc removed): a 256-wide Linear + BatchNorm + ReLU
+    bottleneck, a linear label head and a 1024-1024 domain head, as dann_jax's office
+    recipe (with joint BatchNorm statistics)."""
+
+    def __init__(self, arch: str):
+        super().__init__()
+        import torchvision
+
+        self.extractor = getattr(torchvision.models, arch)(weights=None)
+        width = self.extractor.fc.in_features
+        self.extractor.fc = nn.Identity()
+        self.bottleneck = nn.Sequential(nn.Linear(width, 256), nn.BatchNorm1d(256), nn.ReLU())
+        self.label = nn.Linear(256, NUM_CLASSES)
+        self.domain = _mlp([256, 1024, 1024, 1])
+
+    def forward(self, xs, ys, xt, lam):
+        n = xs.shape[0]
+        f = self.bottleneck(self.extractor(torch.cat([xs, xt])))
+        logits = self.label(f[:n]).float()
+        d = self.domain(GradReverse.apply(f, lam))[:, 0].float()
+        ce = F.cross_entropy(logits, ys)
+        bce_s = F.binary_cross_entropy_with_logits(d[:n], torch.zeros_like(d[:n]))
+        bce_t = F.binary_cross_entropy_with_logits(d[n:], torch.ones_like(d[n:]))
+        return ce + 0.5 * (bce_s + bce_t)
+
+
+def _model_and_optimizer(arch: str, dev: torch.device, lr0: float):
+    """The model and its SGD: the paper's for the CNNs; the office recipe's for ResNets
+    (Nesterov, weight decay 1e-3, the backbone at 0.1x the heads' learning rate)."""
+    if not arch.startswith("resnet"):
+        model = TorchDANN(arch).to(dev)
+        return model, torch.optim.SGD(model.parameters(), lr=lr0, momentum=0.9), [1.0]
+    model = TorchResNetDANN(arch).to(dev)
+    backbone = list(model.extractor.parameters())
+    heads = [p for n, p in model.named_parameters() if not n.startswith("extractor.")]
+    groups = [{"params": backbone}, {"params": heads}]
+    opt = torch.optim.SGD(groups, lr=lr0, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    return model, opt, [0.1, 1.0]
+
+
 def device() -> torch.device:
     """CUDA when available, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -149,8 +190,7 @@ def make_step(
     counterpart of dann_jax's ``precision="bf16"`` (float32 parameters and update).
     """
     torch.manual_seed(seed)
-    model = TorchDANN(arch).to(dev)
-    opt = torch.optim.SGD(model.parameters(), lr=lr0, momentum=0.9)
+    model, opt, multipliers = _model_and_optimizer(arch, dev, lr0)
     loss_fn = _compiled(model, compile_mode)
     graphs = compile_mode == "reduce-overhead"
     # lambda is a device tensor so that torch.compile does not specialise (and recompile)
@@ -161,8 +201,8 @@ def make_step(
     def step(xs, ys, xt):
         p = min(count[0] / total_steps, 1.0)
         lam.fill_(2.0 / (1.0 + math.exp(-gamma * p)) - 1.0)
-        for group in opt.param_groups:
-            group["lr"] = lr0 / (1.0 + alpha * p) ** beta
+        for group, mult in zip(opt.param_groups, multipliers, strict=True):
+            group["lr"] = mult * lr0 / (1.0 + alpha * p) ** beta
         opt.zero_grad(set_to_none=True)
         if graphs:  # a new iteration: earlier graph outputs may be overwritten
             torch.compiler.cudagraph_mark_step_begin()

@@ -25,13 +25,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from dann_jax.config import Config
+from dann_jax.config import RECIPES, Config
 
 __all__ = ["RECOMMENDED", "TrainedModel", "fit", "load_run"]
 
 # The recipe for data nobody tuned for (docs/own_data.md): the improved recipe, above the
 # paper recipe on each of the three digit pairs (docs/results.md).
-RECOMMENDED = {"batchnorm": True, "bn_stats": "per_domain", "dropout": 0.5}
+RECOMMENDED = RECIPES["improved"]
 
 
 @dataclasses.dataclass
@@ -56,8 +56,12 @@ class TrainedModel:
     config: Config
     results: dict | None = None
 
-    def logits(self, images: np.ndarray) -> np.ndarray:
-        """Class logits (N, classes) of uint8 images (N, H, W[, C]) of the training size."""
+    def logits(self, images: np.ndarray, domain: str = "target") -> np.ndarray:
+        """Class logits (N, classes) of uint8 images (N, H, W[, C]) of the training size.
+
+        ``domain``: whose images they are (``"target"``: new images of the domain adapted
+        to), for per-domain BatchNorm statistics (`dann_jax.Config.bn_eval`).
+        """
         from dann_jax.data.pair import _rgb
         from dann_jax.outputs import predict_host
 
@@ -66,11 +70,14 @@ class TrainedModel:
             raise ValueError(
                 f"images are {x.shape[1:]}, the model was trained on {tuple(self.image_shape)}"
             )
-        return predict_host(self.model, self.state, x, self.mean)["class_logits"]
+        out = predict_host(
+            self.model, self.state, x, self.mean, domain=self.config.bn_domain(domain)
+        )
+        return out["class_logits"]
 
-    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(class index, its softmax probability) of each image."""
-        z = self.logits(images)
+    def predict(self, images: np.ndarray, domain: str = "target") -> tuple[np.ndarray, np.ndarray]:
+        """(class index, its softmax probability) of each image (``domain`` as in `logits`)."""
+        z = self.logits(images, domain)
         p = np.exp(z - z.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
         best = p.argmax(1)

@@ -16,7 +16,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from dann_jax.config import HELP_GROUPS, Config, ConfigError, flag
+from dann_jax.config import HELP_GROUPS, RECIPES, Config, ConfigError, flag
 
 __all__ = ["add_config_arguments", "config_from_args", "make_parser", "parse_config", "run_cli"]
 
@@ -85,16 +85,38 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Defaults shown with each flag; the description and the examples kept as written."""
 
 
+def recipe_defaults(
+    argv: list[str] | None, defaults: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A script's `defaults` with ``--recipe NAME``'s settings (`RECIPES`) on top.
+
+    A recipe sets defaults, not values: any flag given explicitly still wins.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", choices=list(RECIPES), default=None)
+    known, _ = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return {**(defaults or {}), **RECIPES.get(known.recipe or "paper", {})}
+
+
+def _recipe_help() -> str:
+    parts = [
+        f"{name}: {', '.join(f'{flag(k)} {v}' for k, v in values.items()) or 'the paper'}"
+        for name, values in RECIPES.items()
+    ]
+    return "named settings, applied as defaults (a flag given still wins); " + "; ".join(parts)
+
+
 def make_parser(
     description: str | None = None,
     examples: str | None = None,
     defaults: Mapping[str, Any] | None = None,
 ) -> argparse.ArgumentParser:
-    """A parser with one flag per `Config` field, grouped (`HELP_GROUPS`); `--help` shows
-    each default and ends with the `examples`."""
+    """A parser with one flag per `Config` field, grouped (`HELP_GROUPS`), and
+    ``--recipe``; `--help` shows each default and ends with the `examples`."""
     parser = argparse.ArgumentParser(
         description=description, epilog=examples, formatter_class=HelpFormatter
     )
+    parser.add_argument("--recipe", choices=list(RECIPES), default=None, help=_recipe_help())
     return add_config_arguments(parser, defaults=defaults)
 
 

@@ -125,6 +125,7 @@ def compile_train_steps(
     unroll: int | bool | None = None,
     vmap_seeds: bool = False,
     mesh: jax.sharding.Mesh | None = None,
+    augment: bool = False,
 ) -> TrainSteps:
     """`train_steps` compiled with ``jax.jit``, optionally over a device mesh.
 
@@ -144,14 +145,14 @@ def compile_train_steps(
     per MNIST step) and a fully unrolled scan compiles in time proportional to K, while
     a CPU dispatch costs microseconds against a step of tens of milliseconds. On GPU/TPU
     the rolled loop is what removes the per-step dispatch. ``unroll=True`` or an int is
-    passed to `train_steps` as is.
+    passed to `train_steps` as is. ``augment`` crops and flips every drawn image.
     """
     _check_split(batch_size, mesh)
     per_dispatch = num_steps
     if unroll is None:
         per_dispatch, unroll = (1, True) if jax.default_backend() == "cpu" else (num_steps, 1)
     program = _steps_program(
-        model, tx, per_dispatch, batch_size, lambda2_schedule, unroll, vmap_seeds, mesh
+        model, tx, per_dispatch, batch_size, lambda2_schedule, unroll, vmap_seeds, mesh, augment
     )
     return TrainSteps(program, num_steps, per_dispatch)
 
@@ -161,13 +162,13 @@ def compile_train_steps(
 # instead of tracing and compiling a new ``jax.jit`` of a new partial.
 @functools.lru_cache(maxsize=32)
 def _steps_program(
-    model, tx, num_steps, batch_size, lambda2_schedule, unroll, vmap_seeds, mesh
+    model, tx, num_steps, batch_size, lambda2_schedule, unroll, vmap_seeds, mesh, augment
 ) -> Callable:
     """The compiled program of `compile_train_steps` (``num_steps`` per dispatch)."""
     fn = functools.partial(
         train.train_steps, model=model, tx=tx, num_steps=num_steps, batch_size=batch_size,
         lambda2_schedule=lambda2_schedule, axis_name=None if mesh is None else AXIS,
-        unroll=unroll, vmap_seeds=vmap_seeds,
+        unroll=unroll, vmap_seeds=vmap_seeds, augment=augment,
     )  # fmt: skip
     if mesh is not None:
         fn = _per_device(fn, mesh, P())  # all replicated; each device gathers its block

@@ -24,9 +24,12 @@ __all__ = [
     "HELP_GROUPS",
     "LAMBDA2_SCHEDULES",
     "MODES",
+    "NORMALIZATIONS",
     "OPTIMIZERS",
     "PRECISIONS",
+    "RECIPES",
     "RESIZES",
+    "RESNETS",
     "Config",
     "ConfigError",
     "flag",
@@ -36,7 +39,9 @@ __all__ = [
 MODES = ("dann", "source_only", "target_only")
 OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("fp32", "tf32", "bf16")
-ARCHS = ("mnist", "svhn")
+ARCHS = ("mnist", "svhn", "resnet18", "resnet34", "resnet50", "resnet101")
+RESNETS = ARCHS[2:]
+NORMALIZATIONS = ("mean", "imagenet")
 RESIZES = ("auto", "bilinear", "crop_pad", "mnist_box")  # see dann_jax.data.resize_method
 BN_STATS = ("joint", "per_domain")
 LAMBDA2_SCHEDULES = ("dann", "constant")
@@ -89,7 +94,19 @@ class Config:
         None, "colour photos (e.g. BSDS500) for synthesising the embedded MNIST-M target"
     )
     arch: str = _setting(
-        "mnist", "paper architecture: mnist (28x28 inputs) or svhn (32x32 inputs)", ARCHS
+        "mnist",
+        "feature extractor: the paper's CNNs mnist (28x28 digit inputs) or svhn (32x32), "
+        "which take any size from about 16x16, or a ResNet (torchvision's layout: "
+        "dann_jax.backbones) with a linear label head and a 1024-1024 domain head",
+        ARCHS,
+    )
+    pretrained: str | None = _setting(
+        None,
+        "ResNet weights: imagenet (torchvision's IMAGENET1K_V1 file, downloaded once, "
+        "checksum verified) or a .pth / .safetensors state dict; unset: random init",
+    )
+    bottleneck: int = _setting(
+        0, "width of a Dense + BatchNorm + ReLU layer before both heads (0: none; office: 256)"
     )
     image_size: int | None = _setting(
         None,
@@ -139,13 +156,37 @@ class Config:
     lr_beta: float = _setting(0.75, "learning-rate annealing beta (paper: 0.75)")
     optimizer: str = _setting("sgd", "sgd (with momentum) or adam", OPTIMIZERS)
     momentum: float = _setting(0.9, "SGD momentum (paper: 0.9)")
+    nesterov: bool = _setting(False, "Nesterov momentum")
+    weight_decay: float = _setting(0.0, "L2 weight decay added to the gradients (0: none)")
+    backbone_lr_mult: float = _setting(
+        1.0, "the extractor's learning rate as a multiple of the heads' (pretrained: 0.1)"
+    )
     batchnorm: bool = _setting(False, "BatchNorm in the extractor (not in the paper)")
     bn_stats: str = _setting(
         "joint",
         "BatchNorm statistics over the joint source + target batch or per domain",
         BN_STATS,
     )
+    bn_eval: str = _setting(
+        "domain",
+        "with per-domain BatchNorm, which running statistics normalise a domain's images at "
+        "test time: domain (each domain its own, as in training: the target's for target "
+        "images, as AdaBN does) or mean (the mean of both domains')",
+        ("domain", "mean"),
+    )
     dropout: float = _setting(0.0, "dropout rate on the extractor features (0 = paper)")
+    augment: bool = _setting(
+        False,
+        "random resized crop (area 8-100%, aspect 3/4-4/3, back to the stored size) and "
+        "horizontal flip of every training image, on the device",
+    )
+    normalize: str = _setting(
+        "mean",
+        "input normalisation: mean (subtract the per-channel mean of both domains' "
+        "training images: the paper) or imagenet ((x - mean) / std with ImageNet's "
+        "statistics, for pretrained backbones)",
+        NORMALIZATIONS,
+    )
     precision: str = _setting(
         "fp32",
         "compute precision (parameters stay float32): fp32 = float32 with full-precision "
@@ -201,6 +242,14 @@ class Config:
             return self.steps_per_call
         return max(d for d in range(1, min(50, self.eval_every) + 1) if self.eval_every % d == 0)
 
+    def bn_domain(self, role: str) -> int | None:
+        """The per-domain BatchNorm statistics a ``"source"`` or ``"target"`` image is
+        normalised with at test time (`dann_jax.models.select_domain`): 0, 1 or None
+        (the mean of both)."""
+        if self.bn_stats != "per_domain" or self.bn_eval == "mean":
+            return None
+        return {"source": 0, "target": 1}[role]
+
     @property
     def eval_interval(self) -> int:
         """Steps between evaluations: ``eval_every`` rounded down to a multiple of
@@ -252,6 +301,14 @@ class Config:
         number("lr_alpha", low=0)
         number("lr_beta", low=0)
         number("momentum", low=0, high=1)
+        number("weight_decay", low=0)
+        number("backbone_lr_mult", low=0)
+        number("bottleneck", low=0, integer=True)
+        if self.pretrained is not None and self.arch not in RESNETS:
+            raise ConfigError(
+                f"--pretrained is for the ResNets; --arch {self.arch} has no pretrained "
+                f"weights. Pick --arch from {list(RESNETS)}, or drop --pretrained."
+            )
         number("dropout", low=0, high=0.99)
         number("seed", low=0, integer=True)
         number("seeds", low=1, integer=True)
@@ -275,10 +332,13 @@ class Config:
 # The fields by theme, in --help's order (every field in exactly one group; a test checks).
 HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "data": ("source", "target", "data_dir", "tfds_dir", "bsds_dir", "image_size", "resize"),
-    "model": ("arch", "batchnorm", "bn_stats", "dropout", "precision"),
+    "model": (
+        "arch", "pretrained", "bottleneck", "batchnorm", "bn_stats", "bn_eval", "dropout",
+        "precision", "augment", "normalize",
+    ),
     "optimisation": (
         "mode", "lambda2", "lambda3", "label_smoothing", "optimizer", "lr", "momentum",
-        "batch_size",
+        "nesterov", "weight_decay", "backbone_lr_mult", "batch_size",
     ),
     "schedule": ("steps", "lambda2_schedule", "gamma", "lr_alpha", "lr_beta"),
     "run and output": (
@@ -286,6 +346,29 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
         "multihost",
     ),
     "analysis": ("analyze",),
+}  # fmt: skip
+
+
+# Named settings (``--recipe NAME``: its values become the defaults, so any flag still
+# overrides a part of it). "paper" changes nothing.
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {},
+    # Not the paper: BatchNorm in the extractor with per-domain batch statistics and
+    # dropout 0.5 on the features; the paper's optimizer (SGD momentum 0.9, mu0 = 0.01
+    # annealed), lambda ramp and length stay (docs/results.md).
+    "improved": {"batchnorm": True, "bn_stats": "per_domain", "dropout": 0.5},
+    # The standard recipe for real images (Office-31, Office-Home): an ImageNet ResNet-50,
+    # a 256-wide bottleneck, the DANN paper's 1024-1024 domain head for Office, the
+    # backbone at 0.1x the heads' learning rate, Nesterov SGD with weight decay, random
+    # resized crops and flips at 224 x 224, ImageNet normalisation, 32 + 32 images a step;
+    # the backbone's BatchNorm in training mode with per-domain statistics
+    # (docs/real_images.md says why).
+    "office": {
+        "arch": "resnet50", "pretrained": "imagenet", "bottleneck": 256, "batchnorm": True,
+        "bn_stats": "per_domain", "backbone_lr_mult": 0.1, "nesterov": True,
+        "weight_decay": 1e-3, "augment": True, "normalize": "imagenet", "image_size": 224,
+        "batch_size": 32, "steps": 20_000,
+    },
 }  # fmt: skip
 
 

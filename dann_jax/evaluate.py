@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from dann_jax.models import DANN
+from dann_jax.models import DANN, select_domain
 
 __all__ = [
     "EvalSet",
@@ -36,8 +36,16 @@ __all__ = [
 
 
 def normalize(images: jax.Array, mean: jax.Array) -> jax.Array:
-    """uint8 images -> float32 in [0, 1] minus the per-channel training mean."""
-    return images.astype(jnp.float32) / 255.0 - mean
+    """Images in pixel units (uint8) -> float32 in [0, 1], normalised per channel.
+
+    ``mean`` (C,) is subtracted (the paper: the training images' mean); a (2, C) array
+    holds a mean and a std, ``(x - mean) / std`` (e.g. ImageNet's, for a pretrained
+    backbone).
+    """
+    x = images.astype(jnp.float32) / 255.0
+    if mean.ndim == 2:
+        return (x - mean[0]) / mean[1]
+    return x - mean
 
 
 @flax.struct.dataclass
@@ -112,6 +120,7 @@ def evaluate(
     *,
     model: DANN,
     axis_name: str | None = None,
+    domain: int | None = None,
 ) -> dict[str, jax.Array]:
     """Accuracy, mean loss, predictions and mean domain score on a `make_eval_set` set.
 
@@ -123,13 +132,15 @@ def evaluate(
       model: the `DANN` module.
       axis_name: inside a per-device program, the axis the chunks are split over: the
         sums are then added over it.
+      domain: the set's domain (0 source, 1 target): per-domain BatchNorm then uses that
+        domain's running statistics (`dann_jax.models.select_domain`); None: their mean.
 
     Returns:
       ``accuracy``, ``loss`` (unsmoothed cross-entropy), ``domain_score`` (mean
       probability of "target" from the discriminator) and ``predictions``
       (num_chunks, chunk), row-major the examples in order, of which the first N are real.
     """
-    variables = _variables(params, batch_stats)
+    variables = _variables(params, select_domain(batch_stats, domain))
 
     def one_chunk(chunk):
         images, labels, mask = chunk
@@ -157,16 +168,23 @@ def evaluate(
 
 
 def predict(
-    params: Any, batch_stats: Any, eval_set: EvalSet, mean: jax.Array, *, model: DANN
+    params: Any,
+    batch_stats: Any,
+    eval_set: EvalSet,
+    mean: jax.Array,
+    *,
+    model: DANN,
+    domain: int | None = None,
 ) -> dict[str, jax.Array]:
-    """Per-example outputs over a `make_eval_set` set, in one pass of the extractor.
+    """Per-example outputs over a `make_eval_set` set, in one pass of the extractor
+    (``domain`` as in `evaluate`).
 
     Returns:
       ``features`` (M, D), ``class_logits`` (M, classes), ``domain_logits`` (M,) and
       ``loss`` (M,) (cross-entropy against ``eval_set.labels``), all float32, with
       M = num_chunks * chunk: the first N rows are the real examples.
     """
-    variables = _variables(params, batch_stats)
+    variables = _variables(params, select_domain(batch_stats, domain))
 
     def one_chunk(chunk):
         images, labels = chunk
@@ -187,7 +205,10 @@ def predict(
 # would trace and compile again on every call, e.g. at every checkpoint or seed.
 @functools.lru_cache(maxsize=32)
 def compile_evaluate(
-    model: DANN, vmap_seeds: bool = False, mesh: jax.sharding.Mesh | None = None
+    model: DANN,
+    vmap_seeds: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+    domain: int | None = None,
 ) -> Callable[..., dict[str, jax.Array]]:
     """`evaluate` under ``jax.jit``; call as ``fn(params, batch_stats, eval_set, mean)``.
 
@@ -196,11 +217,14 @@ def compile_evaluate(
     state and mean are replicated over it and the eval set is split along its chunk
     axis (`dann_jax.sharding.put_sharded` with ``axis=1``; build it with
     ``make_eval_set(..., multiple_of=mesh.size)``): each device evaluates 1/N of every
-    chunk. Equal arguments get the same compiled function.
+    chunk. ``domain`` picks per-domain BatchNorm statistics (see `evaluate`). Equal
+    arguments get the same compiled function.
     """
     from dann_jax.train import AXIS  # the mesh's axis name (train imports this module)
 
-    fn = functools.partial(evaluate, model=model, axis_name=None if mesh is None else AXIS)
+    fn = functools.partial(
+        evaluate, model=model, axis_name=None if mesh is None else AXIS, domain=domain
+    )
     if vmap_seeds:
         fn = jax.vmap(fn, in_axes=(0, 0, None, None))
     if mesh is None:
@@ -219,9 +243,9 @@ def compile_evaluate(
 
 
 @functools.lru_cache(maxsize=32)
-def compile_predict(model: DANN) -> Callable[..., dict[str, jax.Array]]:
+def compile_predict(model: DANN, domain: int | None = None) -> Callable[..., dict[str, jax.Array]]:
     """`predict` under ``jax.jit``; call as ``fn(params, batch_stats, eval_set, mean)``.
 
-    Cached like `compile_evaluate`: one compiled function per model.
+    Cached like `compile_evaluate`: one compiled function per model and domain.
     """
-    return jax.jit(functools.partial(predict, model=model))
+    return jax.jit(functools.partial(predict, model=model, domain=domain))

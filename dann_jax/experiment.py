@@ -30,7 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from dann_jax import io, loop
+from dann_jax import io, loop, memory
 from dann_jax.config import Config
 from dann_jax.data.pair import PairData, load_pair
 from dann_jax.models import ARCHITECTURES
@@ -69,7 +69,9 @@ class RunError(RuntimeError):
 
 def load_data(config: Config, log: Callable[[str], None] = print) -> PairData:
     """The pair of `config`, preprocessed for its architecture (`dann_jax.data.load_pair`)."""
-    return load_pair(config, ARCHITECTURES[config.arch]["input_size"], log)
+    # The ResNets' standard input is 224 x 224 (a digit domain paired with one gets that).
+    size = ARCHITECTURES[config.arch]["input_size"] if config.arch in ARCHITECTURES else 224
+    return load_pair(config, size, log)
 
 
 # What a run writes in its workdir (removed by --restart; nothing else there is touched).
@@ -247,12 +249,15 @@ def _target_outputs(config: Config, data: PairData, per_seed, workdir: Path, log
             path = workdir / f"seed_{r['seed']}" / "predictions.csv"
             outputs.write_predictions(
                 path, r["model"], r["state"], data.target_test, data.mean,
-                data.target_paths, data.class_names,
+                data.target_paths, data.class_names, config.bn_domain("target"),
             )  # fmt: skip
             if r is per_seed[0]:
                 shutil.copyfile(path, workdir / "predictions.csv")
         if not data.target_labelled:
-            scores = outputs.label_free_scores(r["model"], r["state"], data, r["seed"])
+            domains = outputs.set_domains(config)
+            scores = outputs.label_free_scores(
+                r["model"], r["state"], data, r["seed"], 1000, domains
+            )
             r["validators"] = {k: (v if np.isfinite(v) else None) for k, v in scores.items()}
     if data.target_paths is not None:
         log(f"wrote {workdir / 'predictions.csv'} ({len(data.target_paths)} target images)")
@@ -271,8 +276,12 @@ def summarize(config, data, per_seed, analysis, device, wall_seconds) -> dict[st
         "protocol": PROTOCOL,
         **{k: v[0] for k, v in stats.items()},
         **{f"{k}_std": v[1] for k, v in stats.items()},
-        "seeds": [{k: v for k, v in r.items() if k not in ("state", "model")} for r in per_seed],
+        "seeds": [
+            {k: v for k, v in r.items() if k not in ("state", "model", "pretrained")}
+            for r in per_seed
+        ],
         "analysis": analysis,
+        "pretrained": per_seed[0].get("pretrained"),
         "wall_seconds": wall_seconds,
     }
     if not data.target_labelled:
@@ -345,7 +354,7 @@ def run(
         results_path.unlink()  # about to be rewritten; never leave a stale one behind
     device = device_info()
     _announce(config, data, device, workdir, log)
-    log(loop.describe_memory(data, device["global_count"]))
+    log(memory.describe_memory(data, device["global_count"]))
     per_seed = _train_all(config, data, workdir, log)
     if not loop.is_writer():
         return summarize(config, data, per_seed, None, device, time.perf_counter() - start)

@@ -43,6 +43,7 @@ def make_dev_hook(config, data: PairData, seed: int) -> Callable[[Any, dict], No
     from dann_jax.train import make_model
 
     model = make_model(config, num_classes=data.num_classes)
+    source, target = config.bn_domain("source"), config.bn_domain("target")
     src = _subset(data.source_test, data.source_test_labels, _MAX_DEV, seed)
     tgt_images = data.target_train[
         np.random.default_rng(seed + 1).permutation(len(data.target_train))[:_MAX_DEV]
@@ -50,8 +51,8 @@ def make_dev_hook(config, data: PairData, seed: int) -> Callable[[Any, dict], No
     tgt = (tgt_images, np.zeros(len(tgt_images), np.int32))  # labels unused
 
     def hook(state, record):
-        s = predict_host(model, state, src[0], data.mean, src[1])
-        t = predict_host(model, state, tgt[0], data.mean, tgt[1])
+        s = predict_host(model, state, src[0], data.mean, src[1], domain=source)
+        t = predict_host(model, state, tgt[0], data.mean, tgt[1], domain=target)
         dev = validators.deep_embedded_validation(
             s["features"], s["loss"], t["features"], seed=seed
         )
@@ -115,6 +116,7 @@ def analyze(config, data: PairData, dann_result: dict, workdir: Path, log) -> di
       The analysis dict (also in ``analysis.json``).
     """
     seed, model, state = dann_result["seed"], dann_result["model"], dann_result["state"]
+    source, target = config.bn_domain("source"), config.bn_domain("target")
     reference = _reference(config, data, dann_result, workdir, log)
     xs, ys = _subset(data.source_test, data.source_test_labels, _MAX_PAD, seed)
     xt, yt = _subset(data.target_test, data.target_test_labels, _MAX_PAD, seed + 1)
@@ -123,8 +125,8 @@ def analyze(config, data: PairData, dann_result: dict, workdir: Path, log) -> di
         "ref": (reference["model"], reference["state"]),
         "run": (model, state),
     }.items():
-        feats[f"{key}_s"] = predict_host(m, st, xs, data.mean, ys)["features"]
-        feats[f"{key}_t"] = predict_host(m, st, xt, data.mean, yt)["features"]
+        feats[f"{key}_s"] = predict_host(m, st, xs, data.mean, ys, domain=source)["features"]
+        feats[f"{key}_t"] = predict_host(m, st, xt, data.mean, yt, domain=target)["features"]
     log("analysis: proxy A-distance (raw pixels, source-only features, DANN features)")
     pad = {
         "raw_pixels": analysis.proxy_a_distance(
@@ -142,7 +144,8 @@ def analyze(config, data: PairData, dann_result: dict, workdir: Path, log) -> di
     _embeddings(emb_path, config.mode, feats, ys, yt, seed)
     cm = None
     if data.target_labelled:  # a confusion matrix needs the target's labels
-        logits = predict_host(model, state, data.target_test, data.mean)["class_logits"]
+        logits = predict_host(model, state, data.target_test, data.mean, domain=target)
+        logits = logits["class_logits"]
         cm = analysis.confusion_matrix(data.target_test_labels, np.argmax(logits, -1))
         plots.plot_confusion_matrix(cm_path, cm, f"target test confusion ({config.mode})")
     result = {

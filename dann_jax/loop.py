@@ -34,6 +34,7 @@ from dann_jax import checkpoint, compiled, io, sharding, train
 from dann_jax.config import Config, ConfigError, hyperparams
 from dann_jax.data.pair import PairData
 from dann_jax.evaluate import compile_evaluate
+from dann_jax.memory import check_memory
 
 __all__ = ["is_writer", "run_name", "train_and_evaluate"]
 
@@ -78,9 +79,12 @@ def _broadcast_from_writer(restored, fresh):
     return checkpoint.from_tree(jax.tree.map(np.asarray, raw), fresh), json.loads(text)
 
 
-def restore_or_init(seeds, model, tx, shape, ckpt_dir: Path, log):
-    """(state, curves per seed): the newest intact checkpoint, or fresh states at step 0."""
-    states = [train.create_train_state(jax.random.key(s), model, tx, shape) for s in seeds]
+def restore_or_init(seeds, model, tx, shape, ckpt_dir: Path, log, extractor=None):
+    """(state, curves per seed): the newest intact checkpoint, or fresh states at step 0
+    (with the ``extractor``'s variables, e.g. pretrained weights, when given)."""
+    states = [
+        train.create_train_state(jax.random.key(s), model, tx, shape, extractor) for s in seeds
+    ]
     state = train.stack_trees(states) if len(seeds) > 1 else states[0]
     restored = checkpoint.restore_latest(ckpt_dir, state, log) if is_writer() else None
     if jax.process_count() > 1:
@@ -160,14 +164,15 @@ def _read_chunk(metrics, seeds, first_step: int) -> list[dict[str, float]]:
 
 
 def _evaluate(evaluate, state, eval_sets, mean, seeds, labelled) -> list[dict[str, Any]]:
-    """Accuracy, loss and mean domain score on both test sets, one dict per seed.
+    """Accuracy, loss and mean domain score on both test sets, one dict per seed
+    (``evaluate``: the compiled evaluation of each set, by name).
 
     A test set without labels (``labelled[name]`` False: an unlabelled target) gets
     None for its accuracy and loss; its domain score needs no labels.
     """
     out: list[dict[str, Any]] = [{} for _ in seeds]
     for name, es in eval_sets.items():
-        r = evaluate(state.params, state.batch_stats, es, mean)
+        r = evaluate[name](state.params, state.batch_stats, es, mean)
         r = sharding.fetch({k: r[k] for k in ("accuracy", "loss", "domain_score")})
         for i in range(len(seeds)):
             for key, value in r.items():
@@ -196,17 +201,6 @@ def _mesh_for(config: Config):
             f"use a multiple of {mesh.size}."
         )
     return mesh
-
-
-def describe_memory(data: PairData, devices: int) -> str:
-    """What every device holds of the data: the replicated pools and its share of the tests."""
-    pools = data.train_data().nbytes
-    tests = sum(es.nbytes for es in data.eval_sets(devices).values())
-    return (
-        f"device memory for the data: {pools / 1e6:.1f} MB of training pools on every device "
-        f"({pools} bytes: flat uint8 rows), {tests / devices / 1e6:.1f} MB of test sets per "
-        f"device (split over {devices})"
-    )
 
 
 class _Queue:
@@ -247,8 +241,17 @@ def _run_info(data: PairData) -> dict[str, Any]:
     return {
         "classes": list(data.class_names),
         "input_shape": [int(d) for d in data.source_train.shape[1:]],
-        "mean": [float(m) for m in np.asarray(data.mean).reshape(-1)],
+        "mean": np.asarray(data.mean, np.float64).tolist(),
     }
+
+
+def _pretrained(config: Config, log):
+    """(the extractor's pretrained variables, what they are) or (None, None)."""
+    if config.pretrained is None:
+        return None, None
+    from dann_jax import pretrained
+
+    return pretrained.load(config, log)
 
 
 def _place(state, data: PairData, config: Config, mesh):
@@ -257,6 +260,23 @@ def _place(state, data: PairData, config: Config, mesh):
     tests = {k: sharding.put_sharded(v, mesh, axis=1) for k, v in data.eval_sets(mesh.size).items()}
     mean = put(data.mean.astype(np.float32))
     return put(state), put(data.train_data()), put(hyperparams(config)), tests, mean
+
+
+def _prepare(config: Config, data: PairData, workdir: Path, seeds, model, log):
+    """(model, optimizer, state, curves, checkpoint folder, pretrained weights' info):
+    the model (``config``'s unless given), restored or fresh, checked to fit in memory."""
+    if model is None:
+        model = train.make_model(config, num_classes=data.num_classes)
+    tx = train.make_optimizer(config)
+    ckpt_dir = workdir / run_name(seeds) / "checkpoint"
+    shape = tuple(data.source_train.shape[1:])
+    extractor, weights = _pretrained(config, log)
+    state, curves = restore_or_init(seeds, model, tx, shape, ckpt_dir, log, extractor)
+    check_memory(data, state, sharding.make_mesh().size)
+    if is_writer():  # what a checkpoint needs to be used: `dann_jax.load_run` reads it
+        info = {**_run_info(data), "pretrained": weights}
+        io.write_json(workdir / "run.json", info, make_parents=True)
+    return model, tx, state, curves, ckpt_dir, weights
 
 
 def train_and_evaluate(
@@ -275,26 +295,21 @@ def train_and_evaluate(
     record)`` may add label-free fields to each evaluation record (one seed only). Each
     result has the last-step ``target_accuracy``, ``source_accuracy``,
     ``domain_accuracy`` (discriminator, last training steps), ``curves``, the host
-    ``state`` and ``model`` (for analysis) and ``wall_seconds``.
+    ``state`` and ``model`` (for analysis), ``pretrained`` and ``wall_seconds``.
     """
     seeds = tuple(seeds)
     if len(seeds) > 1 and on_eval is not None:
         raise ValueError("on_eval hooks need one seed at a time")
     start, name, mesh = time.perf_counter(), run_name(seeds), _mesh_for(config)
-    if model is None:
-        model = train.make_model(config, num_classes=data.num_classes)
-    tx = train.make_optimizer(config)
-    ckpt_dir = workdir / name / "checkpoint"
-    shape = tuple(data.source_train.shape[1:])
-    state, curves = restore_or_init(seeds, model, tx, shape, ckpt_dir, log)
+    model, tx, state, curves, ckpt_dir, weights = _prepare(config, data, workdir, seeds, model, log)
     step = step_of(state)
     state, pools, hp, tests, mean = _place(state, data, config, mesh)
-    evaluate = compile_evaluate(model, vmap_seeds=len(seeds) > 1, mesh=mesh)
+    evaluate = {  # each test set with its own domain's BatchNorm statistics (config.bn_eval)
+        name: compile_evaluate(model, len(seeds) > 1, mesh, config.bn_domain(name))
+        for name in ("target", "source")
+    }
     labelled = {"source": True, "target": data.target_labelled}
-    every = config.eval_interval
-    bar = _progress(config.steps, step, name)
-    if is_writer():  # what a checkpoint needs to be used: `dann_jax.load_run` reads it
-        io.write_json(workdir / "run.json", _run_info(data), make_parents=True)
+    every, bar = config.eval_interval, _progress(config.steps, step, name)
     with contextlib.ExitStack() as stack:
         files = _open_metrics(stack, workdir, seeds, step)
         queue = _Queue(seeds, files, bar, _Eta(config.steps - step, log, name))
@@ -303,6 +318,7 @@ def train_and_evaluate(
             run = compiled.compile_train_steps(
                 model, tx, num_steps=n, batch_size=config.batch_size,
                 lambda2_schedule=config.lambda2_schedule, vmap_seeds=len(seeds) > 1, mesh=mesh,
+                augment=config.augment,
             )  # fmt: skip
             state, metrics = run(state, pools, hp)  # queued: runs while the host reads on
             queue.push(step, n, metrics)
@@ -323,7 +339,7 @@ def train_and_evaluate(
     if bar is not None:
         bar.close()
     args = (evaluate, tests, mean, labelled, curves, queue.last, model, start)
-    return _results(config, seeds, state, *args)
+    return [{**r, "pretrained": weights} for r in _results(config, seeds, state, *args)]
 
 
 def _results(

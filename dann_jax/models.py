@@ -46,6 +46,7 @@ __all__ = [
     "FeatureExtractor",
     "LabelClassifier",
     "paper_model",
+    "select_domain",
     "with_axis",
 ]
 
@@ -117,11 +118,16 @@ class DomainBatchNorm(nn.Module):
 
     In training each group (``groups=2``: the source half, then the target half) is
     normalised with its own batch statistics, averaged over ``axis_name`` when set (sync
-    BatchNorm: N devices normalise as one device on the whole batch). The running
-    averages used at test time are updated **once per call** with the mean of the
-    groups' statistics: ``ra <- momentum * ra + (1 - momentum) * mean_g(stat_g)``, so
-    both domains weigh the same and ``momentum`` is the momentum (calling a BatchNorm
-    once per domain would apply it twice and weigh the second domain more).
+    BatchNorm: N devices normalise as one device on the whole batch), and each group
+    keeps its own running averages, updated once per call:
+    ``ra_g <- momentum * ra_g + (1 - momentum) * stat_g`` (stored as ``(groups, C)``).
+
+    At test time a domain's images are normalised with the running averages of
+    `select_domain` (its own: what it was normalised with in training, as AdaBN does),
+    or, with none selected, with the mean over the groups,
+    ``ra <- momentum * ra + (1 - momentum) * mean_g(stat_g)``: both domains weigh the
+    same. (Calling a BatchNorm once per domain would update one set of averages twice
+    a step and weigh the second domain more.)
 
     ``groups=1`` is ordinary BatchNorm. Variables are named as ``flax.linen.BatchNorm``'s
     (``scale``, ``bias``; ``batch_stats``: ``mean``, ``var``, the biased batch variance).
@@ -137,13 +143,16 @@ class DomainBatchNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         c = x.shape[-1]
+        shape = (c,) if self.groups == 1 else (self.groups, c)
         scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
-        ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, shape, jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, shape, jnp.float32)
         x32 = x.astype(jnp.float32)
         if not train:
-            y = (x32 - ra_mean.value) * (lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+            # (groups, C) averages that `select_domain` did not narrow: their mean.
+            mean, var = (v.mean(0) if v.ndim == 2 else v for v in (ra_mean.value, ra_var.value))
+            y = (x32 - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
             return y.astype(self.dtype)
         xg = x32.reshape(self.groups, -1, *x.shape[1:])
         axes = tuple(range(1, xg.ndim - 1))
@@ -154,8 +163,8 @@ class DomainBatchNorm(nn.Module):
         var = jnp.maximum(moments[1] - jnp.square(mean), 0.0)
         if not self.is_initializing():
             m = self.momentum
-            ra_mean.value = m * ra_mean.value + (1 - m) * mean.mean(0)
-            ra_var.value = m * ra_var.value + (1 - m) * var.mean(0)
+            ra_mean.value = m * ra_mean.value + (1 - m) * mean.reshape(shape)
+            ra_var.value = m * ra_var.value + (1 - m) * var.reshape(shape)
         shape = (self.groups,) + (1,) * (x.ndim - 1) + (c,)  # broadcast over each group
         inv = lax.rsqrt(var + self.epsilon) * scale
         y = (xg - mean.reshape(shape)) * inv.reshape(shape) + bias
@@ -265,6 +274,10 @@ class DANN(nn.Module):
       label_head: hidden widths of the label classifier.
       domain_head: hidden widths of the domain discriminator.
       dropout_rate: dropout on the extractor's output features (0 = the paper).
+      bottleneck: width of a Dense + BatchNorm + ReLU layer between the extractor and both
+        heads (the standard layer on pretrained backbones, e.g. 256); 0: none.
+      bn_groups: domains stacked in the batch that the bottleneck's BatchNorm
+        normalises separately (2 = per domain; the extractor has its own setting).
       axis_name: data-parallel axis name, set by `with_axis` inside a per-device step.
       dtype: computation dtype of the heads; parameters are float32 whatever it is.
       precision: ``lax.Precision`` of the heads' matmuls.
@@ -278,6 +291,8 @@ class DANN(nn.Module):
     label_head: Sequence[int] = (100, 100)
     domain_head: Sequence[int] = (100,)
     dropout_rate: float = 0.0
+    bottleneck: int = 0
+    bn_groups: int = 1
     axis_name: str | None = None
     dtype: Any = jnp.float32
     precision: Any = None
@@ -289,6 +304,20 @@ class DANN(nn.Module):
         self.discriminator = DomainDiscriminator(
             tuple(self.domain_head), self.dtype, self.precision
         )
+        if self.bottleneck:
+            self.bottleneck_dense = nn.Dense(
+                self.bottleneck, dtype=self.dtype, precision=self.precision
+            )
+            self.bottleneck_bn = DomainBatchNorm(
+                self.bn_groups, axis_name=self.axis_name, dtype=self.dtype
+            )
+
+    def _embed(self, x: jax.Array, train: bool) -> jax.Array:
+        """Extractor features, through the bottleneck layer when there is one."""
+        features = self.extractor(x, train=train)
+        if not self.bottleneck:
+            return features
+        return nn.relu(self.bottleneck_bn(self.bottleneck_dense(features), train))
 
     def _dropout(self, features: jax.Array, n: int) -> jax.Array:
         """Dropout whose mask row is a function of the example's row in the global batch.
@@ -313,7 +342,7 @@ class DANN(nn.Module):
         train: bool = True,
     ) -> dict[str, jax.Array]:
         n = x_source.shape[0]
-        features = self.extractor(jnp.concatenate([x_source, x_target]), train=train)
+        features = self._embed(jnp.concatenate([x_source, x_target]), train)
         if train and self.dropout_rate > 0:
             features = self._dropout(features, n)
         domain_logits = self.discriminator(grad_reverse(features, lambda_))
@@ -324,8 +353,8 @@ class DANN(nn.Module):
         }
 
     def features(self, x: jax.Array) -> jax.Array:
-        """Extractor features in inference mode (running BatchNorm statistics)."""
-        return self.extractor(x, train=False)
+        """The features both heads see, in inference mode (running BatchNorm statistics)."""
+        return self._embed(x, False)
 
     def predict(self, x: jax.Array) -> jax.Array:
         """Class logits in inference mode."""
@@ -339,6 +368,19 @@ class DANN(nn.Module):
         """(features, class logits, domain logits) in inference mode, one extractor pass."""
         features = self.features(x)
         return features, self.classifier(features), self.discriminator(features)
+
+
+def select_domain(batch_stats, domain: int | None):
+    """BatchNorm running averages narrowed to one domain's (0 source, 1 target).
+
+    Per-domain `DomainBatchNorm` layers keep ``(groups, C)`` averages; this picks row
+    `domain` of each, so an evaluation normalises a domain's images with that domain's
+    own statistics. ``domain=None`` leaves them whole (the layers then use their mean).
+    One model's statistics (inside a vmap over seeds, not outside it).
+    """
+    if domain is None or not batch_stats:
+        return batch_stats
+    return jax.tree.map(lambda v: v[..., domain, :] if v.ndim >= 2 else v, batch_stats)
 
 
 def with_axis(model: DANN, axis_name: str | None) -> DANN:

@@ -23,19 +23,24 @@ __all__ = [
     "label_free_scores",
     "predict_host",
     "predictions_csv",
+    "set_domains",
     "validation_sets",
     "write_predictions",
 ]
 
 
-def predict_host(model, state, images: np.ndarray, mean, labels=None, chunk: int = 250):
+def predict_host(
+    model, state, images: np.ndarray, mean, labels=None, chunk: int = 250, domain=None
+):
     """Features, class and domain logits and per-example loss of host uint8 images.
 
     Returns numpy arrays with one row per image (``loss`` is against ``labels``, zeros
-    when None, so meaningless then).
+    when None, so meaningless then). ``domain``: the images' domain, for per-domain
+    BatchNorm statistics (`dann_jax.Config.bn_domain`).
     """
     es = make_eval_set(images, labels, chunk)
-    out = compile_predict(model)(state.params, state.batch_stats, es, np.asarray(mean, np.float32))
+    fn = compile_predict(model, domain)
+    out = fn(state.params, state.batch_stats, es, np.asarray(mean, np.float32))
     return {k: np.asarray(v)[: len(images)] for k, v in jax.device_get(out).items()}
 
 
@@ -58,16 +63,28 @@ def validation_sets(data, seed: int, size: int) -> dict[str, tuple]:
     }
 
 
-def label_free_scores(model, state, data, seed: int, size: int = 1000) -> dict[str, float]:
+def set_domains(config) -> dict[str, int | None]:
+    """The BatchNorm domain of each of `validation_sets`' subsets under `config`."""
+    source, target = config.bn_domain("source"), config.bn_domain("target")
+    return {"source_val": source, "target": target, "source_train": source}
+
+
+def label_free_scores(
+    model, state, data, seed: int, size: int = 1000, domains=None
+) -> dict[str, float]:
     """Every training-free validator of `dann_jax.validators` for one model (NaN: failed).
 
     What a run reports about its target when the target has no labels (each value in
     its validator's own direction; `dann_jax.validators.VALIDATORS` says which is better).
+    ``domains``: `set_domains` of the run's config.
     """
     from dann_jax import validators  # scikit-learn and SciPy: only when asked
 
-    sets = validation_sets(data, seed, size)
-    out = {k: predict_host(model, state, x, data.mean, y) for k, (x, y) in sets.items()}
+    sets, domains = validation_sets(data, seed, size), domains or {}
+    out = {
+        k: predict_host(model, state, x, data.mean, y, domain=domains.get(k))
+        for k, (x, y) in sets.items()
+    }
     out["source_val"]["labels"] = sets["source_val"][1]
     return validators.compute_validators(
         out["source_val"], out["target"], out["source_train"]["features"], seed=seed
@@ -87,10 +104,12 @@ def predictions_csv(paths: Sequence[str], class_names: Sequence[str], logits: np
     return buffer.getvalue()
 
 
-def write_predictions(path: Path, model, state, images, mean, paths, class_names) -> Any:
-    """Predict `images` and write ``predictions.csv`` at `path` (atomically)."""
+def write_predictions(
+    path: Path, model, state, images, mean, paths, class_names, domain=None
+) -> Any:
+    """Predict `images` (of `domain`) and write ``predictions.csv`` at `path` (atomically)."""
     from dann_jax import io as dj_io
 
-    logits = predict_host(model, state, images, mean)["class_logits"]
+    logits = predict_host(model, state, images, mean, domain=domain)["class_logits"]
     dj_io.write_text(path, predictions_csv(paths, class_names, logits))
     return logits

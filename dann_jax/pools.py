@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from dann_jax.augment import crop_and_flip
 from dann_jax.evaluate import normalize
 
 __all__ = ["Batch", "TrainData", "make_train_data", "sample_batch"]
@@ -31,7 +33,8 @@ class TrainData:
       source_images: (N_s, H*W*C) uint8.
       source_labels: (N_s,) int32.
       target_images: (N_t, H*W*C) uint8 (no labels: the target is unlabelled).
-      mean: (C,) float32, subtracted after scaling to [0, 1].
+      mean: (C,) float32 subtracted after scaling to [0, 1], or (2, C): mean and std,
+        ``(x - mean) / std`` (see `dann_jax.evaluate.normalize`).
       image_shape: (H, W, C), static (part of the pytree structure, not a traced value).
     """
 
@@ -80,13 +83,21 @@ def make_train_data(
     )
 
 
-def _rows(pool: jax.Array, idx: jax.Array, image_shape, mean: jax.Array) -> jax.Array:
-    """Gathered flat rows as normalised float32 images (n, H, W, C)."""
-    return normalize(pool[idx].reshape(len(idx), *image_shape), mean)
+def _rows(pool: jax.Array, idx: jax.Array, data: TrainData, augment, rows) -> jax.Array:
+    """Gathered flat rows as normalised float32 images (n, H, W, C), augmented or not."""
+    images = pool[idx].reshape(len(idx), *data.image_shape)
+    if augment is None:
+        return normalize(images, data.mean)
+    x = crop_and_flip(augment, images.astype(jnp.float32) / 255.0, rows)
+    return normalize(x * 255.0, data.mean)  # back to pixel units: one normalisation rule
 
 
 def sample_batch(
-    key: jax.Array, data: TrainData, batch_size: int, axis_name: str | None = None
+    key: jax.Array,
+    data: TrainData,
+    batch_size: int,
+    axis_name: str | None = None,
+    augment: bool = False,
 ) -> Batch:
     """Draw one training batch on the device from device-resident pools.
 
@@ -100,19 +111,24 @@ def sample_batch(
       data: a `TrainData`.
       batch_size: images per domain in the (global) batch.
       axis_name: the data-parallel axis, or None for the whole batch.
+      augment: random resized crops and flips (`dann_jax.augment`), each example's drawn
+        from its row in the global batch.
 
     Returns:
       ``source_images``, ``source_labels``, ``target_images`` (normalised float32).
     """
-    ks, kt = jax.random.split(key)
+    ks, kt, ka = jax.random.split(key, 3)
     i_s = jax.random.randint(ks, (batch_size,), 0, data.source_images.shape[0])
     i_t = jax.random.randint(kt, (batch_size,), 0, data.target_images.shape[0])
+    per, start = batch_size, jnp.zeros((), jnp.int32)
     if axis_name is not None:
         per = batch_size // jax.lax.axis_size(axis_name)
         start = jax.lax.axis_index(axis_name) * per
         i_s, i_t = (jax.lax.dynamic_slice_in_dim(i, start, per) for i in (i_s, i_t))
+    rows = start + jnp.arange(per, dtype=jnp.int32)  # this block's rows of the global batch
+    aug = ka if augment else None
     return {
-        "source_images": _rows(data.source_images, i_s, data.image_shape, data.mean),
+        "source_images": _rows(data.source_images, i_s, data, aug, rows),
         "source_labels": data.source_labels[i_s],
-        "target_images": _rows(data.target_images, i_t, data.image_shape, data.mean),
+        "target_images": _rows(data.target_images, i_t, data, aug, batch_size + rows),
     }

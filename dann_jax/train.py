@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from dann_jax import losses, schedules, sharding
-from dann_jax.config import Config
+from dann_jax.config import RESNETS, Config
 from dann_jax.models import DANN, paper_model, with_axis
 from dann_jax.pools import Batch, TrainData, make_train_data, sample_batch
 
@@ -102,16 +102,30 @@ def make_model(config: Config, backend: str | None = None, num_classes: int = 10
     ``num_classes`` comes from the data (`dann_jax.data.PairData.num_classes`).
     """
     backend = backend or jax.default_backend()
-    return paper_model(
+    dtype = jnp.bfloat16 if config.precision == "bf16" else jnp.float32
+    precision = PRECISION[config.precision]
+    groups = 2 if config.bn_stats == "per_domain" else 1
+    if config.arch in RESNETS:
+        from dann_jax.backbones import ResNet
+
+        # A pretrained backbone's heads: a linear label classifier on the (bottleneck)
+        # features and the DANN paper's 1024-1024 domain classifier of its Office setting.
+        extractor = ResNet(config.arch, groups, None, dtype, precision)
+        return DANN(
+            extractor, num_classes, (), (1024, 1024), config.dropout, config.bottleneck,
+            groups, dtype=dtype, precision=precision,
+        )  # fmt: skip
+    model = paper_model(
         config.arch,
         num_classes,
         batchnorm=config.batchnorm,
         bn_stats=config.bn_stats,
         dropout=config.dropout,
-        dtype=jnp.bfloat16 if config.precision == "bf16" else jnp.float32,
-        precision=PRECISION[config.precision],
+        dtype=dtype,
+        precision=precision,
         kernels="cpu" if backend == "cpu" else "xla",
     )
+    return model.clone(bottleneck=config.bottleneck, bn_groups=groups)
 
 
 # `Config.precision` -> the `lax.Precision` of every convolution and matmul of the model.
@@ -119,31 +133,62 @@ PRECISION = {"fp32": jax.lax.Precision.HIGHEST, "tf32": None, "bf16": None}
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
-    """SGD with momentum or Adam, with its learning rate injected by the train step.
+    """SGD with momentum (optionally Nesterov) or Adam, weight decay, a slower backbone.
 
     ``optax.inject_hyperparams`` keeps the learning rate in the optimizer state. The
     value given here (``config.lr``) only initialises that slot: `train_step`
     overwrites it at every step with the annealed rate computed from ``hparams`` (lr0 =
     ``hparams["lr"]``), so neither lr0 nor the schedule is baked into the compiled step,
     and the optimizer state always holds the rate of the last step taken.
+
+    ``config.weight_decay`` adds ``wd * params`` to the gradients (L2, as torch's SGD
+    does). ``config.backbone_lr_mult`` scales the extractor's updates after the optimizer
+    (`optax.multi_transform`): SGD's and Adam's updates are linear in the learning rate, so
+    that is the extractor trained at that multiple of the heads' learning rate.
     """
-    return _optimizer(config.optimizer, config.lr, config.momentum)
+    return _optimizer(
+        config.optimizer, config.lr, config.momentum, config.nesterov, config.weight_decay,
+        config.backbone_lr_mult,
+    )  # fmt: skip
+
+
+def _labels(params: Any) -> Any:
+    """ "backbone" for the extractor's parameters, "heads" for the rest (multi_transform)."""
+    return {k: jax.tree.map(lambda _, k=k: "backbone" if k == "extractor" else "heads", v)
+            for k, v in params.items()}  # fmt: skip
 
 
 # Equal settings give the same transformation object, so the compiled programs keyed on
 # it (`dann_jax.compiled`, `create_train_state`) are reused across seeds and runs.
 @functools.lru_cache(maxsize=32)
-def _optimizer(name: str, lr: float, momentum: float) -> optax.GradientTransformation:
-    """`make_optimizer` from its three settings."""
-    if name == "sgd":
-        return optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=momentum)
-    if name == "adam":
-        return optax.inject_hyperparams(optax.adam)(learning_rate=lr)
-    raise ValueError(f"unknown optimizer {name!r}")
+def _optimizer(
+    name: str, lr: float, momentum: float, nesterov: bool, wd: float, backbone: float
+) -> optax.GradientTransformation:
+    """`make_optimizer` from its settings."""
+    if name not in ("sgd", "adam"):
+        raise ValueError(f"unknown optimizer {name!r}")
+
+    def build(learning_rate):
+        if name == "sgd":
+            step = optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov)
+        else:
+            step = optax.adam(learning_rate)
+        parts = [optax.add_decayed_weights(wd)] if wd else []
+        parts.append(step)
+        if backbone != 1.0:
+            scale = {"backbone": optax.scale(backbone), "heads": optax.identity()}
+            parts.append(optax.multi_transform(scale, _labels))
+        return parts[0] if len(parts) == 1 else optax.chain(*parts)
+
+    return optax.inject_hyperparams(build)(learning_rate=lr)
 
 
 def create_train_state(
-    rng: jax.Array, model: DANN, tx: optax.GradientTransformation, image_shape: tuple[int, ...]
+    rng: jax.Array,
+    model: DANN,
+    tx: optax.GradientTransformation,
+    image_shape: tuple[int, ...],
+    extractor: dict | None = None,
 ) -> TrainState:
     """Initialise parameters, BatchNorm statistics and optimizer state.
 
@@ -152,12 +197,28 @@ def create_train_state(
       model: a `DANN` module.
       tx: an optax transformation from `make_optimizer`.
       image_shape: (H, W, C) of one input image.
+      extractor: the extractor's own variables (``params`` and ``batch_stats``, e.g.
+        pretrained weights from `dann_jax.backbones.resnet`) in place of fresh ones.
 
     Returns:
       A `TrainState` at step 0.
     """
-
-    return _init_state(rng, model=model, tx=tx, image_shape=tuple(image_shape))
+    state = _init_state(rng, model=model, tx=tx, image_shape=tuple(image_shape))
+    if extractor is None:
+        return state
+    params = {**state.params, "extractor": extractor["params"]}
+    stats = dict(state.batch_stats)
+    if extractor.get("batch_stats"):
+        # Per-domain BatchNorm keeps (groups, C) averages: each domain starts from the
+        # pretrained (C,) ones.
+        stats["extractor"] = jax.tree.map(
+            lambda new, fresh: jnp.broadcast_to(new, fresh.shape),
+            extractor["batch_stats"], state.batch_stats["extractor"],
+        )  # fmt: skip
+    fresh = jax.tree.map(jnp.shape, state.params["extractor"])
+    if jax.tree.map(jnp.shape, extractor["params"]) != fresh:
+        raise ValueError("the extractor variables do not fit the model's extractor")
+    return state.replace(params=params, batch_stats=stats, opt_state=tx.init(params))
 
 
 # Compiled (op-by-op initialisation of the paper models takes seconds on CPU) once per
@@ -319,6 +380,7 @@ def train_steps(
     axis_name: str | None = None,
     unroll: int | bool = 1,
     vmap_seeds: bool = False,
+    augment: bool = False,
 ) -> tuple[TrainState, Metrics]:
     """`num_steps` train steps in one ``lax.scan``, batches drawn on the device.
 
@@ -340,6 +402,7 @@ def train_steps(
       unroll: ``lax.scan`` unrolling (``True``: fully unrolled).
       vmap_seeds: train every seed of the stacked state at once (`jax.vmap`); the
         seeds share ``data`` and ``hparams``.
+      augment: random resized crops and flips of every drawn image (`dann_jax.augment`).
 
     Returns:
       ``(new_state, metrics)``, every metric stacked to shape (num_steps,), or
@@ -348,7 +411,7 @@ def train_steps(
 
     def one(state):
         data_key, _ = _step_keys(state.rng, state.step)
-        batch = sample_batch(data_key, data, batch_size, axis_name)
+        batch = sample_batch(data_key, data, batch_size, axis_name, augment)
         return train_step(
             state, batch, hparams, model=model, tx=tx,
             lambda2_schedule=lambda2_schedule, axis_name=axis_name,

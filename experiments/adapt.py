@@ -18,15 +18,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dann_jax.cli import config_from_args, make_parser, run_cli, run_predict
+from dann_jax.cli import config_from_args, make_parser, recipe_defaults, run_cli, run_predict
+from dann_jax.config import RECIPES
 
 # The defaults of this script where they differ from `dann_jax.config.Config`'s.
 ADAPT_DEFAULTS = {
     "source": None,
     "target": None,
-    "batchnorm": True,
-    "bn_stats": "per_domain",
-    "dropout": 0.5,
+    **RECIPES["improved"],
     "steps": 3000,
     "workdir": "runs/adapt",
 }
@@ -37,9 +36,9 @@ EXAMPLES = """examples:
 More: docs/own_data.md."""
 
 
-def parser() -> argparse.ArgumentParser:
-    """The command-line flags: every `dann_jax.config.Config` field, and --predict."""
-    p = make_parser(__doc__.split("\n\n")[0], EXAMPLES, ADAPT_DEFAULTS)
+def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command-line flags: every `dann_jax.config.Config` field, --recipe and --predict."""
+    p = make_parser(__doc__.split("\n\n")[0], EXAMPLES, recipe_defaults(argv, ADAPT_DEFAULTS))
     p.add_argument(
         "--predict",
         metavar="DIR",
@@ -51,11 +50,12 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Train (or, with --predict, predict); errors become one paragraph and exit code 2."""
-    args = parser().parse_args(argv)
+    p = parser(argv)
+    args = p.parse_args(argv)
     if args.predict is not None:
         return run_predict(args.workdir, args.predict)
     if args.source is None or args.target is None:
-        parser().error("--source and --target are required (or --predict with --workdir)")
+        p.error("--source and --target are required (or --predict with --workdir)")
     return run_cli(config_from_args(args))
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dann_jax.cli import config_from_args, make_parser, run_cli
+from dann_jax.cli import config_from_args, make_parser, recipe_defaults, run_cli
 
 EXAMPLES = """examples:
   python experiments/digits.py --lambda2 1.0                     # MNIST -> MNIST-M, the paper
@@ -26,14 +26,15 @@ EXAMPLES = """examples:
 Your own images: experiments/adapt.py. More: docs/running.md."""
 
 
-def parser() -> argparse.ArgumentParser:
-    """The command-line flags: one per `dann_jax.config.Config` field, in groups."""
-    return make_parser(__doc__.split("\n\n")[0], EXAMPLES)
+def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command-line flags: one per `dann_jax.config.Config` field, in groups, and
+    ``--recipe`` (whose settings become the defaults; `argv` is looked at for it)."""
+    return make_parser(__doc__.split("\n\n")[0], EXAMPLES, recipe_defaults(argv))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and run; known errors become one paragraph and exit code 2."""
-    return run_cli(config_from_args(parser().parse_args(argv)))
+    return run_cli(config_from_args(parser(argv).parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from dann_jax import checkpoint, compiled, loop, train
+from dann_jax import checkpoint, compiled, loop, memory, train
 from dann_jax.config import Config
 from dann_jax.data.pair import PairData
 from tests.helpers import synthetic_images
@@ -67,7 +67,7 @@ def test_pools_are_flat_rows_and_the_reported_bytes_are_theirs():
     assert pools.target_images.ndim == 2 and pools.image_shape == (28, 28, 3)
     tests = data.eval_sets(8)
     assert all(es.images.ndim == 3 for es in tests.values())  # (chunks, chunk, H*W*C)
-    line = loop.describe_memory(data, 8)
+    line = memory.describe_memory(data, 8)
     expected = 2 * 64 * 28 * 28 * 3 + 64 * 4 + 3 * 4  # two pools, the labels, the mean
     assert pools.nbytes == expected
     assert f"({expected} bytes" in line

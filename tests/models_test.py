@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import dann_jax as dj
-from dann_jax.models import DANN, DomainBatchNorm, max_pool, paper_model
+from dann_jax.models import DANN, DomainBatchNorm, max_pool, paper_model, select_domain
 
 
 def _count(tree):
@@ -107,24 +107,36 @@ def test_dropout_needs_rng_only_in_training():
 
 
 def test_batchnorm_running_averages_move_once_per_step_by_both_domains():
-    # ra <- m * ra + (1 - m) * mean(mu_source, mu_target), for the mean and the variance.
+    # Per domain: ra_g <- m * ra_g + (1 - m) * stat_g, once; so their mean moves by
+    # m * mean(ra) + (1 - m) * mean(mu_source, mu_target), for the mean and the variance.
     bn = DomainBatchNorm(groups=2, momentum=0.9)
     xs = jax.random.normal(jax.random.key(0), (6, 4, 4, 5)) * 2.0 + 1.0
     xt = jax.random.normal(jax.random.key(1), (6, 4, 4, 5)) * 0.5 - 3.0
     x = jnp.concatenate([xs, xt])
     v = bn.init(jax.random.key(2), x)
-    old_mean = jnp.full((5,), 0.25)
-    old_var = jnp.full((5,), 2.0)
+    assert v["batch_stats"]["mean"].shape == (2, 5)
+    old_mean = jnp.stack([jnp.full((5,), 0.25), jnp.full((5,), -1.0)])
+    old_var = jnp.stack([jnp.full((5,), 2.0), jnp.full((5,), 0.5)])
     v = {"params": v["params"], "batch_stats": {"mean": old_mean, "var": old_var}}
     y, updates = bn.apply(v, x, train=True, mutable=["batch_stats"])
+    got = updates["batch_stats"]
+    for g, part in enumerate((xs, xt)):
+        np.testing.assert_allclose(got["mean"][g], 0.9 * old_mean[g] + 0.1 * part.mean((0, 1, 2)),
+                                   rtol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(got["var"][g], 0.9 * old_var[g] + 0.1 * part.var((0, 1, 2)),
+                                   rtol=1e-5)  # fmt: skip
     mu = (xs.mean((0, 1, 2)) + xt.mean((0, 1, 2))) / 2
-    var = (xs.var((0, 1, 2)) + xt.var((0, 1, 2))) / 2
-    np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.9 * old_mean + 0.1 * mu, rtol=1e-5)
-    np.testing.assert_allclose(updates["batch_stats"]["var"], 0.9 * old_var + 0.1 * var, rtol=1e-5)
+    np.testing.assert_allclose(got["mean"].mean(0), 0.9 * old_mean.mean(0) + 0.1 * mu, rtol=1e-5)
     # Each domain is normalised with its own statistics.
     for half in (y[:6], y[6:]):
         np.testing.assert_allclose(half.mean((0, 1, 2)), 0.0, atol=1e-5)
         np.testing.assert_allclose(half.var((0, 1, 2)), 1.0, rtol=1e-3)
+    # At test time: a domain's own averages (select_domain), or their mean.
+    stats = {"mean": got["mean"], "var": got["var"]}
+    for domain, (m, var) in {0: (got["mean"][0], got["var"][0]),
+                             None: (got["mean"].mean(0), got["var"].mean(0))}.items():  # fmt: skip
+        out = bn.apply({"params": v["params"], "batch_stats": select_domain(stats, domain)}, xs)
+        np.testing.assert_allclose(out, (xs - m) / jnp.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5)
 
 
 def test_batchnorm_statistics_after_one_train_step():
@@ -144,8 +156,8 @@ def test_batchnorm_statistics_after_one_train_step():
     mu = (pre(xs).mean((0, 1, 2)) + pre(xt).mean((0, 1, 2))) / 2
     old = np.asarray(state.batch_stats["extractor"]["BatchNorm_0"]["mean"])  # before donation
     new, _ = dj.compile_train_step(model, tx)(state, batch, dj.hyperparams(config))
-    got = new.batch_stats["extractor"]["BatchNorm_0"]["mean"]
-    np.testing.assert_allclose(got, 0.9 * old + 0.1 * np.asarray(mu), rtol=1e-4, atol=1e-6)
+    got = np.asarray(new.batch_stats["extractor"]["BatchNorm_0"]["mean"]).mean(0)
+    np.testing.assert_allclose(got, 0.9 * old.mean(0) + 0.1 * np.asarray(mu), rtol=1e-4, atol=1e-6)
 
 
 def test_any_linen_module_is_an_extractor():

@@ -81,12 +81,20 @@ class PairData:
         return make_train_data(self.source_train, self.source_labels, self.target_train, self.mean)
 
     def eval_sets(self, devices: int = 1) -> dict:
-        """Both test sets as `dann_jax.evaluate.EvalSet`, chunks a multiple of `devices`."""
+        """Both test sets as `dann_jax.evaluate.EvalSet`, chunks a multiple of `devices`.
+
+        A chunk holds up to 1,000 images, fewer for large ones (about 8 M pixel values a
+        chunk: 55 images of 224 x 224), so that evaluating one stays small in memory.
+        """
         from dann_jax.evaluate import make_eval_set
 
+        chunk = min(1000, max(16, 2**23 // int(np.prod(self.source_test.shape[1:]))))
         return {
-            "target": make_eval_set(self.target_test, self.target_test_labels, multiple_of=devices),
-            "source": make_eval_set(self.source_test, self.source_test_labels, multiple_of=devices),
+            name: make_eval_set(x, y, chunk, multiple_of=devices)
+            for name, x, y in (
+                ("target", self.target_test, self.target_test_labels),
+                ("source", self.source_test, self.source_test_labels),
+            )
         }
 
 
@@ -281,6 +289,18 @@ def _any_digits(*domains: Domain) -> bool:
     return any(d.name in KNOWN_DOMAINS for d in domains)
 
 
+# ImageNet's per-channel mean and std (torchvision's), for pretrained backbones.
+IMAGENET_MEAN_STD = np.asarray([[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]], np.float32)
+
+
+def _normalisation(config, xs: np.ndarray, xt: np.ndarray) -> np.ndarray:
+    """The (C,) mean of both domains' training images (the paper), or ImageNet's
+    (2, C) mean and std (``config.normalize == "imagenet"``)."""
+    if getattr(config, "normalize", "mean") == "imagenet":
+        return IMAGENET_MEAN_STD
+    return channel_mean(np.concatenate([xs, xt]))
+
+
 def load_pair(config, input_size: int, log: Callable[[str], None] = print) -> PairData:
     """Load, resize and describe the source/target pair of `config` (a `Config`).
 
@@ -317,7 +337,7 @@ def load_pair(config, input_size: int, log: Callable[[str], None] = print) -> Pa
             raise DataError(f"--mode target_only trains on the target's labels, and the "
                             f"target {target.name} has none.")  # fmt: skip
         xs, ys = xt, yt_train
-    mean = channel_mean(np.concatenate([xs, xt]))
+    mean = _normalisation(config, xs, xt)
     variants = (source.variant, target.variant)
     info = {
         "variant": "embedded"
@@ -327,10 +347,14 @@ def load_pair(config, input_size: int, log: Callable[[str], None] = print) -> Pa
         "target": _describe(target, xt, xt_test),
         "input_shape": list(xs.shape[1:]),
         "classes": list(names),
-        "mean": [float(m) for m in mean],
+        "mean": mean.tolist(),
         "preprocessing": f"to {xs.shape[2]}x{xs.shape[1]}: source {how[source.name]}, target "
-        f"{how[target.name]} (when the size differs); grey->RGB; per-channel mean of "
-        "source+target train images subtracted",
+        f"{how[target.name]} (when the size differs); grey->RGB; "
+        + (
+            "ImageNet's mean and std"
+            if mean.ndim == 2
+            else "per-channel mean of source+target train images subtracted"
+        ),
     }
     return PairData(
         xs, ys, xt, xs_test, np.asarray(source.y_test, np.int32), xt_test, yt_test, mean,

@@ -41,7 +41,7 @@ import numpy as np
 from dann_jax import experiment, loop, validators
 from dann_jax.config import Config
 from dann_jax.data.pair import PairData
-from dann_jax.outputs import predict_host, validation_sets
+from dann_jax.outputs import predict_host, set_domains, validation_sets
 from dann_jax.reproduce import RECIPES
 from dann_jax.select.scoring import (
     DEFAULT_LAMBDA2,
@@ -109,9 +109,13 @@ def make_hook(config: Config, data: PairData, sets: dict, reverse_steps: int, wo
 
     model = make_model(config, num_classes=data.num_classes)
     mean = np.asarray(data.mean, np.float32)
+    domains = set_domains(config)
 
     def hook(state, record):
-        out = {k: predict_host(model, state, sets[k][0], mean, sets[k][1]) for k in sets}
+        out = {
+            k: predict_host(model, state, x, mean, y, domain=domains[k])
+            for k, (x, y) in sets.items()
+        }
         out["source_val"]["labels"] = sets["source_val"][1]
         values = validators.compute_validators(
             out["source_val"], out["target"], out["source_train"]["features"], seed=config.seed
@@ -146,7 +150,7 @@ def reverse_dann_accuracy(
     idx = np.random.default_rng(config.seed).permutation(len(data.target_train))[:_REVERSE_POOL]
     images = data.target_train[np.sort(idx)]
     mean = np.asarray(data.mean, np.float32)
-    logits = predict_host(model, state, images, mean)
+    logits = predict_host(model, state, images, mean, domain=config.bn_domain("target"))
     pseudo = np.argmax(logits["class_logits"], axis=1).astype(np.int32)
     source_val_images, source_val_labels = sets["source_val"]
     reverse = PairData(

@@ -1,0 +1,66 @@
+"""What the run's data take in device memory: reported before training, refused if too much.
+
+The training pools are replicated on every device and the test sets split over them
+(`dann_jax.sharding`), so both are known before anything is placed; a data set that
+cannot fit stops at once with the numbers and the fix, not in an allocation failure
+minutes later.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from dann_jax.data.pair import PairData
+
+__all__ = ["check_memory", "describe_memory"]
+
+
+def _device_memory() -> int | None:
+    """Bytes of memory of one device, where the backend says (GPU, TPU); None on CPU."""
+    try:
+        stats = jax.local_devices()[0].memory_stats() or {}
+    except Exception:  # not every backend implements memory_stats
+        return None
+    return stats.get("bytes_limit")
+
+
+def check_memory(data: PairData, state, devices: int) -> None:
+    """Refuse, before anything is placed, data that cannot fit in one device's memory.
+
+    Every device holds the training pools, its share of the test sets and the state
+    (parameters, optimizer state and the gradients of a step: about 3x the parameters);
+    activations need room too, so more than 80% of the device is refused.
+    """
+    from dann_jax.data.domain import DataError
+
+    limit = _device_memory()
+    if limit is None:
+        return
+    pools = data.train_data().nbytes
+    tests = sum(es.nbytes for es in data.eval_sets(devices).values()) / devices
+    params = sum(np.asarray(x).nbytes for x in jax.tree.leaves(state.params))
+    need = pools + tests + 3 * params
+    if need <= 0.8 * limit:
+        return
+    h, w, c = data.source_train.shape[1:]
+    gb = lambda n: f"{n / 1e9:.2f} GB"
+    raise DataError(
+        f"The data do not fit in device memory: every device would hold {gb(pools)} of "
+        f"training pools ({len(data.source_train)} + {len(data.target_train)} images of "
+        f"{h}x{w}x{c}), {gb(tests)} of test sets and about {gb(3 * params)} of model state, "
+        f"{gb(need)} of its {gb(limit)}. Lower --image-size (the pools shrink with its "
+        "square) or train on fewer images; data sets larger than device memory are not "
+        "supported (the images live on the device, there is no host-fed input path)."
+    )
+
+
+def describe_memory(data: PairData, devices: int) -> str:
+    """What every device holds of the data: the replicated pools and its share of the tests."""
+    pools = data.train_data().nbytes
+    tests = sum(es.nbytes for es in data.eval_sets(devices).values())
+    return (
+        f"device memory for the data: {pools / 1e6:.1f} MB of training pools on every device "
+        f"({pools} bytes: flat uint8 rows), {tests / devices / 1e6:.1f} MB of test sets per "
+        f"device (split over {devices})"
+    )
