@@ -211,6 +211,14 @@ def run(args: argparse.Namespace) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0, 2 (busy machine with --require-idle) or 130 (interrupted)."""
     args = parse_args(argv)
+    if args.out:  # checked before timing anything: never measure for minutes, then lose it
+        from dann_jax import io as dj_io
+
+        try:
+            dj_io.check_writable(args.out, "--out", is_file=True)
+        except dj_io.NotWritable as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     load = benchmarks.machine_load()
     if args.require_idle and load["busy"]:
         print(f"error: {benchmarks.describe_load(load)}.", file=sys.stderr)

@@ -333,6 +333,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from dann_jax import io as dj_io  # here, not at the top: keeps the data check fast
 
+    if args.out:
+        try:
+            dj_io.check_writable(args.out, "--out", is_file=True)
+        except dj_io.NotWritable as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
     report: dict[str, Any] = {
         "complete": False,
         "target_accuracy": args.target_accuracy,

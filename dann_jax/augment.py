@@ -28,18 +28,18 @@ def _one(key: jax.Array, image: jax.Array) -> jax.Array:
     """One (H, W, C) float image: a random resized crop back to (H, W), maybe flipped."""
     h, w = image.shape[:2]
     k_area, k_ratio, k_y, k_x, k_flip = jax.random.split(key, 5)
-    area = jax.random.uniform(k_area, (), minval=SCALE[0], maxval=SCALE[1]) * h * w
-    ratio = jnp.exp(jax.random.uniform(k_ratio, (), minval=math.log(RATIO[0]),
-                                       maxval=math.log(RATIO[1])))  # fmt: skip
+    f32 = jnp.float32  # explicit dtypes: the same draws with or without JAX_ENABLE_X64
+    area = jax.random.uniform(k_area, (), f32, SCALE[0], SCALE[1]) * h * w
+    ratio = jnp.exp(jax.random.uniform(k_ratio, (), f32, math.log(RATIO[0]), math.log(RATIO[1])))
     ch = jnp.clip(jnp.sqrt(area / ratio), 1.0, h)
     cw = jnp.clip(jnp.sqrt(area * ratio), 1.0, w)
-    y0 = jax.random.uniform(k_y, ()) * (h - ch)
-    x0 = jax.random.uniform(k_x, ()) * (w - cw)
+    y0 = jax.random.uniform(k_y, (), f32) * (h - ch)
+    x0 = jax.random.uniform(k_x, (), f32) * (w - cw)
     scale = jnp.stack([h / ch, w / cw])
     out = jax.image.scale_and_translate(
         image, image.shape, (0, 1), scale, -jnp.stack([y0, x0]) * scale, "linear"
     )
-    return jnp.where(jax.random.bernoulli(k_flip), out[:, ::-1], out)
+    return jnp.where(jax.random.bernoulli(k_flip, jnp.float32(0.5)), out[:, ::-1], out)
 
 
 def crop_and_flip(key: jax.Array, images: jax.Array, rows: jax.Array) -> jax.Array:

@@ -24,7 +24,9 @@ import numpy as np
 __all__ = [
     "KEEP",
     "CheckpointError",
+    "CheckpointMismatch",
     "from_tree",
+    "latest_bookkeeping",
     "restore_latest",
     "save",
     "state_digest",
@@ -127,10 +129,18 @@ def save(directory: Path, state: Any, loop: dict[str, Any]) -> None:
         mngr.wait_until_finished()
 
 
-def _restore_step(mngr, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
-    """One checkpoint, checked against its recorded checksum."""
+class CheckpointMismatch(CheckpointError):
+    """The checkpoint is intact but belongs to another run (another config or model)."""
+
+
+def _restore_step(mngr, step: int, like: Any, check) -> tuple[Any, dict[str, Any]]:
+    """One checkpoint: its bookkeeping checked by `check` first, then its state, checked
+    against its recorded checksum."""
     import orbax.checkpoint as ocp
 
+    meta = dict(mngr.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))["loop"])
+    if check is not None:
+        check(meta)  # raises CheckpointMismatch: another run's checkpoint
     template = to_tree(like)
     out = mngr.restore(
         step,
@@ -145,13 +155,32 @@ def _restore_step(mngr, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
     return from_tree(tree, like), loop
 
 
+def latest_bookkeeping(directory: Path) -> dict[str, Any] | None:
+    """The bookkeeping (curves, config, ...) of the newest readable checkpoint, or None."""
+    import orbax.checkpoint as ocp
+
+    if not directory.is_dir():
+        return None
+    with _manager(directory) as mngr:
+        for step in sorted(mngr.all_steps(), reverse=True):
+            try:
+                args = ocp.args.Composite(loop=ocp.args.JsonRestore())
+                return dict(mngr.restore(step, args=args)["loop"])
+            except Exception:  # a damaged one: the one before
+                continue
+    return None
+
+
 def restore_latest(
-    directory: Path, like: Any, log: Callable[[str], None] = print
+    directory: Path, like: Any, log: Callable[[str], None] = print, check=None
 ) -> tuple[Any, dict[str, Any]] | None:
     """(state, loop bookkeeping) of the newest intact checkpoint, or None when there is none.
 
-    A damaged or unreadable checkpoint is skipped with a message, and the previous one is
-    used; when every checkpoint there is damaged, raises `CheckpointError`.
+    ``check(bookkeeping)`` sees each checkpoint's bookkeeping before its state is read and
+    raises `CheckpointMismatch` for another run's checkpoint (another config, another
+    model): that stops the restore at once, naming the difference. A damaged or
+    unreadable checkpoint is skipped with a message, and the previous one is used; when
+    every checkpoint there is damaged, raises `CheckpointError`.
     """
     if not directory.exists():
         return None
@@ -166,7 +195,9 @@ def restore_latest(
         problems = []
         for step in steps:
             try:
-                restored = _restore_step(mngr, step, like)
+                restored = _restore_step(mngr, step, like, check)
+            except CheckpointMismatch:
+                raise
             except Exception as e:  # orbax/tensorstore raise many kinds on damaged files
                 why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
                 problems.append(f"step {step}: {why}")

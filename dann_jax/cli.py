@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import textwrap
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -136,24 +135,9 @@ def parse_config(argv: list[str] | None = None, description: str | None = None) 
 
 def _fail(message: str) -> int:
     """Print one wrapped paragraph to stderr (no traceback) and return exit code 2."""
-    print(textwrap.fill("error: " + " ".join(message.split()), width=100), file=sys.stderr)
-    return 2
+    from dann_jax.failures import fail
 
-
-def _out_of_memory(config: Config, error: Exception) -> str:
-    """The message for a run that did not fit in device memory: which flags to lower."""
-    first = str(error).strip().splitlines()[0][:200]
-    seeds = (
-        f" or train fewer seeds at once (--seeds {config.seeds} with --vmap-seeds)"
-        if config.vmap_seeds and config.seeds > 1
-        else ""
-    )
-    return (
-        f"out of device memory ({first}). Lower --batch-size (now {config.batch_size} per "
-        f"domain){seeds}; the training images also live in device memory, so a smaller "
-        "domain helps too. No results.json was written; add --restart to rerun in the same "
-        "--workdir with the new settings."
-    )
+    return fail(message)
 
 
 def run_cli(config: Config, *, runner: Callable[[Config], Any] | None = None) -> int:
@@ -167,40 +151,25 @@ def run_cli(config: Config, *, runner: Callable[[Config], Any] | None = None) ->
       runner: the function to run (default `dann_jax.experiment.run`).
 
     Returns:
-      Process exit code: 0 on success, 2 on bad input or a failed run, 130 when
-      interrupted.
+      Process exit code: 0 on success, 2 on bad input or a failed run (see
+      `dann_jax.failures.guarded`), 130 / 143 when stopped by SIGINT / SIGTERM.
     """
     try:
         config.validate()
     except ConfigError as e:
         return _fail(str(e))
-    import jax
+    from dann_jax import failures
 
+    problem = failures.platform_problem()
+    if problem is not None:
+        return _fail(problem)
     if config.multihost:
+        import jax
+
         jax.distributed.initialize()
     from dann_jax import experiment
-    from dann_jax.checkpoint import CheckpointError
-    from dann_jax.data import DataError
-    from dann_jax.train import NonFiniteLossError
 
-    runner = runner or experiment.run
-    try:
-        runner(config)
-    except (ConfigError, DataError, experiment.RunError, CheckpointError) as e:
-        return _fail(str(e))
-    except NonFiniteLossError as e:
-        return _fail(f"training diverged: {e} No results.json was written.")
-    except jax.errors.JaxRuntimeError as e:
-        if "RESOURCE_EXHAUSTED" not in str(e):
-            raise
-        return _fail(_out_of_memory(config, e))
-    except KeyboardInterrupt:
-        print(
-            "\ninterrupted: the last checkpoint is kept; rerun the same command to resume.",
-            file=sys.stderr,
-        )
-        return 130
-    return 0
+    return failures.guarded(config, runner or experiment.run)
 
 
 def run_predict(workdir: str, folder: str) -> int:

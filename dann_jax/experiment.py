@@ -17,9 +17,9 @@ Outputs in ``config.workdir``: ``config.json``, ``metrics.jsonl``, ``results.jso
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import os
 import re
 import shutil
 import time
@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from dann_jax import io, loop, memory
-from dann_jax.config import Config
+from dann_jax.config import Config, config_differences, describe_differences
 from dann_jax.data.pair import PairData, load_pair
 from dann_jax.models import ARCHITECTURES
 
@@ -43,15 +43,6 @@ __all__ = ["DEFAULT_STEPS", "RunError", "check_workdir", "load_data", "run"]
 DEFAULT_STEPS = {
     "full": 12_000, "synthesised": 12_000, "embedded": 2_000, "npz": 12_000, "images": 12_000,
 }  # fmt: skip
-
-# Behaviour of runs whose config.json predates a field, where it differs from today's
-# default (resize="auto" came later; before it, every domain was resampled bilinearly).
-_DEFAULTS_BEFORE_THE_FIELD = {"resize": "bilinear"}
-
-# Fields that may differ between a run and its resumption.
-_RESUMABLE_FIELDS = (
-    "workdir", "eval_every", "steps_per_call", "analyze", "tfds_dir", "multihost", "restart",
-)  # fmt: skip
 
 EMBEDDED_WARNING = (
     "EMBEDDED DEFAULT DATA: small MNIST subset -> synthetic MNIST-M-style target; "
@@ -87,21 +78,10 @@ def usable_workdir(workdir: Path) -> None:
 
     Checked before any data is loaded, so a bad path fails in a second, not minutes.
     """
-    if workdir.exists() and not workdir.is_dir():
-        raise RunError(f"--workdir {workdir} is a file, not a folder. Choose another --workdir.")
-    existing = workdir
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise RunError(
-            f"--workdir {workdir} cannot be created: {existing} is a file. "
-            "Choose another --workdir."
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise RunError(
-            f"--workdir {workdir} cannot be written ({existing} is not writable). "
-            "Choose another --workdir."
-        )
+    try:
+        io.check_writable(workdir, "--workdir")
+    except io.NotWritable as e:
+        raise RunError(str(e)) from None
 
 
 def clear_run(workdir: Path, log: Callable[[str], None]) -> None:
@@ -132,17 +112,12 @@ def check_workdir(config: Config, workdir: Path, log: Callable[[str], None] = pr
     """
     saved = workdir / "config.json"
     mine = dataclasses.asdict(config)
-    if saved.exists():
-        # A field the saved config lacks was written before the field existed: the run
-        # then had that field's default of the time.
-        defaults = {**dataclasses.asdict(Config()), **_DEFAULTS_BEFORE_THE_FIELD}
-        theirs = {**defaults, **json.loads(saved.read_text())}
-        diff = {
-            k: (theirs.get(k), v)
-            for k, v in mine.items()
-            if k not in _RESUMABLE_FIELDS and theirs.get(k) != v
-        }
-        what = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in sorted(diff.items()))
+    theirs = _read_config(saved, log)
+    if theirs is None:  # config.json gone or damaged: the checkpoints carry their config
+        theirs = _checkpointed_config(workdir)
+    if theirs is not None:
+        diff = config_differences(theirs, config)
+        what = describe_differences(diff)
         if diff and _has_checkpoint(workdir):
             raise RunError(
                 f"The workdir {workdir} holds a run with a different config ({what}). "
@@ -154,6 +129,33 @@ def check_workdir(config: Config, workdir: Path, log: Callable[[str], None] = pr
     if loop.is_writer():
         workdir.mkdir(parents=True, exist_ok=True)
         io.write_json(saved, mine)
+
+
+def _checkpointed_config(workdir: Path) -> dict | None:
+    """The config saved with the newest checkpoint of any seed in `workdir`, or None."""
+    from dann_jax import checkpoint
+
+    for ckpt in sorted(workdir.glob("seed*/checkpoint")):
+        meta = checkpoint.latest_bookkeeping(ckpt)
+        if meta and "config" in meta:
+            return meta["config"]
+    return None
+
+
+def _read_config(path: Path, log) -> dict | None:
+    """A saved config.json, or None when there is none or it is damaged (said in the log:
+    the checkpoints carry their own config, which the resumption checks instead)."""
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+        return saved
+    except (OSError, ValueError) as e:
+        log(f"note: {path} is damaged ({e}); the config saved inside the checkpoints is "
+            "checked instead, and config.json written again")  # fmt: skip
+        return None
 
 
 def device_info() -> dict[str, Any]:
@@ -344,10 +346,35 @@ def run(
     start = time.perf_counter()
     workdir = Path(config.workdir)
     check_request(config, log)
-    if config.restart and loop.is_writer():
-        clear_run(workdir, log)
     data = load_data(config, log) if data is None else data
     config = _resolve_steps(config, data, log)
+    _check_analysis(config, data)
+    with io.exclusive(workdir, "--workdir") if loop.is_writer() else contextlib.nullcontext():
+        if config.restart and loop.is_writer():
+            clear_run(workdir, log)
+        return _run_locked(config, data, workdir, log, start)
+
+
+# `--analyze` needs this many test images a domain (its proxy A-distance, DEV, t-SNE).
+MIN_ANALYSIS_IMAGES = 10
+
+
+def _check_analysis(config: Config, data: PairData) -> None:
+    """Refuse --analyze before training when a test set is too small for it."""
+    if not config.analyze:
+        return
+    small = {r: len(x) for r, x in (("source", data.source_test), ("target", data.target_test))}
+    small = {r: n for r, n in small.items() if n < MIN_ANALYSIS_IMAGES}
+    if small:
+        what = ", ".join(f"the {r} has {n}" for r, n in small.items())
+        raise RunError(
+            f"--analyze needs at least {MIN_ANALYSIS_IMAGES} test images in each domain "
+            f"({what}). Drop --analyze, or give the domain more test images."
+        )
+
+
+def _run_locked(config: Config, data: PairData, workdir: Path, log, start: float) -> dict:
+    """`run`'s work once the workdir is this process's."""
     check_workdir(config, workdir, log)
     results_path = workdir / "results.json"
     if results_path.exists() and loop.is_writer():

@@ -25,6 +25,7 @@ import contextlib
 import json
 import math
 import os
+import socket
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -34,7 +35,9 @@ import numpy as np
 
 __all__ = [
     "NON_FINITE_KEY",
+    "Busy",
     "dumps",
+    "exclusive",
     "non_finite_paths",
     "save_figure",
     "to_jsonable",
@@ -84,6 +87,80 @@ def _write_atomically(
             os.remove(tmp)
         raise
     return str(target)
+
+
+class NotWritable(RuntimeError):
+    """An output path that cannot be written; the message names the flag and the fix."""
+
+
+def check_writable(path: str | os.PathLike, flag: str, *, is_file: bool = False) -> None:
+    """Refuse an output folder (or file) that cannot be created or written, before any work.
+
+    Checked up front so that a run never computes for minutes and then loses its output:
+    a folder that is a file, lies under a file, is a dangling symbolic link, or sits in a
+    folder this process may not write; a file path that is a folder.
+    """
+    p = Path(path).expanduser()
+    fix = f"Choose another {flag}."
+    if p.is_symlink() and not p.exists():
+        raise NotWritable(
+            f"{flag} {p} is a symbolic link to {os.readlink(p)}, which does not exist. "
+            f"Create that folder, or choose another {flag}."
+        )
+    if is_file and p.is_dir():
+        raise NotWritable(f"{flag} {p} is a folder; it needs a file name. {fix}")
+    if not is_file and p.exists() and not p.is_dir():
+        raise NotWritable(f"{flag} {p} is a file, not a folder. {fix}")
+    if is_file and p.exists() and not os.access(p, os.W_OK):
+        raise NotWritable(f"{flag} {p} cannot be written (it is read-only). {fix}")
+    existing = p.parent if is_file else p
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotWritable(f"{flag} {p} cannot be created: {existing} is a file. {fix}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise NotWritable(f"{flag} {p} cannot be written ({existing} is not writable). {fix}")
+
+
+class Busy(RuntimeError):
+    """Another process holds the folder (see `exclusive`); the message names it."""
+
+
+@contextlib.contextmanager
+def exclusive(folder: str | os.PathLike, flag: str = "the folder"):
+    """Hold an exclusive lock on `folder` (a ``.lock`` file in it, created with it) while
+    this process writes there; a second process asking for it gets `Busy` at once.
+
+    An advisory ``fcntl`` lock: the kernel drops it when the process ends, however it
+    ends, so a killed run never leaves its folder locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks (Windows): not guarded
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise Busy(
+                f"{flag} {folder} is in use by {holder}: two runs writing one folder would "
+                f"corrupt each other. Wait for it to finish, or use another {flag}."
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def write_text(path: str | os.PathLike, text: str, *, make_parents: bool = False) -> str:

@@ -27,73 +27,25 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from dann_jax import checkpoint, compiled, io, sharding, train
-from dann_jax.config import Config, ConfigError, hyperparams
+from dann_jax.config import (
+    Config,
+    ConfigError,
+    hyperparams,
+)
 from dann_jax.data.pair import PairData
 from dann_jax.evaluate import compile_evaluate
 from dann_jax.memory import check_memory
+from dann_jax.resume import bookkeeping, is_writer, jax_settings, restore_or_init, run_name, step_of
 
 __all__ = ["is_writer", "run_name", "train_and_evaluate"]
-
-
-def is_writer() -> bool:
-    """Whether this process writes files (process 0 of a multi-host run)."""
-    return jax.process_index() == 0
-
-
-def run_name(seeds: Sequence[int]) -> str:
-    """The folder of a run's checkpoints: ``seed_<k>``, or ``seeds_<a>-<b>`` when vmapped."""
-    return f"seed_{seeds[0]}" if len(seeds) == 1 else f"seeds_{seeds[0]}-{seeds[-1]}"
-
-
-def step_of(state: train.TrainState) -> int:
-    """The global step of a state (the first entry when seeds are stacked)."""
-    return int(np.asarray(state.step).reshape(-1)[0])
 
 
 def _pick(tree: Any, seeds: Sequence[int], i: int) -> Any:
     """Seed i's part of a (possibly stacked) pytree."""
     return train.tree_index(tree, i) if len(seeds) > 1 else tree
-
-
-def _broadcast_from_writer(restored, fresh):
-    """Process 0's restored (state, loop) on every process; None when it had none.
-
-    Per-host disks (TPU VMs) hold checkpoints on process 0 only: without this the other
-    processes would start at step 0 and wait forever in the first collective.
-    """
-    from jax.experimental import multihost_utils as mh
-
-    found = bool(mh.broadcast_one_to_all(np.int32(restored is not None)))
-    if not found:
-        return None
-    state, loop = restored if is_writer() else (fresh, {})
-    raw = mh.broadcast_one_to_all(checkpoint.to_tree(state))
-    payload = np.frombuffer(json.dumps(loop).encode(), np.uint8) if is_writer() else None
-    size = int(mh.broadcast_one_to_all(np.int64(0 if payload is None else payload.size)))
-    payload = np.zeros(size, np.uint8) if payload is None else payload
-    text = np.asarray(mh.broadcast_one_to_all(payload)).tobytes().decode()
-    return checkpoint.from_tree(jax.tree.map(np.asarray, raw), fresh), json.loads(text)
-
-
-def restore_or_init(seeds, model, tx, shape, ckpt_dir: Path, log, extractor=None):
-    """(state, curves per seed): the newest intact checkpoint, or fresh states at step 0
-    (with the ``extractor``'s variables, e.g. pretrained weights, when given)."""
-    states = [
-        train.create_train_state(jax.random.key(s), model, tx, shape, extractor) for s in seeds
-    ]
-    state = train.stack_trees(states) if len(seeds) > 1 else states[0]
-    restored = checkpoint.restore_latest(ckpt_dir, state, log) if is_writer() else None
-    if jax.process_count() > 1:
-        restored = _broadcast_from_writer(restored, state)
-    if restored is None:
-        return state, [[] for _ in seeds]
-    state, loop = restored
-    log(f"{run_name(seeds)}: resuming from step {step_of(state)} ({ckpt_dir})")
-    return state, loop["curves"]
 
 
 def _progress(total: int, initial: int, desc: str):
@@ -107,7 +59,25 @@ def _progress(total: int, initial: int, desc: str):
     return tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr)
 
 
-def _open_metrics(stack: contextlib.ExitStack, workdir: Path, seeds, step: int) -> list:
+def _records(path: Path, log) -> list[dict]:
+    """The records of a metrics.jsonl; a partial last line (an append cut by a kill or a
+    full disk) is dropped with a note, damage anywhere else names --restart."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if i < len(lines) - 1:
+                raise checkpoint.CheckpointError(
+                    f"{path} is damaged at line {i + 1} of {len(lines)}. Add --restart to "
+                    "start the run over, or use another --workdir."
+                ) from None
+            log(f"note: dropped a partial last line of {path} (cut by a kill or a full disk)")
+    return records
+
+
+def _open_metrics(stack: contextlib.ExitStack, workdir: Path, seeds, step: int, log) -> list:
     """Each seed's metrics.jsonl cut back to `step` and opened for appending (process 0)."""
     if not is_writer():
         return []
@@ -115,9 +85,8 @@ def _open_metrics(stack: contextlib.ExitStack, workdir: Path, seeds, step: int) 
     for seed in seeds:
         path = workdir / f"seed_{seed}" / "metrics.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        lines = path.read_text().splitlines() if path.exists() else []
-        kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
-        io.write_text(path, "".join(ln + "\n" for ln in kept))
+        kept = [r for r in _records(path, log) if r.get("step", step + 1) <= step]
+        io.write_text(path, "".join(io.dumps(r, indent=None) + "\n" for r in kept))
         files.append(stack.enter_context(path.open("a")))
     return files
 
@@ -271,10 +240,10 @@ def _prepare(config: Config, data: PairData, workdir: Path, seeds, model, log):
     ckpt_dir = workdir / run_name(seeds) / "checkpoint"
     shape = tuple(data.source_train.shape[1:])
     extractor, weights = _pretrained(config, log)
-    state, curves = restore_or_init(seeds, model, tx, shape, ckpt_dir, log, extractor)
-    check_memory(data, state, sharding.make_mesh().size)
+    state, curves = restore_or_init(seeds, model, tx, shape, ckpt_dir, log, extractor, config)
+    check_memory(data, state, sharding.make_mesh().size, config.batch_size)
     if is_writer():  # what a checkpoint needs to be used: `dann_jax.load_run` reads it
-        info = {**_run_info(data), "pretrained": weights}
+        info = {**_run_info(data), "pretrained": weights, "jax": jax_settings()}
         io.write_json(workdir / "run.json", info, make_parents=True)
     return model, tx, state, curves, ckpt_dir, weights
 
@@ -311,7 +280,7 @@ def train_and_evaluate(
     labelled = {"source": True, "target": data.target_labelled}
     every, bar = config.eval_interval, _progress(config.steps, step, name)
     with contextlib.ExitStack() as stack:
-        files = _open_metrics(stack, workdir, seeds, step)
+        files = _open_metrics(stack, workdir, seeds, step, log)
         queue = _Queue(seeds, files, bar, _Eta(config.steps - step, log, name))
         while step < config.steps:
             n = min(config.call_steps, config.steps - step, every - step % every)
@@ -334,7 +303,7 @@ def train_and_evaluate(
             if bar is None:
                 _log_eval(log, seeds, step, config.steps, records)
             if is_writer():
-                checkpoint.save(ckpt_dir, host, {"curves": curves})
+                checkpoint.save(ckpt_dir, host, bookkeeping(config, curves))
             queue.write(records)
     if bar is not None:
         bar.close()

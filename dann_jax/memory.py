@@ -8,6 +8,8 @@ minutes later.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 
@@ -17,19 +19,26 @@ __all__ = ["check_memory", "describe_memory"]
 
 
 def _device_memory() -> int | None:
-    """Bytes of memory of one device, where the backend says (GPU, TPU); None on CPU."""
+    """Bytes of memory of one device, where the backend says (GPU, TPU); on CPU the
+    machine's physical memory; None when neither is known."""
     try:
         stats = jax.local_devices()[0].memory_stats() or {}
     except Exception:  # not every backend implements memory_stats
+        stats = {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
         return None
-    return stats.get("bytes_limit")
 
 
-def check_memory(data: PairData, state, devices: int) -> None:
-    """Refuse, before anything is placed, data that cannot fit in one device's memory.
+def check_memory(data: PairData, state, devices: int, batch_size: int = 0) -> None:
+    """Refuse, before anything is placed or compiled, a run that cannot fit in memory.
 
-    Every device holds the training pools, its share of the test sets and the state
-    (parameters, optimizer state and the gradients of a step: about 3x the parameters);
+    Every device holds the training pools, its share of the test sets, the state
+    (parameters, optimizer state and the gradients of a step: about 3x the parameters)
+    and its share of each step's float32 input batch (``batch_size`` images a domain);
     activations need room too, so more than 80% of the device is refused.
     """
     from dann_jax.data.domain import DataError
@@ -40,11 +49,19 @@ def check_memory(data: PairData, state, devices: int) -> None:
     pools = data.train_data().nbytes
     tests = sum(es.nbytes for es in data.eval_sets(devices).values()) / devices
     params = sum(np.asarray(x).nbytes for x in jax.tree.leaves(state.params))
-    need = pools + tests + 3 * params
+    batch = 2 * batch_size / devices * int(np.prod(data.source_train.shape[1:])) * 4
+    need = pools + tests + 3 * params + batch
     if need <= 0.8 * limit:
         return
     h, w, c = data.source_train.shape[1:]
     gb = lambda n: f"{n / 1e9:.2f} GB"
+    if batch > 0.5 * need:
+        raise DataError(
+            f"--batch-size {batch_size} does not fit in memory: its float32 images alone "
+            f"take {gb(batch)} on every device (of its {gb(limit)}), before any "
+            f"activation. Lower --batch-size (the domains have {len(data.source_train)} "
+            f"and {len(data.target_train)} training images)."
+        )
     raise DataError(
         f"The data do not fit in device memory: every device would hold {gb(pools)} of "
         f"training pools ({len(data.source_train)} + {len(data.target_train)} images of "

@@ -330,7 +330,7 @@ class DANN(nn.Module):
         local = jnp.arange(n, dtype=jnp.int32)
         rows = jnp.concatenate([first + local, devices * n + first + local])
         keys = jax.vmap(jax.random.fold_in, (None, 0))(self.make_rng("dropout"), rows)
-        keep_prob = 1.0 - self.dropout_rate
+        keep_prob = jnp.float32(1.0 - self.dropout_rate)  # float32: the same masks under x64
         keep = jax.vmap(lambda k: jax.random.bernoulli(k, keep_prob, features.shape[1:]))(keys)
         return jnp.where(keep, features / keep_prob, 0).astype(features.dtype)
 

@@ -118,8 +118,9 @@ def sample_batch(
       ``source_images``, ``source_labels``, ``target_images`` (normalised float32).
     """
     ks, kt, ka = jax.random.split(key, 3)
-    i_s = jax.random.randint(ks, (batch_size,), 0, data.source_images.shape[0])
-    i_t = jax.random.randint(kt, (batch_size,), 0, data.target_images.shape[0])
+    # int32 indices: the same batches whether or not JAX_ENABLE_X64 is set.
+    i_s = jax.random.randint(ks, (batch_size,), 0, data.source_images.shape[0], jnp.int32)
+    i_t = jax.random.randint(kt, (batch_size,), 0, data.target_images.shape[0], jnp.int32)
     per, start = batch_size, jnp.zeros((), jnp.int32)
     if axis_name is not None:
         per = batch_size // jax.lax.axis_size(axis_name)

@@ -25,6 +25,7 @@ import sys
 
 from dann_jax import reproduce
 from dann_jax.cli import add_config_arguments, config_from_args, run_cli
+from dann_jax.failures import fail
 
 DEFAULT_PAIRS = "mnist:mnist_m,mnist:usps,usps:mnist"
 MODES = ",".join(reproduce.MODES)  # the paper's column order; the cells run in this order
@@ -75,20 +76,39 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check(pairs, modes, recipes, out, cache) -> str | None:
+    """What is wrong with the table's own flags (the one named), or None."""
+    from dann_jax import io
+
+    bad = [":".join(p) for p in pairs if len(p) != 2 or not all(p)]
+    if bad:
+        return f"--pairs entries {bad} are not source:target pairs (e.g. mnist:usps)."
+    unknown = [m for m in modes if m not in reproduce.MODES]
+    if unknown:
+        return f"--modes has {unknown}; choose from {list(reproduce.MODES)}."
+    unknown = [r for r in recipes if r not in reproduce.RECIPES]
+    if unknown:
+        return f"--recipes has {unknown}; choose from {list(reproduce.RECIPES)}."
+    try:
+        io.check_writable(out, "--out")
+        if cache != "none":
+            io.check_writable(cache, "--compilation-cache")
+    except io.NotWritable as e:
+        return str(e)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and run the table; errors become one paragraph and exit code 2."""
     args = parser().parse_args(argv)
     pairs = args.pairs or (DEFAULT_PAIRS if args.data_dir else "mnist:mnist_m")
     pairs = [tuple(p.split(":", 1)) for p in pairs.split(",")]
     base = dataclasses.replace(config_from_args(args), vmap_seeds=args.vmap_seeds_choice == "on")
-    bad = [p for p in pairs if len(p) != 2]
-    recipes = args.recipes.split(",")
-    unknown = [r for r in recipes if r not in reproduce.RECIPES]
-    if bad or unknown:
-        print(f"error: bad --pairs {bad} or unknown --recipes {unknown}", file=sys.stderr)
-        return 2
-
+    recipes, modes = args.recipes.split(","), args.modes.split(",")
     cache = args.compilation_cache or os.path.join(args.out, "jax_cache")
+    problem = _check(pairs, modes, recipes, args.out, cache)
+    if problem:  # every argument checked before the first step of the first cell
+        return fail(problem)
 
     def runner(config):
         if args.vmap_seeds_choice == "auto":
@@ -96,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
             config = config.replace(vmap_seeds=jax.default_backend() != "cpu")
         table = reproduce.reproduce(
-            config, pairs, args.modes.split(","), recipes, args.out,
+            config, pairs, modes, recipes, args.out,
             compilation_cache=None if cache == "none" else cache,
         )  # fmt: skip
         print(open(os.path.join(args.out, "table.md")).read())

@@ -150,6 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.rescore:
         return _rescore(args.out, args.select, guard)
     cache = args.compilation_cache or os.path.join(args.out, "jax_cache")
+    from dann_jax import io
+
+    try:  # before any training: a run never computes for hours and then loses its table
+        io.check_writable(args.out, "--out")
+        if cache != "none":
+            io.check_writable(cache, "--compilation-cache")
+    except io.NotWritable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     def runner(config):
         from dann_jax import select

@@ -20,6 +20,8 @@ import hashlib
 import http.client
 import os
 import re
+import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -106,6 +108,16 @@ class _Interrupted(OSError):
     """The transfer stopped before the end; the ``.part`` file holds what arrived."""
 
 
+class _Stalled(OSError):
+    """The mirror sends too little to finish (a trickle): the next mirror is tried."""
+
+
+# A mirror that sends fewer than STALL_BYTES in STALL_SECONDS is given up (the socket
+# timeout alone never trips while bytes trickle in); progress is said every PROGRESS_SECONDS.
+STALL_SECONDS, STALL_BYTES, PROGRESS_SECONDS = 30.0, 64 * 1024, 10.0
+_READ = 64 * 1024  # at most this much per socket read
+
+
 def file_digest(path: str | os.PathLike, algorithm: str, chunk: int = _BLOCK) -> str:
     """Hex digest (``'sha256'``, ``'md5'``, ...) of a file, read in chunks."""
     h = hashlib.new(algorithm)
@@ -173,17 +185,43 @@ def _fetch(url: str, part: Path, timeout: float) -> None:
         resumed = _resumes_at(resp, offset)
         length = resp.headers.get("Content-Length")
         expected = int(length) if length and length.isdigit() else None
-        got = 0
         try:
             with open(part, "ab" if resumed else "wb") as out:
-                while block := resp.read(_BLOCK):
-                    out.write(block)
-                    got += len(block)
+                got = _copy(resp, out, url, expected)
+        except (_Stalled, _Interrupted):
+            raise
         except (OSError, http.client.HTTPException) as e:
-            raise _Interrupted(f"transfer broke after {got} bytes ({e})") from e
+            raise _Interrupted(f"transfer broke ({e})") from e
     # urllib does not raise when a connection closes early: compare with the length.
     if expected is not None and got < expected:
         raise _Interrupted(f"connection closed after {got} of {expected} bytes")
+
+
+def _copy(resp, out, url: str, expected: int | None) -> int:
+    """Copy a response body to `out`, saying the progress and giving up on a stall."""
+    read = getattr(resp, "read1", resp.read)  # what one socket read brings, not 1 MB
+    got, start = 0, time.monotonic()
+    window_start, window_bytes, said = start, 0, start
+    name = url.rsplit("/", 1)[-1]
+    while block := read(_READ):
+        out.write(block)
+        got += len(block)
+        window_bytes += len(block)
+        now = time.monotonic()
+        if now - said >= PROGRESS_SECONDS:
+            total = f" of {expected / 1e6:.1f}" if expected else ""
+            rate = got / 1e6 / max(now - start, 1e-9)
+            print(f"dann_jax: downloading {name}: {got / 1e6:.1f}{total} MB ({rate:.2f} MB/s)",
+                  file=sys.stderr)  # fmt: skip
+            said = now
+        if now - window_start >= STALL_SECONDS:
+            if window_bytes < STALL_BYTES:
+                raise _Stalled(
+                    f"stalled: {window_bytes} bytes in the last {now - window_start:.0f} s "
+                    f"({got} in all)"
+                )
+            window_start, window_bytes = now, 0
+    return got
 
 
 def _fetch_verified(urls: tuple[str, ...], dest: Path, source: Source, timeout: float) -> list:
@@ -201,6 +239,9 @@ def _fetch_verified(urls: tuple[str, ...], dest: Path, source: Source, timeout: 
             had_part = part.is_file() and part.stat().st_size > 0
             try:
                 _fetch(url, part, timeout)
+            except _Stalled as e:
+                errors.append(f"{url}: {e}")
+                break  # a trickle will not finish: the next mirror (the .part is kept)
             except _Interrupted as e:
                 errors.append(f"{url}: {e}")
                 continue  # resume from what arrived
@@ -264,8 +305,10 @@ def download_domain(
             dest.unlink()  # not what the checksum says (e.g. an older release): fetch again
         errors = _fetch_verified(mirror_urls(domain, name, source), dest, source, timeout)
         if errors:
+            # "no network?" only when no mirror answered with bytes at all.
+            why = "" if any("checksum mismatch" in e for e in errors) else " (no network?)"
             raise DownloadError(
-                f"Could not download {name} for {domain} (no network?). Tried:\n  "
+                f"Could not download {name} for {domain}{why}. Tried:\n  "
                 + "\n  ".join(errors)
                 + "\nPut the upstream files in a manual dir instead and pass it as manual_dir "
                 f"(e.g. --data-dir). {_HINTS.get(domain, '')}\nLayout:\n{LAYOUT}"

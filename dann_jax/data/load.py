@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,12 +124,89 @@ def load_domain(
     return _load_known(name, data_dir, manual_dir, download)
 
 
+class _Damaged(Exception):
+    """Prepared records that exist but cannot be read."""
+
+
+def _damage(folder: Path) -> str | None:
+    """Why a prepared version folder is unusable (a missing or unreadable
+    dataset_info.json), or None when it looks whole or is absent."""
+    if not folder.is_dir():
+        return None
+    info = folder / "dataset_info.json"
+    try:
+        json.loads(info.read_text())
+    except FileNotFoundError:
+        return f"{info.name} is missing"
+    except (OSError, ValueError) as e:
+        return f"{info.name} cannot be read ({e})"
+    return None
+
+
 def _load_known(name: str, data_dir: Path, manual_dir, download: bool) -> Domain:
-    """A known domain from prepared records, preparing them first if needed."""
+    """A known domain from prepared records, preparing them first if needed.
+
+    Damaged records (a truncated or corrupt array_record, a missing or broken
+    dataset_info.json) are prepared again from ``manual_dir`` when there is one, said on
+    stderr; otherwise the error names the folder to delete.
+    """
+    try:
+        return _load_prepared(name, data_dir, manual_dir, download)
+    except _Damaged as e:
+        folder = e.args[1]
+        if manual_dir is None:
+            raise DataError(
+                f"The prepared {name} records in {folder} are damaged ({e.args[0]}). Delete "
+                f"{folder} and rerun: they are prepared again from a download, or from "
+                "--data-dir if you pass the upstream files."
+            ) from None
+        print(f"dann_jax: the prepared {name} records in {folder} are damaged ({e.args[0]}); "
+              f"preparing them again from {manual_dir}", file=sys.stderr)  # fmt: skip
+        shutil.rmtree(folder)
+        return _load_prepared(name, data_dir, manual_dir, download)
+
+
+def _load_prepared(name: str, data_dir: Path, manual_dir, download: bool) -> Domain:
+    """`_load_known`'s work; raises `_Damaged` for records that exist but cannot be read."""
     from dann_jax.data import builders  # lazy: imports tensorflow_datasets
 
     if manual_dir is not None:
         raw.check_files(name, manual_dir)  # fail before TFDS creates (or reuses) anything
+    folder = data_dir / f"dann_{name}" / builders.VERSION_STR
+    why = _damage(folder)
+    if why is not None:
+        raise _Damaged(why, folder)
+    _check_writable(data_dir, folder)
+    try:
+        return _read_known(name, data_dir, manual_dir, download)
+    except (DataError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # array_record / riegeli / TFDS raise many kinds on damaged files
+        if not folder.is_dir():
+            raise
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise _Damaged(first, folder) from e
+
+
+def _check_writable(data_dir: Path, folder: Path) -> None:
+    """Refuse a TFDS data dir that nothing can be prepared in, before TFDS tries."""
+    if folder.is_dir():
+        return  # prepared already: reading needs no write access
+    existing = data_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "is a file" if not existing.is_dir() else "cannot be written"
+        raise DataError(
+            f"The digit domains are prepared once under the TFDS data dir {data_dir}, but "
+            f"{existing} {what}. Pass --tfds-dir a writable folder (or set TFDS_DATA_DIR)."
+        )
+
+
+def _read_known(name: str, data_dir: Path, manual_dir, download: bool) -> Domain:
+    """Read (after preparing, if needed) one known domain's records."""
+    from dann_jax.data import builders
+
     builder = builders.make_builder(name, data_dir)
     fresh = False
     if not builders.is_prepared(builder):

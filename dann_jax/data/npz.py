@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -87,11 +88,15 @@ def load_npz(path: str | os.PathLike) -> Domain:
         length or label range; the message names the problem and the format.
     """
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise _bad(path, "is a folder, not an .npz file (a folder of images needs no .npz name).")
+    if p.exists() and not p.is_file():
+        raise _bad(path, "is not a regular file (a pipe or a device?), so it cannot be an .npz.")
     if not p.is_file():
         raise _bad(path, "no such file.")
     try:
         loaded = np.load(p, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, zipfile.BadZipFile, zlib.error) as e:
         raise _bad(path, f"not a readable .npz file ({e}).") from e
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         # np.save writes one bare array (.npy format), whatever the file is called.
@@ -109,7 +114,7 @@ def load_npz(path: str | os.PathLike) -> Domain:
                 missing += [k for k in LABEL_KEYS if k not in f.files] if labels else []
                 raise _bad(path, f"missing key(s) {missing}; found {sorted(f.files)}.")
             arrays = {k: f[k] for k in (*IMAGE_KEYS, *labels, "class_names") if k in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise _bad(path, f"not a readable .npz file ({e}).") from e
     x_train = _check_images(path, "x_train", arrays["x_train"])
     x_test = _check_images(path, "x_test", arrays["x_test"])
