@@ -94,9 +94,9 @@ def platform_problem() -> str | None:
 
     try:
         jax.devices()
-    except RuntimeError as e:
+    except Exception as e:  # RuntimeError, or an AssertionError when no backend is left
         asked = os.environ.get("JAX_PLATFORMS")
-        first = str(e).strip().splitlines()[0][:200]
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         fix = (
             f"JAX_PLATFORMS={asked!r} names a platform JAX cannot start here ({first}). "
             "Unset JAX_PLATFORMS (JAX then uses what this machine has) or set it to cpu."

@@ -27,10 +27,11 @@ def _device_memory() -> int | None:
         stats = {}
     if stats.get("bytes_limit"):
         return int(stats["bytes_limit"])
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:  # CPU devices (several virtual ones, too) share the machine's memory
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
+    return ram // jax.local_device_count()
 
 
 def check_memory(data: PairData, state, devices: int, batch_size: int = 0) -> None:
