@@ -42,6 +42,7 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 ARCHS = ("mnist", "svhn", "resnet18", "resnet34", "resnet50", "resnet101")
 RESNETS = ARCHS[2:]
 NORMALIZATIONS = ("mean", "imagenet")
+BN_EVALS = ("domain", "mean")
 RESIZES = ("auto", "bilinear", "crop_pad", "mnist_box")  # see dann_jax.data.resize_method
 BN_STATS = ("joint", "per_domain")
 LAMBDA2_SCHEDULES = ("dann", "constant")
@@ -172,7 +173,7 @@ class Config:
         "with per-domain BatchNorm, which running statistics normalise a domain's images at "
         "test time: domain (each domain its own, as in training: the target's for target "
         "images, as AdaBN does) or mean (the mean of both domains')",
-        ("domain", "mean"),
+        BN_EVALS,
     )
     dropout: float = _setting(0.0, "dropout rate on the extractor features (0 = paper)")
     augment: bool = _setting(

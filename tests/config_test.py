@@ -20,6 +20,8 @@ ENUMERATIONS = {
     "optimizer": config.OPTIMIZERS,
     "bn_stats": config.BN_STATS,
     "precision": config.PRECISIONS,
+    "bn_eval": config.BN_EVALS,
+    "normalize": config.NORMALIZATIONS,
 }
 
 
@@ -50,7 +52,7 @@ def test_every_field_is_a_flag_of_digits_and_every_flag_a_field():
     fields = [f.name for f in dataclasses.fields(dj.Config)]
     grouped = [name for group in config.HELP_GROUPS.values() for name in group]
     assert sorted(grouped) == sorted(fields) and len(set(grouped)) == len(grouped)
-    assert list(options) == grouped  # --help lists them by group, in the groups' order
+    assert list(options) == ["recipe", *grouped]  # --recipe, then by group, in order
     for name, action in options.items():
         assert action.option_strings == [config.flag(name)]
         assert action.help, name
@@ -67,6 +69,7 @@ def test_choices_of_the_flags_are_the_config_tuples():
     options = _options(cli.make_parser())
     for name, allowed in ENUMERATIONS.items():
         assert tuple(options[name].choices) == allowed, name
+    assert options.pop("recipe").choices == list(config.RECIPES)  # the scripts' own flag
     assert all(a.choices is None for n, a in options.items() if n not in ENUMERATIONS)
 
 

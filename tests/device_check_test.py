@@ -73,46 +73,11 @@ def _check_outputs(out: Path, parts: list[str]) -> None:
     assert {p.name for p in out.iterdir()} == expected
 
 
-def test_device_check_script_runs_every_part_on_cpu(tmp_path, digits_dir):
-    # The accelerator image lacks tensorflow_datasets (and mlxtend, array_record): hide
-    # them, and torch (its rows are tested above), then run the device script with the
-    # parts shrunk to a few steps.
-    hidden = _hidden(tmp_path, ("torch", "tensorflow_datasets", "mlxtend", "array_record"))
-    out = tmp_path / "out"
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(hidden),
-        PYTHON=sys.executable,
-        XLA_FLAGS="",
-        JAX_PLATFORMS="cpu",
-        PLATFORM="cpu",  # the preflight's check of the JAX platform (gpu on the device)
-        DATA_DIR=str(digits_dir),
-        PAIRS="mnist:mnist_m",  # the preflight checks these pairs' data
-        **_TINY,
-    )
-    proc = _device_check(out, ["reproduce", "tta", "step_mnist"], env)
-    log = (out / "log.txt").read_text() if (out / "log.txt").exists() else proc.stdout
-    assert proc.returncode == 0, log[-3000:]
-    for part in ("reproduce", "tta_paper", "tta_improved", "step_mnist"):
-        assert f"== {part}: exit 0" in log, log[-3000:]
-    files = sorted(p.name for p in out.iterdir())
-    expected = (
-        "env.txt log.txt step_mnist.json table.json table.md tta_improved.json tta_paper.json"
-    )
-    assert files == expected.split()
-    table = json.loads((out / "table.json").read_text())
-    assert table["complete"] and [r["recipe"] for r in table["rows"]] == ["improved"]
-    assert all(r["vmap_seeds"] and len(r["per_seed"]) == 2 for r in table["rows"])
-    assert json.loads((out / "tta_improved.json").read_text())["settings"]["recipe"] == "improved"
-    rows = json.loads((out / "step_mnist.json").read_text())["rows"]
-    assert {r["impl"] for r in rows if r["status"] == "ok"} == {"jit", "handwritten"}
-    assert "| mnist → mnist_m | improved | dann |" in proc.stdout  # the summary at the end
-    _check_outputs(out, ["reproduce", "tta", "step_mnist"])
-
-
 def test_device_check_two_documented_calls_in_miniature(tmp_path, digits_dir):
-    """The README's two calls (every part), on an image without tqdm either: nothing
-    optional may stop a run; then a failing preflight stops everything."""
+    """The README's two calls (every part), every part shrunk to a few steps, on an image
+    without tensorflow_datasets, mlxtend, array_record, torch (its rows are tested in
+    benchmarks_test) or tqdm: nothing optional may stop a run; then a failing preflight
+    stops everything."""
     # matplotlib is not hidden here: without it `dann_jax.experiment.run` still fails
     # when it draws curves.png (its ImportError guard covers `import dann_jax.plots`,
     # which imports matplotlib lazily, not the drawing).
@@ -138,6 +103,14 @@ def test_device_check_two_documented_calls_in_miniature(tmp_path, digits_dir):
         # The summary at the end: the step tables, or the reproduction table.
         summary = r"^svhn +8 " if parts == first else r"^\| mnist → mnist_m \| improved \|"
         assert re.search(summary, proc.stdout, re.MULTILINE), proc.stdout[-2000:]
+    # What the parts ran: the tiny settings of _TINY, through the script's own flags.
+    table = json.loads((tmp_path / "reproduce" / "table.json").read_text())
+    assert table["complete"] and [r["recipe"] for r in table["rows"]] == ["improved"]
+    assert all(r["vmap_seeds"] and len(r["per_seed"]) == 2 for r in table["rows"])
+    tta = json.loads((tmp_path / "step_mnist" / "tta_improved.json").read_text())
+    assert tta["settings"]["recipe"] == "improved"
+    rows = json.loads((tmp_path / "step_mnist" / "step_mnist.json").read_text())["rows"]
+    assert {r["impl"] for r in rows if r["status"] == "ok"} == {"jit", "handwritten"}
     # A preflight failure (here: the wrong platform) ends the call before any part.
     out = tmp_path / "failed"
     proc = _device_check(out, ["tta"], dict(env, PLATFORM="gpu"))

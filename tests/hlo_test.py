@@ -14,13 +14,15 @@ from benchmarks.xla_cost import collectives
 from tests.helpers import RECIPES, setup_run, synthetic_images
 
 CASES = [(recipe, seeds) for recipe in ("paper", "improved") for seeds in (1, 4)]
+ONE_DEVICE = [("paper", 1), ("improved", 4)]  # also compiled on one device (FLOPs ratio)
 
 
 @pytest.fixture(scope="module")
 def reports():
-    """Each (recipe, seeds) step compiled once for the module, over 8 devices and on one."""
+    """Each (recipe, seeds) step compiled once for the module over 8 devices (and, for
+    `ONE_DEVICE`, on one device too)."""
     assert jax.device_count() == 8
-    return {case: hlo.report(*case, batch_size=64) for case in CASES}
+    return {case: hlo.report(*case, batch_size=64, one_device=case in ONE_DEVICE) for case in CASES}
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}seeds")
@@ -46,9 +48,10 @@ def test_the_all_reduces_move_the_gradients_and_little_else(reports, case):
 def test_per_device_work_is_one_eighth_of_the_batch(reports, case):
     r = reports[case]
     assert r.conv_batch == 2 * r.batch_size // 8 == 16  # 64 source + 64 target over 8
-    # FLOPs per device against one device on the whole batch: 1/8, plus the optimizer
-    # update every device repeats on its copy of the parameters.
-    assert 1 / 8 <= r.flops / r.flops_one_device <= 1 / 8 * 1.02
+    if case in ONE_DEVICE:
+        # FLOPs per device against one device on the whole batch: 1/8, plus the optimizer
+        # update every device repeats on its copy of the parameters.
+        assert 1 / 8 <= r.flops / r.flops_one_device <= 1 / 8 * 1.02
 
 
 def test_mesh_evaluation_has_no_gather_and_one_reduction():

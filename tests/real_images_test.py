@@ -107,13 +107,14 @@ def test_a_tiny_resnet18_run_with_weights_from_a_file_resumes_bit_identically(tm
 
     weights = tmp_path / "r18.safetensors"
     save_file(_fake_state_dict("resnet18"), str(weights))
-    write_folder(tmp_path / "src", ["a", "b"], per_class=8, size=(32, 32))
-    write_folder(tmp_path / "tgt", ["a", "b"], per_class=6, size=(32, 32), flat=True, seed=1)
+    write_folder(tmp_path / "src", ["a", "b"], per_class=8, size=(16, 16))
+    write_folder(tmp_path / "tgt", ["a", "b"], per_class=6, size=(16, 16), seed=1)
     sys.path.insert(0, str(REPO_ROOT / "experiments"))
     import adapt
 
     argv = ["--recipe", "office", "--arch", "resnet18", "--pretrained", str(weights),
-            "--image-size", "32", "--batch-size", "8", "--steps", "4", "--eval-every", "2",
+            "--image-size", "16", "--batch-size", "8", "--steps", "4", "--eval-every", "2",
+            "--bn-eval", "mean",
             "--bottleneck", "16", "--source", str(tmp_path / "src"),
             "--target", str(tmp_path / "tgt"), "--tfds-dir", str(tmp_path / "cache")]  # fmt: skip
     config = config_from_args(adapt.parser(argv).parse_args(argv))
