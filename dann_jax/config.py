@@ -219,6 +219,11 @@ class Config:
         "output folder (results.json, metrics.jsonl, curves.png, checkpoints); rerun with "
         "the same workdir to resume",
     )
+    tensorboard: bool = _setting(
+        False,
+        "also write every record's scalars as TensorBoard event files (WORKDIR/seed_<k>/"
+        "tensorboard; tensorboardX, no TensorFlow needed: pip install tensorboardX)",
+    )
     analyze: bool = _setting(
         False,
         "also write the adaptation analysis (analysis.json and figures: proxy A-distance, "
@@ -344,7 +349,7 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "schedule": ("steps", "lambda2_schedule", "gamma", "lr_alpha", "lr_beta"),
     "run and output": (
         "seed", "seeds", "vmap_seeds", "eval_every", "steps_per_call", "workdir", "restart",
-        "multihost",
+        "tensorboard", "multihost",
     ),
     "analysis": ("analyze",),
 }  # fmt: skip
@@ -376,6 +381,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 # Fields that may differ between a run and its resumption (how it is run, not what).
 RESUMABLE_FIELDS = (
     "workdir", "eval_every", "steps_per_call", "analyze", "tfds_dir", "multihost", "restart",
+    "tensorboard",
 )  # fmt: skip
 # Behaviour of runs whose saved config predates a field, where it differs from today's
 # default (resize="auto" came later; before it, every domain was resampled bilinearly).

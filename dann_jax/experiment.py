@@ -202,6 +202,14 @@ def check_request(config: Config, log: Callable[[str], None]) -> None:
             "mounted bucket (e.g. gcsfuse), and copy the finished run where it should go."
         )
     usable_workdir(Path(config.workdir))
+    if config.tensorboard:
+        try:
+            import tensorboardX  # noqa: F401
+        except ImportError as e:
+            raise RunError(
+                f"--tensorboard writes through tensorboardX, which does not import ({e}). "
+                "pip install tensorboardX (no TensorFlow needed), or drop --tensorboard."
+            ) from None
     if config.source == config.target:
         log(
             f"warning: --source and --target are both {config.source!r}: there is no domain "
@@ -321,6 +329,12 @@ def _announce(config: Config, data: PairData, device: dict, workdir: Path, log) 
         f"{config.seeds} seed(s), on {device['global_count']} x {device['kind']}; "
         f"workdir {workdir}"
     )
+    if config.analyze and config.mode != "source_only":
+        log(
+            "--analyze: after this run a source-only reference model is trained too (same "
+            "seed and steps, in analysis_source_only/), so the whole job takes about twice "
+            "as long"
+        )
 
 
 def run(
@@ -417,16 +431,29 @@ def _summary_line(results: dict, results_path: Path, workdir: Path) -> str:
     )
 
 
+def _short(name: str) -> str:
+    """A domain's name for a title: a digit domain's, or the last part of a path."""
+    return Path(name).name if "/" in name else name
+
+
+def _metrics(workdir: Path, seed: int) -> list[dict]:
+    """Every record of one seed's metrics.jsonl."""
+    path = workdir / f"seed_{seed}" / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def _plot(path: Path, config: Config, data: PairData, per_seed, log) -> None:
     """``curves.png``; without matplotlib the run still completes (with a warning)."""
     from dann_jax import plots  # imports matplotlib only when it draws
 
     info = data.info
-    title = (
-        f"{config.mode}: {info['source']['name']} -> {info['target']['name']} "
-        f"({info['variant']}), lambda2={config.lambda2}"
-    )
+    title = f"{config.mode}: {_short(info['source']['name'])} → {_short(info['target']['name'])}"
+    title += f" ({info['variant']} data)"
+    if config.mode == "dann":  # lambda is 0 in the other modes
+        title += f", lambda2 = {config.lambda2:g} ({config.lambda2_schedule})"
+    # Every record of each seed's metrics.jsonl for the training lines (one a dispatch).
+    seeds = [{**r, "metrics": _metrics(path.parent, r["seed"])} for r in per_seed]
     try:
-        plots.plot_curves(path, per_seed, title)
+        plots.plot_curves(path, seeds, title)
     except ImportError as e:
         log(f"warning: no curves.png ({e}); pip install matplotlib to get it")

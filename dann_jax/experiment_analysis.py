@@ -74,14 +74,19 @@ def _reference(config, data: PairData, dann_result: dict, workdir: Path, log) ->
     return reference
 
 
-def _embeddings(path: Path, mode: str, feats: dict, ys, yt, seed: int) -> None:
+def _embeddings(path: Path, mode: str, feats: dict, ys, yt, seed: int, names) -> None:
     """t-SNE of source and target test features, source-only beside the run's model."""
+    source, target = names
     panels = [
         {"title": title, "source": feats[f"{key}_s"], "target": feats[f"{key}_t"],
-         "source_labels": ys, "target_labels": yt}
-        for key, title in (("ref", "source-only features"), ("run", f"{mode} features"))
+         "source_labels": ys, "target_labels": yt, "source_name": f"source: {source}",
+         "target_name": f"target: {target}"}
+        for key, title in (("ref", "source-only model"), ("run", f"{mode} model"))
     ]  # fmt: skip
-    plots.plot_embeddings(path, panels, method="tsne", seed=seed, max_points_per_domain=500)
+    title = f"t-SNE of test-set features, {source} → {target} (points: their class; colour: domain)"
+    plots.plot_embeddings(
+        path, panels, method="tsne", seed=seed, max_points_per_domain=500, title=title
+    )
 
 
 def _dev_selection(curves: list[dict]) -> dict[str, Any] | None:
@@ -141,13 +146,17 @@ def analyze(config, data: PairData, dann_result: dict, workdir: Path, log) -> di
     }
     log("analysis: embeddings")
     emb_path, cm_path = workdir / "embeddings.png", workdir / "confusion_target.png"
-    _embeddings(emb_path, config.mode, feats, ys, yt, seed)
+    names = tuple(Path(data.info[r]["name"]).name for r in ("source", "target"))
+    _embeddings(emb_path, config.mode, feats, ys, yt, seed, names)
     cm = None
     if data.target_labelled:  # a confusion matrix needs the target's labels
         logits = predict_host(model, state, data.target_test, data.mean, domain=target)
         logits = logits["class_logits"]
-        cm = analysis.confusion_matrix(data.target_test_labels, np.argmax(logits, -1))
-        plots.plot_confusion_matrix(cm_path, cm, f"target test confusion ({config.mode})")
+        cm = analysis.confusion_matrix(
+            data.target_test_labels, np.argmax(logits, -1), data.num_classes
+        )
+        title = f"target test set ({names[1]}), {config.mode} model"
+        plots.plot_confusion_matrix(cm_path, cm, title, data.class_names)
     result = {
         "seed": seed,
         "proxy_a_distance": {k: v["pad"] for k, v in pad.items()},

@@ -180,8 +180,9 @@ class _Queue:
     (before an evaluation and a checkpoint, which must follow the NaN check).
     """
 
-    def __init__(self, seeds, files, bar, eta):
+    def __init__(self, seeds, files, bar, eta, boards=()):
         self.seeds, self.files, self.bar, self.eta, self.pending = seeds, files, bar, eta, None
+        self.boards = boards  # one TensorBoard writer per seed (--tensorboard), or none
         self.last = [{} for _ in seeds]  # each seed's mean metrics over the last chunk read
 
     def push(self, first_step: int, n: int, metrics) -> None:
@@ -203,6 +204,28 @@ class _Queue:
         for f, record in zip(self.files, records, strict=bool(self.files)):  # none off process 0
             f.write(io.dumps(record, indent=None) + "\n")
             f.flush()
+        for board, record in zip(self.boards, records, strict=bool(self.boards)):
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    board.add_scalar(key.replace("_", "/", 1), value, record["step"])
+
+
+def _open_boards(stack: contextlib.ExitStack, config: Config, workdir: Path, seeds, step: int):
+    """One TensorBoard writer per seed with ``--tensorboard`` (process 0), else none.
+
+    ``purge_step``: after a resume, TensorBoard drops what the stopped run wrote past the
+    checkpoint, so the curves show each step once.
+    """
+    if not config.tensorboard or not is_writer():
+        return ()
+    from tensorboardX import SummaryWriter
+
+    return tuple(
+        stack.enter_context(
+            SummaryWriter(str(workdir / f"seed_{s}" / "tensorboard"), purge_step=step or None)
+        )
+        for s in seeds
+    )
 
 
 def _run_info(data: PairData) -> dict[str, Any]:
@@ -281,7 +304,8 @@ def train_and_evaluate(
     every, bar = config.eval_interval, _progress(config.steps, step, name)
     with contextlib.ExitStack() as stack:
         files = _open_metrics(stack, workdir, seeds, step, log)
-        queue = _Queue(seeds, files, bar, _Eta(config.steps - step, log, name))
+        boards = _open_boards(stack, config, workdir, seeds, step)
+        queue = _Queue(seeds, files, bar, _Eta(config.steps - step, log, name), boards)
         while step < config.steps:
             n = min(config.call_steps, config.steps - step, every - step % every)
             run = compiled.compile_train_steps(

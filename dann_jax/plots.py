@@ -24,7 +24,14 @@ import numpy as np
 from dann_jax.analysis import embed, flatten_features
 from dann_jax.io import save_figure
 
-__all__ = ["plot_confusion_matrix", "plot_curves", "plot_embeddings"]
+__all__ = [
+    "confusion_figure",
+    "curves_figure",
+    "embeddings_figure",
+    "plot_confusion_matrix",
+    "plot_curves",
+    "plot_embeddings",
+]
 
 SOURCE_COLOR = "tab:blue"
 TARGET_COLOR = "tab:red"
@@ -50,96 +57,129 @@ def _save(fig, path: str | os.PathLike, dpi: float) -> str:
 
 # ---------------------------------------------------------------------------- curves
 
-# The lines of `plot_curves`: (panel, key of the evaluation record, line style, label).
-_CURVE_LINES = (
-    (0, "target_accuracy", "-", "target test"),
-    (0, "source_accuracy", "--", "source test"),
-    (1, "train_label_loss", "-", "label loss"),
-    (1, "train_domain_loss", "--", "domain loss"),
-    (2, "train_domain_accuracy", "-", "domain acc"),
-    (2, "train_lambda2", ":", "GRL lambda"),
-)
+# The panels of `plot_curves`: (title, y label, [(record key, line style, label)]).
+_PANELS = (
+    ("test accuracy", "accuracy", [("target_accuracy", "-", "target"),
+                                   ("source_accuracy", "--", "source")]),
+    ("training losses", "loss", [("train_label_loss", "-", "label (source)"),
+                                 ("train_domain_loss", "--", "domain")]),
+    ("discriminator (training batches)", "accuracy",
+     [("train_domain_accuracy", "-", "discriminator")]),
+    ("GRL coefficient", "lambda", [("train_lambda2", "-", "lambda")]),
+)  # fmt: skip
+
+
+def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list, list]:
+    """(steps, values) of the records that have a number for `key`."""
+    pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def curves_figure(per_seed: Sequence[Mapping[str, Any]], title: str):
+    """The `plot_curves` figure (a `matplotlib.figure.Figure`)."""
+    fig = _new_figure(12.0, 7.5)
+    axes = fig.subplots(2, 2).ravel()
+    for r in per_seed:
+        # Test accuracy at the evaluations; the training metrics at every record.
+        evals, every = r.get("curves", []), r.get("metrics") or r.get("curves", [])
+        for ax, (_, _, lines) in zip(axes, _PANELS, strict=True):
+            for key, style, label in lines:
+                steps, values = _series(evals if ax is axes[0] else every, key)
+                if steps:
+                    ax.plot(steps, values, style, label=f"{label}, seed {r['seed']}")
+    for ax, (name, ylabel, _) in zip(axes, _PANELS, strict=True):
+        ax.set(title=name, xlabel="step", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(0, 1)
+    axes[2].set_ylim(0, 1)
+    axes[2].axhline(0.5, color="grey", lw=0.8, label="0.5: domains confused")
+    if not any(_series(r.get("curves", []), "target_accuracy")[0] for r in per_seed):
+        axes[0].text(0.02, 0.02, "target: no labels", transform=axes[0].transAxes, fontsize=8)
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return fig
 
 
 def plot_curves(path: str | os.PathLike, per_seed: Sequence[Mapping[str, Any]], title: str) -> str:
-    """Accuracies, training losses, discriminator accuracy and lambda over steps.
+    """Test accuracies, training losses, the discriminator's accuracy and the GRL's lambda.
 
-    Three panels, one line per seed and quantity: target and source test accuracy;
-    label and domain loss; domain-discriminator accuracy (a grey line at 0.5, the
-    accuracy of a discriminator the features fully confuse) and the GRL lambda.
+    Four panels, one line per seed and quantity, each with its own y axis: target and
+    source test accuracy at the evaluations; the label and domain losses, the
+    discriminator's accuracy on the training batches (a grey line at 0.5, the accuracy of
+    a discriminator the features fully confuse) and lambda at every record of
+    ``metrics.jsonl`` (one a dispatch).
 
     Args:
       path: output image (``.png``); parent folders are created.
-      per_seed: one dict per seed with ``seed`` and ``curves``, a list of evaluation
-        records each holding ``step``, ``target_accuracy``, ``source_accuracy``,
-        ``train_label_loss``, ``train_domain_loss``, ``train_domain_accuracy`` and
-        ``train_lambda2``.
+      per_seed: one dict per seed with ``seed``, ``curves`` (the evaluation records:
+        ``step``, ``target_accuracy`` (None without target labels), ``source_accuracy``)
+        and optionally ``metrics`` (every record: ``step``, ``train_label_loss``,
+        ``train_domain_loss``, ``train_domain_accuracy``, ``train_lambda2``); without
+        ``metrics`` the training lines use the evaluation records.
       title: figure title.
 
     Returns:
       The path written.
     """
-    fig = _new_figure(15.0, 4.0)
-    axes = fig.subplots(1, 3)
-    for r in per_seed:
-        records = r["curves"]
-        steps = [e["step"] for e in records]
-        for panel, key, style, label in _CURVE_LINES:
-            values = [e[key] for e in records]
-            axes[panel].plot(steps, values, style, label=f"{label} (seed {r['seed']})")
-    axes[0].set(title="accuracy", xlabel="step", ylim=(0, 1))
-    axes[1].set(title="training losses", xlabel="step")
-    axes[2].axhline(0.5, color="grey", lw=0.8)
-    axes[2].set(title="discriminator accuracy (0.5 = confused), lambda", xlabel="step")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(title)
-    return _save(fig, path, CURVES_DPI)
+    return _save(curves_figure(per_seed, title), path, CURVES_DPI)
 
 
 # ---------------------------------------------------------------------------- confusion
 
 
-def plot_confusion_matrix(path: str | os.PathLike, matrix: Any, title: str = "") -> str:
-    """Save a confusion-matrix heat map.
+def confusion_figure(matrix: Any, title: str = "", class_names: Sequence[str] | None = None):
+    """The `plot_confusion_matrix` figure (a `matplotlib.figure.Figure`)."""
+    m = np.asarray(matrix)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"matrix must be square (K, K), got {m.shape}")
+    k = m.shape[0]
+    names = [str(i) for i in range(k)] if class_names is None else [str(n) for n in class_names]
+    if len(names) != k:
+        raise ValueError(f"{len(names)} class names for a {k} x {k} matrix")
+    row_sums = m.sum(axis=1, keepdims=True)
+    rates = np.divide(m, row_sums, out=np.zeros(m.shape, np.float64), where=row_sums > 0)
+    size = max(4.5, 0.45 * k + 2.5)
+    fig = _new_figure(size + 1.0, size)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="colour: fraction of the true class")
+    ax.set_xticks(range(k), names, rotation=90 if max(map(len, names)) > 2 else 0, fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(
+        (title + "\n" if title else "") + "numbers: counts; colour: row-normalised", fontsize=9
+    )
+    if k <= 30:  # beyond that the numbers are unreadable
+        for i in range(k):
+            for j in range(k):
+                color = "white" if rates[i, j] > 0.5 else "black"
+                ax.text(j, i, f"{m[i, j]:g}", ha="center", va="center", fontsize=7, color=color)
+    return fig
+
+
+def plot_confusion_matrix(
+    path: str | os.PathLike, matrix: Any, title: str = "", class_names: Sequence[str] | None = None
+) -> str:
+    """Save a confusion-matrix heat map, K x K for K classes (named on the axes).
 
     Colour is the row-normalised rate (per-class recall on the diagonal), so rare and
-    common classes are comparable; each cell is annotated with its raw count.
+    common classes are comparable; each cell is annotated with its raw count, and the
+    figure says so.
 
     Args:
       path: output image (``.png``); parent folders are created.
       matrix: (K, K) counts, rows = true class (as from
         `dann_jax.analysis.confusion_matrix`).
       title: figure title.
+      class_names: K names for the axes (default 0..K-1).
 
     Returns:
       The path written.
     """
-    m = np.asarray(matrix)
-    if m.ndim != 2 or m.shape[0] != m.shape[1]:
-        raise ValueError(f"matrix must be square (K, K), got {m.shape}")
-    k = m.shape[0]
-    row_sums = m.sum(axis=1, keepdims=True)
-    rates = np.divide(m, row_sums, out=np.zeros(m.shape, np.float64), where=row_sums > 0)
-
-    size = max(4.0, 0.5 * k + 2.0)
-    fig = _new_figure(size, size)
-    ax = fig.add_subplot(1, 1, 1)
-    im = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
-    ax.set_xticks(range(k))
-    ax.set_yticks(range(k))
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if title:
-        ax.set_title(title)
-    if k <= 30:  # beyond that the numbers are unreadable
-        for i in range(k):
-            for j in range(k):
-                color = "white" if rates[i, j] > 0.5 else "black"
-                ax.text(j, i, f"{m[i, j]:g}", ha="center", va="center", fontsize=7, color=color)
-    return _save(fig, path, ANALYSIS_DPI)
+    return _save(confusion_figure(matrix, title, class_names), path, ANALYSIS_DPI)
 
 
 # ---------------------------------------------------------------------------- embeddings
@@ -196,6 +236,7 @@ def plot_embeddings(
     method: str = "tsne",
     seed: int = 0,
     max_points_per_domain: int = 1000,
+    title: str = "",
 ) -> str:
     """Side-by-side 2-D embeddings of source and target features (DANN paper, Fig. 5).
 
@@ -214,6 +255,7 @@ def plot_embeddings(
       seed: seed of the subsampling and of the embedding.
       max_points_per_domain: each domain is subsampled (seeded) to at most this many
         points, which keeps t-SNE to seconds.
+      title: the figure's title (e.g. naming the pair); each panel keeps its own.
 
     Returns:
       The path written.
@@ -221,9 +263,15 @@ def plot_embeddings(
     References:
       Ganin et al., JMLR 2016, Fig. 5.
     """
+    fig = embeddings_figure(panels, method, seed, max_points_per_domain, title)
+    return _save(fig, path, ANALYSIS_DPI)
+
+
+def embeddings_figure(panels, method="tsne", seed=0, max_points_per_domain=1000, title=""):
+    """The `plot_embeddings` figure (a `matplotlib.figure.Figure`)."""
     if not panels:
         raise ValueError("panels is empty")
-    fig = _new_figure(5.0 * len(panels), 5.0)
+    fig = _new_figure(5.0 * len(panels), 5.4)
     rng = np.random.default_rng(seed)
     for i, panel in enumerate(panels):
         xs, ys, xt, yt = _panel_arrays(panel, i)
@@ -237,5 +285,10 @@ def plot_embeddings(
         ax.set_title(str(panel.get("title", "")))
         ax.set_xticks([])
         ax.set_yticks([])
+        axis = {"tsne": "t-SNE", "pca": "PCA"}.get(method, method)
+        ax.set_xlabel(f"{axis} 1")
+        ax.set_ylabel(f"{axis} 2")
         _legend(ax, panel)
-    return _save(fig, path, ANALYSIS_DPI)
+    if title:
+        fig.suptitle(title)
+    return fig

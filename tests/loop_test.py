@@ -2,6 +2,7 @@
 run before any checkpoint of it, and the resident data are flat rows whose size the job
 reports."""
 
+import json
 import re
 
 import numpy as np
@@ -73,3 +74,33 @@ def test_pools_are_flat_rows_and_the_reported_bytes_are_theirs():
     assert f"({expected} bytes" in line
     per_device = sum(es.nbytes for es in tests.values()) / 8 / 1e6
     assert re.search(rf"{per_device:.1f} MB of test sets per device", line)
+
+
+def _events(folder):
+    """(tag, step, value) of every scalar in the event files under `folder` (TFRecord
+    framing: length, its CRC, the Event proto, its CRC)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        raw, i = path.read_bytes(), 0
+        while i < len(raw):
+            (n,) = struct.unpack("<Q", raw[i : i + 8])
+            event = event_pb2.Event.FromString(raw[i + 12 : i + 12 + n])
+            i += 12 + n + 4
+            out += [(v.tag, event.step, v.simple_value) for v in event.summary.value]
+    return out
+
+
+def test_tensorboard_gets_the_scalars_of_every_record(tmp_path):
+    config = CONFIG.replace(tensorboard=True)
+    loop.train_and_evaluate(config, _pair(), tmp_path, (0,), log=lambda _: None)
+    events = _events(tmp_path / "seed_0" / "tensorboard")
+    loss = [(s, v) for t, s, v in events if t == "train/loss"]
+    assert [s for s, _ in loss] == [2, 4, 6, 8, 10, 12]  # a record a dispatch
+    metrics = (tmp_path / "seed_0" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(x) for x in metrics]
+    np.testing.assert_allclose([v for _, v in loss], [r["train_loss"] for r in records], rtol=1e-6)
+    assert {s for t, s, _ in events if t == "target/accuracy"} == {6, 12}  # the evaluations

@@ -52,6 +52,42 @@ def test_plot_curves_png(tmp_path):
     _assert_png(plots.plot_curves(tmp_path / "empty.png", [{"seed": 0, "curves": []}], "empty"))
 
 
+def test_curves_have_labelled_axes_each_quantity_its_own_and_every_record():
+    per_seed = _per_seed(seeds=(0,), n=3)
+    # Training metrics at every record (a dispatch), test accuracy at the evaluations only.
+    per_seed[0]["metrics"] = [
+        {"step": s, "train_label_loss": 1.0 / s, "train_domain_loss": 0.6,
+         "train_domain_accuracy": 0.7, "train_lambda2": 0.5}
+        for s in range(2, 31, 2)
+    ]  # fmt: skip
+    fig = plots.curves_figure(per_seed, "source_only: a → b")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["test accuracy", "training losses", "discriminator (training batches)",
+                      "GRL coefficient"]  # fmt: skip
+    assert [ax.get_ylabel() for ax in fig.axes] == ["accuracy", "loss", "accuracy", "lambda"]
+    assert all(ax.get_xlabel() == "step" for ax in fig.axes)
+    assert len(fig.axes[1].get_lines()[0].get_xdata()) == 15  # every record
+    assert len(fig.axes[0].get_lines()[0].get_xdata()) == 3  # the evaluations
+    assert fig._suptitle.get_text() == "source_only: a → b"
+    # Without target labels: no target line, and the figure says why.
+    for r in per_seed[0]["curves"]:
+        r["target_accuracy"] = None
+    fig = plots.curves_figure(per_seed, "t")
+    assert [ln.get_label() for ln in fig.axes[0].get_lines()] == ["source, seed 0"]
+    assert any("no labels" in t.get_text() for t in fig.axes[0].texts)
+
+
+def test_the_confusion_matrix_has_one_row_per_class_named_and_says_what_it_shows():
+    names = [f"class_{i}" for i in range(6)]
+    m = analysis.confusion_matrix([0, 1, 5, 5], [0, 2, 5, 1], num_classes=6)
+    fig = plots.confusion_figure(m, "target", names)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == names
+    assert [t.get_text() for t in ax.get_xticklabels()] == names
+    assert "counts" in ax.get_title() and "row-normalised" in ax.get_title()
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted class", "true class")
+
+
 def test_plot_confusion_matrix_png(tmp_path):
     m = analysis.confusion_matrix([0, 1, 2, 2], [0, 1, 2, 1], num_classes=3)
     path = plots.plot_confusion_matrix(tmp_path / "sub" / "cm.png", m, "test")

@@ -224,6 +224,15 @@ def test_tiny_selection_run_on_the_embedded_default(tmp_path):
     assert set(rows) == computed | {"default_last_step", "source_only_last_step"}
     assert "picked paper/" in proc.stdout + proc.stderr
     assert "reverse DANN (5 steps)" in proc.stdout + proc.stderr
+    # The pick's checkpoint is kept as a workdir to load and predict with.
+    picked = out / "mnist-mnist_m" / "seed_0" / "picked"
+    assert json.loads((picked / "pick.json").read_text())["id"] == score["picked"]["id"]
+    assert f"its checkpoint: {picked}" in proc.stdout
+    import dann_jax as dj
+
+    model = dj.load_run(picked)
+    step = int(score["picked"]["id"].rsplit("@", 1)[1])
+    assert int(model.state.step) == step and model.config.mode == score["picked"]["mode"]
     md = (out / "selection.md").read_text()
     assert "| reverse_validation | higher |" in md and "default_last_step" in md
     # Rerun: every arm resumes from its last checkpoint, and the validator values come

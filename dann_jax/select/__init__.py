@@ -43,6 +43,7 @@ from dann_jax.config import Config
 from dann_jax.data.pair import PairData
 from dann_jax.outputs import predict_host, set_domains, validation_sets
 from dann_jax.reproduce import RECIPES
+from dann_jax.select.keep import PickKeeper, kept_pick
 from dann_jax.select.scoring import (
     DEFAULT_LAMBDA2,
     HARM_MARGIN,
@@ -186,8 +187,11 @@ def train_cell(
     val_size: int,
     reverse_steps: int,
     log: Callable[[str], None],
+    picker: str = "reverse_validation",
 ) -> list[dict]:
     """Train every arm of one pair and seed; return its candidates, one per checkpoint.
+
+    The picker's best candidate is kept as a loadable workdir (`dann_jax.select.keep`).
 
     Args:
       base: shared settings (`arm_config` applies the arm's).
@@ -207,13 +211,19 @@ def train_cell(
     """
     sets = validation_sets(data, seed, val_size)
     cell_dir = out / f"{pair[0]}-{pair[1]}".replace("/", "_") / f"seed_{seed}"
+    keeper = PickKeeper(cell_dir / "picked", picker)
     candidates = []
     for arm in arms:
         workdir = cell_dir / arm.recipe / arm.name
         config = arm_config(base, pair, seed, arm, workdir)
         experiment.check_workdir(config, workdir, log)
         log(f"== {pair[0]} -> {pair[1]}, seed {seed}, {arm.recipe}/{arm.name}: {workdir}")
-        hook = make_hook(config, data, sets, reverse_steps, workdir, log)
+        scores = make_hook(config, data, sets, reverse_steps, workdir, log)
+
+        def hook(state, record, scores=scores, config=config, arm=arm):
+            scores(state, record)
+            keeper.offer(config, data, state, record, f"{arm.recipe}/{arm.name}@{record['step']}")
+
         (result,) = loop.train_and_evaluate(config, data, workdir, (seed,), log, on_eval=hook)
         for record in result["curves"]:
             scores = {k[len(_PREFIX) :]: v for k, v in record.items() if k.startswith(_PREFIX)}
@@ -292,22 +302,23 @@ def select(
             start = time.perf_counter()
             candidates = train_cell(
                 base, data, pair, seed, arms, out,
-                val_size=val_size, reverse_steps=reverse_steps, log=log,
+                val_size=val_size, reverse_steps=reverse_steps, log=log, picker=picker,
             )  # fmt: skip
             score = score_cell(candidates, arms, picker, guard_use)
             result["cells"].append(
                 {"pair": f"{pair[0]}→{pair[1]}", "seed": seed, "candidates": candidates,
                  "score": score, "wall_seconds": time.perf_counter() - start}
             )  # fmt: skip
-            _log_cell(log, pair, seed, score)
+            cell_dir = out / f"{pair[0]}-{pair[1]}".replace("/", "_") / f"seed_{seed}"
+            _log_cell(log, pair, seed, score, cell_dir / "picked")
             result["rows"] = summarize(result["cells"])
             result["complete"] = len(result["cells"]) == len(pairs) * len(seeds)
             write_outputs(out, result)
     return result
 
 
-def _log_cell(log, pair, seed, score: dict) -> None:
-    """What was picked (and the guard's verdict) for one pair and seed."""
+def _log_cell(log, pair, seed, score: dict, picked_dir: Path) -> None:
+    """What was picked (and where its checkpoint is), and the guard's verdict."""
     pick, best = score["picked"], score["oracle"]
     what = "nothing" if pick is None else f"{pick['id']} by {pick['validator']}"
     if pick is not None and pick["target_accuracy"] is not None:
@@ -318,5 +329,14 @@ def _log_cell(log, pair, seed, score: dict) -> None:
         else f"best candidate {best['id']} ({best['target_accuracy']:.4f})"
     )
     log(f"{pair[0]} -> {pair[1]} seed {seed}: picked {what}; {tail}")
+    if pick is not None:
+        kept = kept_pick(picked_dir, pick["id"])
+        log(
+            f"  its checkpoint: {kept} (predict: python experiments/adapt.py --workdir {kept} "
+            "--predict DIR, or dann_jax.load_run)"
+            if kept
+            else f"  its checkpoint was not kept in {picked_dir} (the grid was resumed after "
+            "it was evaluated); rerun this selection in a new --out to keep it"
+        )
     if score["guard"]["harmful"]:
         log(score["guard"]["message"])
