@@ -40,6 +40,10 @@ class CheckpointError(RuntimeError):
     """No intact checkpoint could be restored; the message names the fix."""
 
 
+class CheckpointMismatch(CheckpointError):
+    """The checkpoint is intact but belongs to another run (another config or model)."""
+
+
 def to_tree(state: Any) -> dict[str, Any]:
     """Nested dict of host arrays with the state's field names (PRNG keys as raw data)."""
     state = state.replace(rng=jax.random.key_data(state.rng))
@@ -47,21 +51,23 @@ def to_tree(state: Any) -> dict[str, Any]:
 
 
 def from_tree(tree: dict[str, Any], like: Any) -> Any:
-    """Inverse of `to_tree`; refuses a tree whose names, shapes or dtypes differ."""
+    """Inverse of `to_tree`; refuses (`CheckpointMismatch`) an intact tree whose names,
+    shapes or dtypes differ: another model's state."""
     template = like.replace(rng=jax.random.key_data(like.rng))
     want, got = _named_leaves(to_tree(like)), _named_leaves(tree)
+    fix = "Rerun with --restart to start this run over, or use another --workdir."
     if set(want) != set(got):
         missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-        raise CheckpointError(
-            f"checkpoint fields differ from the run's: missing {missing[:5]}, "
-            f"unexpected {extra[:5]}"
+        raise CheckpointMismatch(
+            f"checkpoint fields differ from the run's (another model's state): missing "
+            f"{missing[:5]}, unexpected {extra[:5]}. {fix}"
         )
     for key, value in want.items():
         theirs = np.asarray(got[key])
         if theirs.shape != value.shape or theirs.dtype != value.dtype:
-            raise CheckpointError(
+            raise CheckpointMismatch(
                 f"checkpoint field {key} is {theirs.dtype}{list(theirs.shape)}, "
-                f"the run needs {value.dtype}{list(value.shape)}"
+                f"the run needs {value.dtype}{list(value.shape)}. {fix}"
             )
     restored = flax.serialization.from_state_dict(template, tree)
     return restored.replace(rng=jax.random.wrap_key_data(restored.rng))
@@ -129,24 +135,19 @@ def save(directory: Path, state: Any, loop: dict[str, Any]) -> None:
         mngr.wait_until_finished()
 
 
-class CheckpointMismatch(CheckpointError):
-    """The checkpoint is intact but belongs to another run (another config or model)."""
-
-
 def _restore_step(mngr, step: int, like: Any, check) -> tuple[Any, dict[str, Any]]:
     """One checkpoint: its bookkeeping checked by `check` first, then its state, checked
-    against its recorded checksum."""
+    against its recorded checksum, then against the run's fields (`from_tree`)."""
     import orbax.checkpoint as ocp
 
     meta = dict(mngr.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))["loop"])
     if check is not None:
         check(meta)  # raises CheckpointMismatch: another run's checkpoint
-    template = to_tree(like)
+    # Restored as saved (no template): a state of other fields is then told apart from a
+    # damaged one, which orbax's structure check would not.
     out = mngr.restore(
         step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(template), loop=ocp.args.JsonRestore()
-        ),
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(), loop=ocp.args.JsonRestore()),
     )
     tree, loop = jax.tree.map(np.asarray, dict(out["state"])), dict(out["loop"])
     digest = loop.pop("sha256", None)

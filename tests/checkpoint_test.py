@@ -73,7 +73,7 @@ def test_a_differently_structured_state_is_refused(tmp_path):
     (state,) = _states(1)
     checkpoint.save(tmp_path, state, {"curves": []})
     (other,) = _states(1, batchnorm=True)  # more fields (BatchNorm statistics)
-    with pytest.raises(checkpoint.CheckpointError):
+    with pytest.raises(checkpoint.CheckpointError, match=r"fields differ.*missing \[.*batch_stats"):
         checkpoint.restore_latest(tmp_path, other, log=lambda s: None)
 
 

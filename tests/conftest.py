@@ -21,6 +21,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# One OpenMP thread per process (subprocesses inherit it): the suite runs two workers on
+# two cores, and OpenMP's spin-waiting threads then oversubscribe them. sklearn's t-SNE of
+# 40 points took 22 s instead of 0.08 s beside a busy worker; torch and OpenBLAS use it too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # No test reaches the internet: every download (dann_jax.data.download) goes to a closed
 # port on this machine instead, and fails at once, unless a test serves files itself.
 os.environ["DANN_DATA_MIRROR"] = "http://127.0.0.1:9"

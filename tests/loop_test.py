@@ -54,11 +54,26 @@ def test_each_chunk_is_read_after_the_next_is_queued(tmp_path, monkeypatch):
     ]  # fmt: skip
 
 
-def test_a_nan_stops_the_run_before_its_checkpoint(tmp_path):
-    config = CONFIG.replace(lr=1e30)  # the loss overflows within the first chunks
-    with pytest.raises(train.NonFiniteLossError, match="seed 0: non-finite"):
-        loop.train_and_evaluate(config, _pair(), tmp_path, (0,), log=lambda _: None)
+def test_a_nan_stops_the_run_before_its_checkpoint(tmp_path, monkeypatch):
+    # The NaN comes in the chunk of steps 5-6, the one read last before the checkpoint of
+    # step 6: a save before that chunk's check would leave checkpoint/6 behind.
+    dispatch = compiled.TrainSteps.__call__
+
+    def poisoned(self, state, data, hparams):
+        first = int(np.asarray(state.step).reshape(-1)[0])
+        state, metrics = dispatch(self, state, data, hparams)
+        if first == 4:
+            metrics = {**metrics, "loss": metrics["loss"] * np.float32(np.nan)}
+        return state, metrics
+
+    monkeypatch.setattr(compiled.TrainSteps, "__call__", poisoned)
+    with pytest.raises(train.NonFiniteLossError, match=r"seed 0: non-finite.* step 5\b"):
+        loop.train_and_evaluate(CONFIG, _pair(), tmp_path, (0,), log=lambda _: None)
     assert not (tmp_path / "seed_0" / "checkpoint").exists()
+    # Unpoisoned, the same run saves that checkpoint (so its absence above is the check's).
+    monkeypatch.setattr(compiled.TrainSteps, "__call__", dispatch)
+    loop.train_and_evaluate(CONFIG.replace(steps=6), _pair(), tmp_path / "ok", (0,), log=print)
+    assert (tmp_path / "ok" / "seed_0" / "checkpoint" / "6").exists()
 
 
 def test_pools_are_flat_rows_and_the_reported_bytes_are_theirs():

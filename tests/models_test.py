@@ -101,9 +101,10 @@ def test_dropout_needs_rng_only_in_training():
     b = model.apply(v, x, x, 1.0, train=False)
     assert a["class_logits"].shape == b["class_logits"].shape == (2, 10)
     assert not np.allclose(np.asarray(a["class_logits"]), np.asarray(b["class_logits"]))
-    # Inference methods never drop out (and need no rng).
+    # Inference methods never drop out: no rng needed, and one given changes nothing.
     f = model.apply(v, x, method=DANN.features)
-    np.testing.assert_array_equal(f, model.apply(v, x, method=DANN.features))
+    g = model.apply(v, x, method=DANN.features, rngs={"dropout": jax.random.key(1)})
+    np.testing.assert_array_equal(f, g)
 
 
 def test_batchnorm_running_averages_move_once_per_step_by_both_domains():

@@ -119,6 +119,9 @@ def test_plot_embeddings_png(tmp_path):
         tmp_path / "pca.png", unlabelled, method="pca", max_points_per_domain=25
     )
     _assert_png(path2)
+    fig = plots.embeddings_figure(unlabelled, method="pca", max_points_per_domain=25)
+    drawn = [len(c.get_offsets()) for c in fig.axes[0].collections]
+    assert drawn == [25, 20]  # the source subsampled to 25, the target's 20 all drawn
 
 
 def test_plotting_never_imports_pyplot_or_sets_the_backend(tmp_path):

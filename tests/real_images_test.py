@@ -88,8 +88,18 @@ def test_a_crop_is_a_resized_part_of_the_image_and_a_flip_mirrors_it():
     image = jnp.tile(jnp.linspace(0, 1, 32)[None, :, None], (32, 1, 3))  # brighter rightwards
     out = augment.crop_and_flip(jax.random.key(0), jnp.stack([image] * 64), jnp.arange(64))
     assert out.shape == (64, 32, 32, 3)
-    slopes = np.sign(np.asarray(out[:, 16, -1, 0] - out[:, 16, 0, 0]))
-    assert (slopes > 0).any() and (slopes < 0).any()  # some flipped, some not
+    out = np.asarray(out)
+    assert out.min() >= -1e-6 and out.max() <= 1 + 1e-6
+    # The ramp does not vary along y: neither does a crop of it, resized.
+    np.testing.assert_allclose(out, np.broadcast_to(out[:, :1], out.shape), atol=1e-5)
+    steps = np.diff(out[:, 0, :, 0], axis=1)
+    rising, falling = (steps >= -1e-5).all(1), (steps <= 1e-5).all(1)
+    assert (rising | falling).all()  # a part of the ramp, kept in order or mirrored
+    assert rising.any() and falling.any()  # some flipped, some not
+    spans = out[:, 0, :, 0].max(1) - out[:, 0, :, 0].min(1)
+    assert (spans >= 0.15).all() and (spans < 1.0).any()  # at least ~8% of the area; zoomed
+    flat = augment.crop_and_flip(jax.random.key(1), jnp.full((8, 32, 32, 3), 0.25), jnp.arange(8))
+    np.testing.assert_allclose(np.asarray(flat), 0.25, atol=1e-6)
 
 
 def _fake_state_dict(name: str) -> dict[str, np.ndarray]:

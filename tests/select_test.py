@@ -178,6 +178,7 @@ def test_rescore_changes_the_pick_not_the_candidates(tmp_path):
     assert by_name["snd"]["harmful"] == {"picks": 1, "cells": 1}
     assert by_name["default_last_step"]["harmful"] == {"picks": 0, "cells": 1}
     assert by_name["snd"]["regret"]["mean"] == pytest.approx(0.20)
+    assert by_name["dev"]["regret"]["mean"] == 0.0  # dev's pick, paper/dann_l1@10, is the best
 
 
 def test_cli_rescore_without_training(tmp_path):

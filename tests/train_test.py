@@ -10,7 +10,7 @@ import pytest
 import dann_jax as dj
 from dann_jax import train
 from dann_jax.models import DANN
-from tests.helpers import RECIPES, setup_run, synthetic_data, unflat
+from tests.helpers import RECIPES, setup_run, synthetic_data, synthetic_images, unflat
 
 
 def _batch(data, batch_size, seed):
@@ -212,11 +212,21 @@ def test_diagnostics_off_changes_only_the_metrics():
 
 
 def test_bfloat16_precision_trains():
-    config, model, tx, state = setup_run(precision="bf16", steps=10)
-    run = dj.compile_train_steps(model, tx, num_steps=3, batch_size=8)
-    state, metrics = run(state, synthetic_data(64), dj.hyperparams(config))
-    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
-    assert np.all(np.isfinite(np.asarray(metrics["loss"])))
+    losses = {}
+    for precision in ("bf16", "fp32"):
+        config, model, tx, state = setup_run(precision=precision, steps=10)
+        x = jnp.asarray(synthetic_images(4)[0], jnp.float32) / 255
+        out = model.apply({"params": state.params}, x, x, 0.5)
+        want = jnp.bfloat16 if precision == "bf16" else jnp.float32
+        assert out["class_logits"].dtype == want  # the computation, not only the inputs
+        run = dj.compile_train_steps(model, tx, num_steps=3, batch_size=8)
+        state, metrics = run(state, synthetic_data(64), dj.hyperparams(config))
+        assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
+        losses[precision] = np.asarray(metrics["loss"], np.float32)
+    assert np.all(np.isfinite(losses["bf16"]))
+    # Same run in both precisions: close (bf16 keeps ~3 significant digits), not equal.
+    np.testing.assert_allclose(losses["bf16"], losses["fp32"], rtol=3e-2)
+    assert not np.array_equal(losses["bf16"], losses["fp32"])
 
 
 def test_non_finite_loss_fails_fast_with_step_and_term():
