@@ -94,12 +94,17 @@ def recipe_defaults(
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--recipe", choices=list(RECIPES), default=None)
     known, _ = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
-    return {**(defaults or {}), **RECIPES.get(known.recipe or "paper", {})}
+    return {**(defaults or {}), **(RECIPES[known.recipe] if known.recipe else {})}
 
 
 def _recipe_help() -> str:
+    def shown(k, v):
+        if isinstance(v, bool):
+            return flag(k) if v else f"--no-{flag(k)[2:]}"
+        return f"{flag(k)} {v}"
+
     parts = [
-        f"{name}: {', '.join(f'{flag(k)} {v}' for k, v in values.items()) or 'the paper'}"
+        f"{name}: {', '.join(shown(k, v) for k, v in values.items())}"
         for name, values in RECIPES.items()
     ]
     return "named settings, applied as defaults (a flag given still wins); " + "; ".join(parts)

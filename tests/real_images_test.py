@@ -59,6 +59,12 @@ def test_the_office_recipe_sets_every_part_and_a_flag_still_wins():
     assert (config.backbone_lr_mult, config.nesterov, config.weight_decay) == (0.1, True, 1e-3)
     assert (config.augment, config.normalize, config.image_size) == (True, "imagenet", 224)
     assert (config.batch_size, config.bn_stats, config.steps) == (32, "per_domain", 7)
+    assert config.dropout == 0.0  # adapt.py's own default recipe (improved) is replaced
+    as_paper = [*argv[2:], "--recipe", "paper"]
+    paper = config_from_args(adapt.parser(as_paper).parse_args(as_paper))
+    assert (paper.batchnorm, paper.bn_stats, paper.dropout) == (False, "joint", 0.0)
+    plain = config_from_args(adapt.parser(argv[2:]).parse_args(argv[2:]))
+    assert (plain.batchnorm, plain.bn_stats, plain.dropout) == (True, "per_domain", 0.5)
     model = dj.make_model(config, num_classes=31)
     assert model.domain_head == (1024, 1024) and model.label_head == () and model.bottleneck == 256
 
