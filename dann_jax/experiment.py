@@ -450,7 +450,8 @@ def _plot(path: Path, config: Config, data: PairData, per_seed, log) -> None:
     title = f"{config.mode}: {_short(info['source']['name'])} → {_short(info['target']['name'])}"
     title += f" ({info['variant']} data)"
     if config.mode == "dann":  # lambda is 0 in the other modes
-        title += f", lambda2 = {config.lambda2:g} ({config.lambda2_schedule})"
+        ramp = {"dann": "the paper's ramp", "constant": "constant"}[config.lambda2_schedule]
+        title += f", lambda2 = {config.lambda2:g} ({ramp})"
     # Every record of each seed's metrics.jsonl for the training lines (one a dispatch).
     seeds = [{**r, "metrics": _metrics(path.parent, r["seed"])} for r in per_seed]
     try:

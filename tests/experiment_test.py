@@ -211,3 +211,21 @@ def test_without_tfds_the_raw_files_are_read_directly(tmp_path, monkeypatch):
     # MNIST keeps its 28 x 28: the target's pixels are the files', grey in all channels.
     for c in range(3):
         np.testing.assert_array_equal(data.target_train[..., c], mnist["train"][0])
+
+
+def test_curves_title_names_lambda_only_where_it_acts(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from dann_jax import plots
+
+    titles = []
+    monkeypatch.setattr(plots, "plot_curves", lambda path, seeds, title: titles.append(title))
+    info = {"source": {"name": "mnist"}, "target": {"name": "data/photos"}, "variant": "full"}
+    data = SimpleNamespace(info=info)
+    for mode in ("dann", "source_only"):
+        config = Config(mode=mode, lambda2=0.3, steps=1)
+        experiment._plot(tmp_path / "curves.png", config, data, [{"seed": 0}], print)
+    assert titles == [
+        "dann: mnist → photos (full data), lambda2 = 0.3 (the paper's ramp)",
+        "source_only: mnist → photos (full data)",  # lambda is 0 there: not named
+    ]
