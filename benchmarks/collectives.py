@@ -25,10 +25,9 @@ import numpy as np
 
 import dann_jax as dj
 from benchmarks.xla_cost import COLLECTIVES, collectives, conv_batches
+from dann_jax.reproduce import RECIPES  # the digits recipes
 
 __all__ = ["RECIPES", "Report", "compile_step", "report"]
-
-RECIPES = {"paper": {}, "improved": {"batchnorm": True, "bn_stats": "per_domain", "dropout": 0.5}}
 
 
 @dataclasses.dataclass
