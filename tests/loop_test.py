@@ -72,7 +72,9 @@ def test_a_nan_stops_the_run_before_its_checkpoint(tmp_path, monkeypatch):
     assert not (tmp_path / "seed_0" / "checkpoint").exists()
     # Unpoisoned, the same run saves that checkpoint (so its absence above is the check's).
     monkeypatch.setattr(compiled.TrainSteps, "__call__", dispatch)
-    loop.train_and_evaluate(CONFIG.replace(steps=6), _pair(), tmp_path / "ok", (0,), log=print)
+    loop.train_and_evaluate(
+        CONFIG.replace(steps=6), _pair(), tmp_path / "ok", (0,), log=lambda _: None
+    )
     assert (tmp_path / "ok" / "seed_0" / "checkpoint" / "6").exists()
 
 
