@@ -37,8 +37,9 @@ def _argument(field: dataclasses.Field, hint: Any, default: Any) -> dict[str, An
     kwargs: dict[str, Any] = {"default": default, "help": text.replace("%", "%%")}
     value_type = _value_type(hint)
     if value_type is bool:
-        # A flag that is on by default needs a way to turn it off: --no-<name>.
-        kwargs["action"] = argparse.BooleanOptionalAction if default else "store_true"
+        # Always --<name> and --no-<name>: a recipe or a script may turn either default
+        # around, and the flag given must win both ways (and exist where help names it).
+        kwargs["action"] = argparse.BooleanOptionalAction
     else:
         kwargs["type"] = value_type
     if "choices" in field.metadata:
@@ -97,16 +98,19 @@ def recipe_defaults(
     return {**(defaults or {}), **(RECIPES[known.recipe] if known.recipe else {})}
 
 
-def _recipe_help() -> str:
-    def shown(k, v):
-        if isinstance(v, bool):
-            return flag(k) if v else f"--no-{flag(k)[2:]}"
-        return f"{flag(k)} {v}"
+def recipe_flags(name: str) -> list[str]:
+    """``--recipe NAME`` written out as the flags it stands for (what its help shows)."""
+    out: list[str] = []
+    for key, value in RECIPES[name].items():
+        if isinstance(value, bool):
+            out.append(flag(key) if value else f"--no-{flag(key)[2:]}")
+        else:
+            out += [flag(key), str(value)]
+    return out
 
-    parts = [
-        f"{name}: {', '.join(shown(k, v) for k, v in values.items())}"
-        for name, values in RECIPES.items()
-    ]
+
+def _recipe_help() -> str:
+    parts = [f"{name}: {' '.join(recipe_flags(name)).replace(' --', ', --')}" for name in RECIPES]
     return "named settings, applied as defaults (a flag given still wins); " + "; ".join(parts)
 
 

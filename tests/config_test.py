@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import importlib.util
+import typing
 from pathlib import Path
 
 import pytest
@@ -53,8 +54,10 @@ def test_every_field_is_a_flag_of_digits_and_every_flag_a_field():
     grouped = [name for group in config.HELP_GROUPS.values() for name in group]
     assert sorted(grouped) == sorted(fields) and len(set(grouped)) == len(grouped)
     assert list(options) == ["recipe", *grouped]  # --recipe, then by group, in order
+    hints = typing.get_type_hints(dj.Config)
     for name, action in options.items():
-        assert action.option_strings == [config.flag(name)]
+        off = [f"--no-{config.flag(name)[2:]}"] if hints.get(name) is bool else []
+        assert action.option_strings == [config.flag(name), *off]  # bools: both ways
         assert action.help, name
 
 
@@ -120,6 +123,22 @@ def test_a_flag_on_by_default_can_be_turned_off():
     parser.add_argument("--analyze", **kwargs)
     assert parser.parse_args([]).analyze is True
     assert parser.parse_args(["--no-analyze"]).analyze is False
+
+
+@pytest.mark.parametrize("script", ["digits.py", "adapt.py"])
+def test_each_recipe_is_the_flags_its_help_names(script):
+    # The help writes a recipe out as flags (--no-batchnorm for the paper's): each must
+    # exist in every script, whatever that script's defaults, and mean the recipe.
+    module = _script(script)
+    for name in config.RECIPES:
+        flags = cli.recipe_flags(name)
+        written = cli.config_from_args(module.parser(flags).parse_args(flags))
+        named = cli.config_from_args(
+            module.parser(["--recipe", name]).parse_args(["--recipe", name])
+        )
+        assert written == named
+        for key, value in config.RECIPES[name].items():
+            assert getattr(written, key) == value, (script, name, key)
 
 
 def test_unknown_fields_are_refused():
