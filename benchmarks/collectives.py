@@ -27,7 +27,7 @@ import dann_jax as dj
 from benchmarks.xla_cost import COLLECTIVES, collectives, conv_batches
 from dann_jax.reproduce import RECIPES  # the digits recipes
 
-__all__ = ["RECIPES", "Report", "compile_step", "report"]
+__all__ = ["Report", "compile_step", "report"]
 
 
 @dataclasses.dataclass
