@@ -26,6 +26,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from dann_jax import train
+from dann_jax.augment import ops_of
 from dann_jax.models import DANN
 from dann_jax.train import AXIS, Batch, Metrics, TrainState
 
@@ -125,7 +126,8 @@ def compile_train_steps(
     unroll: int | bool | None = None,
     vmap_seeds: bool = False,
     mesh: jax.sharding.Mesh | None = None,
-    augment: bool = False,
+    augment: bool | tuple[str, ...] = False,
+    stack: str = "vmap",
 ) -> TrainSteps:
     """`train_steps` compiled with ``jax.jit``, optionally over a device mesh.
 
@@ -138,6 +140,9 @@ def compile_train_steps(
     and hparams; metrics are ``(num_steps, num_seeds)``. Each seed draws the batches its
     own ``rng`` gives, so a seed trains as it would alone. The paper models are too
     small to fill a GPU at 64 + 64 images, so S seeds cost far less than S runs.
+    hparams with the seed axis first give each stacked model its own (the candidates
+    of a label-free choice); ``stack="loop"`` computes the stacked models one after
+    another inside the program (CPU: see `dann_jax.train.train_steps`).
 
     ``unroll=None`` picks, on CPU, K asynchronous dispatches of one compiled step, and a
     rolled ``lax.scan`` elsewhere. XLA:CPU runs convolutions inside a loop body about
@@ -145,15 +150,17 @@ def compile_train_steps(
     per MNIST step) and a fully unrolled scan compiles in time proportional to K, while
     a CPU dispatch costs microseconds against a step of tens of milliseconds. On GPU/TPU
     the rolled loop is what removes the per-step dispatch. ``unroll=True`` or an int is
-    passed to `train_steps` as is. ``augment`` crops and flips every drawn image.
+    passed to `train_steps` as is. ``augment``: the on-device augmentations
+    (`dann_jax.augment.OPS`; True: crops and flips).
     """
     _check_split(batch_size, mesh)
     per_dispatch = num_steps
     if unroll is None:
         per_dispatch, unroll = (1, True) if jax.default_backend() == "cpu" else (num_steps, 1)
     program = _steps_program(
-        model, tx, per_dispatch, batch_size, lambda2_schedule, unroll, vmap_seeds, mesh, augment
-    )
+        model, tx, per_dispatch, batch_size, lambda2_schedule, unroll, vmap_seeds, mesh,
+        ops_of(augment), stack,
+    )  # fmt: skip
     return TrainSteps(program, num_steps, per_dispatch)
 
 
@@ -162,13 +169,13 @@ def compile_train_steps(
 # instead of tracing and compiling a new ``jax.jit`` of a new partial.
 @functools.lru_cache(maxsize=32)
 def _steps_program(
-    model, tx, num_steps, batch_size, lambda2_schedule, unroll, vmap_seeds, mesh, augment
+    model, tx, num_steps, batch_size, lambda2_schedule, unroll, vmap_seeds, mesh, augment, stack
 ) -> Callable:
     """The compiled program of `compile_train_steps` (``num_steps`` per dispatch)."""
     fn = functools.partial(
         train.train_steps, model=model, tx=tx, num_steps=num_steps, batch_size=batch_size,
         lambda2_schedule=lambda2_schedule, axis_name=None if mesh is None else AXIS,
-        unroll=unroll, vmap_seeds=vmap_seeds, augment=augment,
+        unroll=unroll, vmap_seeds=vmap_seeds, augment=augment, stack=stack,
     )  # fmt: skip
     if mesh is not None:
         fn = _per_device(fn, mesh, P())  # all replicated; each device gathers its block

@@ -19,6 +19,7 @@ import textwrap
 from typing import Any
 
 __all__ = [
+    "ADVERSARIES",
     "ARCHS",
     "BN_STATS",
     "HELP_GROUPS",
@@ -45,6 +46,7 @@ NORMALIZATIONS = ("mean", "imagenet")
 BN_EVALS = ("domain", "mean")
 RESIZES = ("auto", "bilinear", "crop_pad", "mnist_box")  # see dann_jax.data.resize_method
 BN_STATS = ("joint", "per_domain")
+ADVERSARIES = ("dann", "cdan")  # dann_jax.models.ADVERSARIES
 LAMBDA2_SCHEDULES = ("dann", "constant")
 
 
@@ -141,6 +143,26 @@ class Config:
     gamma: float = _setting(10.0, "steepness of the lambda2 ramp (paper: 10)")
     lambda3: float = _setting(1.0, "weight of the adversarial loss")
     label_smoothing: float = _setting(0.0, "label smoothing of the source classification loss")
+    adversary: str = _setting(
+        "dann",
+        "what the domain discriminator sees: dann (the features) or cdan (the multilinear "
+        "map of features and class predictions: CDAN, Long et al. 2018)",
+        ADVERSARIES,
+    )
+    cdan_entropy: float = _setting(
+        0.0,
+        "weight examples in the domain loss by 1 + s * exp(-entropy of their prediction): "
+        "s = 1 with --adversary cdan is CDAN+E (Long et al. 2018); 0: equal weights",
+    )
+    mcc: float = _setting(
+        0.0,
+        "weight of the Minimum Class Confusion loss on target predictions (Jin et al. "
+        "2020; 1.0 in the paper; 0: off); with --lambda2 0 it adapts without a discriminator",
+    )
+    mcc_temperature: float = _setting(2.5, "softmax temperature of the MCC loss (paper: 2.5)")
+    entropy_weight: float = _setting(
+        0.0, "weight of target prediction entropy minimisation (Grandvalet & Bengio 2004; 0: off)"
+    )
     steps: int | None = _setting(
         None,
         "total training steps (p = step / steps); unset: the experiment's default for the "
@@ -162,6 +184,16 @@ class Config:
     backbone_lr_mult: float = _setting(
         1.0, "the extractor's learning rate as a multiple of the heads' (pretrained: 0.1)"
     )
+    discriminator_lr_mult: float = _setting(
+        1.0,
+        "the domain discriminator's learning rate as a multiple of the label head's: the "
+        "balance between discriminator and extractor",
+    )
+    domain_head: str | None = _setting(
+        None,
+        "hidden widths of the domain discriminator, comma-separated (e.g. 1024,1024); "
+        "unset: the architecture's (mnist: 100; svhn and the ResNets: 1024,1024)",
+    )
     batchnorm: bool = _setting(False, "BatchNorm in the extractor (not in the paper)")
     bn_stats: str = _setting(
         "joint",
@@ -180,6 +212,17 @@ class Config:
         False,
         "random resized crop (area 8-100%, aspect 3/4-4/3, back to the stored size) and "
         "horizontal flip of every training image, on the device",
+    )
+    rotate: bool = _setting(
+        False,
+        "random 90-degree rotations and vertical flips of every training image, on the "
+        "device: for images whose orientation means nothing (plankton, cells, tiles from "
+        "above); square images only",
+    )
+    color_jitter: bool = _setting(
+        False,
+        "random brightness, contrast and saturation (each x0.6-1.4) and greyscale (p = 0.2) "
+        "of every training image, on the device",
     )
     normalize: str = _setting(
         "mean",
@@ -248,6 +291,12 @@ class Config:
             return self.steps_per_call
         return max(d for d in range(1, min(50, self.eval_every) + 1) if self.eval_every % d == 0)
 
+    @property
+    def augment_ops(self) -> tuple[str, ...]:
+        """The on-device augmentations of this run (`dann_jax.augment.OPS` names)."""
+        on = {"crop_flip": self.augment, "rotate": self.rotate, "color": self.color_jitter}
+        return tuple(op for op, wanted in on.items() if wanted)
+
     def bn_domain(self, role: str) -> int | None:
         """The per-domain BatchNorm statistics a ``"source"`` or ``"target"`` image is
         normalised with at test time (`dann_jax.models.select_domain`): 0, 1 or None
@@ -309,6 +358,13 @@ class Config:
         number("momentum", low=0, high=1)
         number("weight_decay", low=0)
         number("backbone_lr_mult", low=0)
+        number("discriminator_lr_mult", low=0)
+        number("cdan_entropy", low=0, high=1)
+        number("mcc", low=0)
+        number("mcc_temperature", low=0, low_open=True)
+        number("entropy_weight", low=0)
+        if self.domain_head is not None:
+            domain_head_widths(self.domain_head)
         number("bottleneck", low=0, integer=True)
         if self.pretrained is not None and self.arch not in RESNETS:
             raise ConfigError(
@@ -340,12 +396,13 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "data": ("source", "target", "data_dir", "tfds_dir", "bsds_dir", "image_size", "resize"),
     "model": (
         "arch", "pretrained", "bottleneck", "batchnorm", "bn_stats", "bn_eval", "dropout",
-        "precision", "augment", "normalize",
+        "domain_head", "precision", "augment", "rotate", "color_jitter", "normalize",
     ),
     "optimisation": (
         "mode", "lambda2", "lambda3", "label_smoothing", "optimizer", "lr", "momentum",
-        "nesterov", "weight_decay", "backbone_lr_mult", "batch_size",
+        "nesterov", "weight_decay", "backbone_lr_mult", "discriminator_lr_mult", "batch_size",
     ),
+    "adaptation": ("adversary", "cdan_entropy", "mcc", "mcc_temperature", "entropy_weight"),
     "schedule": ("steps", "lambda2_schedule", "gamma", "lr_alpha", "lr_beta"),
     "run and output": (
         "seed", "seeds", "vmap_seeds", "eval_every", "steps_per_call", "workdir", "restart",
@@ -389,6 +446,20 @@ RESUMABLE_FIELDS = (
 # Behaviour of runs whose saved config predates a field, where it differs from today's
 # default (resize="auto" came later; before it, every domain was resampled bilinearly).
 DEFAULTS_BEFORE_THE_FIELD = {"resize": "bilinear"}
+
+
+def domain_head_widths(text: str) -> tuple[int, ...]:
+    """``"1024,1024"`` -> ``(1024, 1024)``; `ConfigError` naming --domain-head otherwise."""
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        widths = ()
+    if not widths or any(w < 1 for w in widths):
+        raise ConfigError(
+            f"--domain-head {text!r} is not a list of widths; give positive integers "
+            "separated by commas, e.g. --domain-head 1024,1024."
+        )
+    return widths
 
 
 def config_differences(saved: dict, config: Config) -> dict[str, tuple[Any, Any]]:
@@ -443,9 +514,10 @@ def hyperparams(config: Config) -> dict:
     # (a probe of how separable the domains are).
     if config.steps is None:
         raise ConfigError("steps is not set: the schedules need the total number of steps.")
-    lambda2 = 0.0 if config.mode != "dann" else config.lambda2
+    # The target terms (MCC, entropy) are adaptation too: off outside dann mode.
+    adapt = config.mode == "dann"
     values = {
-        "lambda2": lambda2,
+        "lambda2": config.lambda2 if adapt else 0.0,
         "lambda3": config.lambda3,
         "gamma": config.gamma,
         "label_smoothing": config.label_smoothing,
@@ -453,5 +525,11 @@ def hyperparams(config: Config) -> dict:
         "lr_alpha": config.lr_alpha,
         "lr_beta": config.lr_beta,
         "total_steps": float(config.steps),
+        "mcc": config.mcc if adapt else 0.0,
+        "mcc_temperature": config.mcc_temperature,
+        "entropy_weight": config.entropy_weight if adapt else 0.0,
+        "cdan_entropy": config.cdan_entropy,
+        "backbone_lr_mult": config.backbone_lr_mult,
+        "discriminator_lr_mult": config.discriminator_lr_mult,
     }
     return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}

@@ -311,7 +311,7 @@ def train_and_evaluate(
             run = compiled.compile_train_steps(
                 model, tx, num_steps=n, batch_size=config.batch_size,
                 lambda2_schedule=config.lambda2_schedule, vmap_seeds=len(seeds) > 1, mesh=mesh,
-                augment=config.augment,
+                augment=config.augment_ops,
             )  # fmt: skip
             state, metrics = run(state, pools, hp)  # queued: runs while the host reads on
             queue.push(step, n, metrics)

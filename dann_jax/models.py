@@ -39,6 +39,7 @@ from dann_jax import cpu_conv
 from dann_jax.grl import grad_reverse
 
 __all__ = [
+    "ADVERSARIES",
     "ARCHITECTURES",
     "DANN",
     "DomainBatchNorm",
@@ -73,6 +74,10 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "input_size": 32,
     },
 }
+
+# What the domain discriminator sees (`DANN.adversary`): the features, or CDAN's
+# multilinear map of features and class predictions.
+ADVERSARIES = ("dann", "cdan")
 
 # How convolutions and pools are computed; `dann_jax.train.make_model` picks per backend.
 # "cpu": convolutions with few input channels as patches + one matmul (`dann_jax.cpu_conv`)
@@ -259,12 +264,13 @@ class DANN(nn.Module):
     """Domain-adversarial network: extractor, label classifier, GRL + domain discriminator.
 
     ``__call__(x_source, x_target, lambda_, train)`` returns a dict with
-    ``class_logits`` (source only), ``domain_logits_source`` and
+    ``class_logits`` (source), ``class_logits_target``, ``domain_logits_source`` and
     ``domain_logits_target``. The extractor runs once over the source batch followed by
     the target batch (BatchNorm with ``bn_groups=2`` normalises each half with its own
-    statistics); the discriminator sees ``grad_reverse(features, lambda_)``, so one
-    backward pass trains the discriminator to separate the domains and the extractor
-    (with gradient -lambda) to confuse it.
+    statistics); the discriminator sees ``grad_reverse(h, lambda_)``, so one backward
+    pass trains the discriminator to separate the domains and the extractor (with
+    gradient -lambda) to confuse it. ``h`` is the features (DANN) or, with
+    ``adversary="cdan"``, their multilinear map with the class predictions.
 
     Attributes:
       extractor: any linen module mapping images (N, H, W, C) to features (N, D), called
@@ -278,6 +284,9 @@ class DANN(nn.Module):
         heads (the standard layer on pretrained backbones, e.g. 256); 0: none.
       bn_groups: domains stacked in the batch that the bottleneck's BatchNorm
         normalises separately (2 = per domain; the extractor has its own setting).
+      adversary: ``"dann"`` (the discriminator sees the features) or ``"cdan"`` (it sees
+        the multilinear map ``f (x) softmax(G_y(f))``, the predictions without gradient:
+        Long et al., NeurIPS 2018).
       axis_name: data-parallel axis name, set by `with_axis` inside a per-device step.
       dtype: computation dtype of the heads; parameters are float32 whatever it is.
       precision: ``lax.Precision`` of the heads' matmuls.
@@ -293,11 +302,14 @@ class DANN(nn.Module):
     dropout_rate: float = 0.0
     bottleneck: int = 0
     bn_groups: int = 1
+    adversary: str = "dann"
     axis_name: str | None = None
     dtype: Any = jnp.float32
     precision: Any = None
 
     def setup(self):
+        if self.adversary not in ADVERSARIES:
+            raise ValueError(f"adversary must be one of {ADVERSARIES}, got {self.adversary!r}")
         self.classifier = LabelClassifier(
             tuple(self.label_head), self.num_classes, self.dtype, self.precision
         )
@@ -334,6 +346,19 @@ class DANN(nn.Module):
         keep = jax.vmap(lambda k: jax.random.bernoulli(k, keep_prob, features.shape[1:]))(keys)
         return jnp.where(keep, features / keep_prob, 0).astype(features.dtype)
 
+    def _adversary_input(self, features: jax.Array, logits: jax.Array) -> jax.Array:
+        """What the discriminator sees: the features, or CDAN's ``f (x) g`` per example.
+
+        Long et al., NeurIPS 2018, eq. (4): ``T(h) = f (x) g``, the outer product of the
+        features and the class probabilities, flattened (D * K values); ``g`` carries no
+        gradient (as in the authors' code), so the label head learns from the labels only.
+        """
+        if self.adversary == "dann":
+            return features
+        g = jax.lax.stop_gradient(jax.nn.softmax(logits.astype(jnp.float32), -1))
+        outer = features[:, :, None] * g[:, None, :].astype(features.dtype)
+        return outer.reshape(features.shape[0], -1)
+
     def __call__(
         self,
         x_source: jax.Array,
@@ -345,9 +370,12 @@ class DANN(nn.Module):
         features = self._embed(jnp.concatenate([x_source, x_target]), train)
         if train and self.dropout_rate > 0:
             features = self._dropout(features, n)
-        domain_logits = self.discriminator(grad_reverse(features, lambda_))
+        logits = self.classifier(features)
+        h = self._adversary_input(features, logits)
+        domain_logits = self.discriminator(grad_reverse(h, lambda_))
         return {
-            "class_logits": self.classifier(features[:n]),
+            "class_logits": logits[:n],
+            "class_logits_target": logits[n:],
             "domain_logits_source": domain_logits[:n],
             "domain_logits_target": domain_logits[n:],
         }
@@ -362,12 +390,13 @@ class DANN(nn.Module):
 
     def predict_domain(self, x: jax.Array) -> jax.Array:
         """Domain logits in inference mode (positive = looks like the target)."""
-        return self.discriminator(self.features(x))
+        return self.infer(x)[2]
 
     def infer(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """(features, class logits, domain logits) in inference mode, one extractor pass."""
         features = self.features(x)
-        return features, self.classifier(features), self.discriminator(features)
+        logits = self.classifier(features)
+        return features, logits, self.discriminator(self._adversary_input(features, logits))
 
 
 def select_domain(batch_stats, domain: int | None):

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dann_jax.augment import crop_and_flip
+from dann_jax.augment import augment as apply_augment
+from dann_jax.augment import ops_of
 from dann_jax.evaluate import normalize
 
 __all__ = ["Batch", "TrainData", "make_train_data", "sample_batch"]
@@ -83,12 +84,12 @@ def make_train_data(
     )
 
 
-def _rows(pool: jax.Array, idx: jax.Array, data: TrainData, augment, rows) -> jax.Array:
+def _rows(pool: jax.Array, idx: jax.Array, data: TrainData, key, ops, rows) -> jax.Array:
     """Gathered flat rows as normalised float32 images (n, H, W, C), augmented or not."""
     images = pool[idx].reshape(len(idx), *data.image_shape)
-    if augment is None:
+    if not ops:
         return normalize(images, data.mean)
-    x = crop_and_flip(augment, images.astype(jnp.float32) / 255.0, rows)
+    x = apply_augment(key, images.astype(jnp.float32) / 255.0, rows, ops)
     return normalize(x * 255.0, data.mean)  # back to pixel units: one normalisation rule
 
 
@@ -97,7 +98,7 @@ def sample_batch(
     data: TrainData,
     batch_size: int,
     axis_name: str | None = None,
-    augment: bool = False,
+    augment: bool | tuple[str, ...] = False,
 ) -> Batch:
     """Draw one training batch on the device from device-resident pools.
 
@@ -111,8 +112,8 @@ def sample_batch(
       data: a `TrainData`.
       batch_size: images per domain in the (global) batch.
       axis_name: the data-parallel axis, or None for the whole batch.
-      augment: random resized crops and flips (`dann_jax.augment`), each example's drawn
-        from its row in the global batch.
+      augment: the augmentations (`dann_jax.augment.OPS`; True: random resized crops
+        and flips), each example's drawn from its row in the global batch.
 
     Returns:
       ``source_images``, ``source_labels``, ``target_images`` (normalised float32).
@@ -127,9 +128,9 @@ def sample_batch(
         start = jax.lax.axis_index(axis_name) * per
         i_s, i_t = (jax.lax.dynamic_slice_in_dim(i, start, per) for i in (i_s, i_t))
     rows = start + jnp.arange(per, dtype=jnp.int32)  # this block's rows of the global batch
-    aug = ka if augment else None
+    ops = ops_of(augment)
     return {
-        "source_images": _rows(data.source_images, i_s, data, aug, rows),
+        "source_images": _rows(data.source_images, i_s, data, ka, ops, rows),
         "source_labels": data.source_labels[i_s],
-        "target_images": _rows(data.target_images, i_t, data, aug, batch_size + rows),
+        "target_images": _rows(data.target_images, i_t, data, ka, ops, batch_size + rows),
     }

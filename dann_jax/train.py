@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from dann_jax import losses, schedules, sharding
-from dann_jax.config import RESNETS, Config
+from dann_jax.config import RESNETS, Config, domain_head_widths
 from dann_jax.models import DANN, paper_model, with_axis
 from dann_jax.pools import Batch, TrainData, make_train_data, sample_batch
 
@@ -58,7 +58,7 @@ __all__ = [
 AXIS = sharding.BATCH_AXIS  # the data-parallel axis (mesh axis and pmap axis name)
 # The components first: a NaN in either makes the total NaN too, and the message should
 # name where it started.
-LOSS_TERMS = ("label_loss", "domain_loss", "loss")
+LOSS_TERMS = ("label_loss", "domain_loss", "mcc_loss", "entropy_loss", "loss")
 
 Metrics = dict[str, jax.Array]
 
@@ -111,10 +111,11 @@ def make_model(config: Config, backend: str | None = None, num_classes: int = 10
         # A pretrained backbone's heads: a linear label classifier on the (bottleneck)
         # features and the DANN paper's 1024-1024 domain classifier of its Office setting.
         extractor = ResNet(config.arch, groups, None, dtype, precision)
-        return DANN(
+        model = DANN(
             extractor, num_classes, (), (1024, 1024), config.dropout, config.bottleneck,
             groups, dtype=dtype, precision=precision,
         )  # fmt: skip
+        return _heads(model, config)
     model = paper_model(
         config.arch,
         num_classes,
@@ -125,7 +126,15 @@ def make_model(config: Config, backend: str | None = None, num_classes: int = 10
         precision=precision,
         kernels="cpu" if backend == "cpu" else "xla",
     )
-    return model.clone(bottleneck=config.bottleneck, bn_groups=groups)
+    return _heads(model.clone(bottleneck=config.bottleneck, bn_groups=groups), config)
+
+
+def _heads(model: DANN, config: Config) -> DANN:
+    """`model` with the discriminator `config` asks for (its input and widths)."""
+    changes: dict[str, Any] = {"adversary": config.adversary}
+    if config.domain_head is not None:
+        changes["domain_head"] = domain_head_widths(config.domain_head)
+    return model.clone(**changes)
 
 
 # `Config.precision` -> the `lax.Precision` of every convolution and matmul of the model.
@@ -142,27 +151,20 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
     and the optimizer state always holds the rate of the last step taken.
 
     ``config.weight_decay`` adds ``wd * params`` to the gradients (L2, as torch's SGD
-    does). ``config.backbone_lr_mult`` scales the extractor's updates after the optimizer
-    (`optax.multi_transform`): SGD's and Adam's updates are linear in the learning rate, so
-    that is the extractor trained at that multiple of the heads' learning rate.
+    does). The per-part learning rates (``backbone_lr_mult``, ``discriminator_lr_mult``)
+    are not part of the optimizer: `train_step` scales each part's updates by its traced
+    multiple (`scale_updates`).
     """
     return _optimizer(
-        config.optimizer, config.lr, config.momentum, config.nesterov, config.weight_decay,
-        config.backbone_lr_mult,
-    )  # fmt: skip
-
-
-def _labels(params: Any) -> Any:
-    """ "backbone" for the extractor's parameters, "heads" for the rest (multi_transform)."""
-    return {k: jax.tree.map(lambda _, k=k: "backbone" if k == "extractor" else "heads", v)
-            for k, v in params.items()}  # fmt: skip
+        config.optimizer, config.lr, config.momentum, config.nesterov, config.weight_decay
+    )
 
 
 # Equal settings give the same transformation object, so the compiled programs keyed on
 # it (`dann_jax.compiled`, `create_train_state`) are reused across seeds and runs.
 @functools.lru_cache(maxsize=32)
 def _optimizer(
-    name: str, lr: float, momentum: float, nesterov: bool, wd: float, backbone: float
+    name: str, lr: float, momentum: float, nesterov: bool, wd: float
 ) -> optax.GradientTransformation:
     """`make_optimizer` from its settings."""
     if name not in ("sgd", "adam"):
@@ -173,12 +175,7 @@ def _optimizer(
             step = optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov)
         else:
             step = optax.adam(learning_rate)
-        parts = [optax.add_decayed_weights(wd)] if wd else []
-        parts.append(step)
-        if backbone != 1.0:
-            scale = {"backbone": optax.scale(backbone), "heads": optax.identity()}
-            parts.append(optax.multi_transform(scale, _labels))
-        return parts[0] if len(parts) == 1 else optax.chain(*parts)
+        return optax.chain(optax.add_decayed_weights(wd), step) if wd else step
 
     return optax.inject_hyperparams(build)(learning_rate=lr)
 
@@ -253,22 +250,63 @@ def _global_norm(tree: Any) -> jax.Array:
 def _objective(
     out: dict[str, jax.Array], labels: jax.Array, hparams: dict[str, jax.Array], diagnostics: bool
 ) -> tuple[jax.Array, Metrics]:
-    """``CE_smooth(source) + lambda3 * domain_loss`` of one forward pass, and its parts.
+    """The training loss of one forward pass, and its parts.
 
-    Ganin et al., JMLR 2016, eq. 18 (see `dann_jax.losses`); the GRL inside the model
-    turns its gradient into eqs. 13-15.
+    ``CE_smooth(source) + lambda3 * domain_loss + mcc * MCC(target) + entropy_weight *
+    H(target)``: Ganin et al., JMLR 2016, eq. 18 (see `dann_jax.losses`; the GRL inside
+    the model turns its gradient into eqs. 13-15), with CDAN+E's example weights in the
+    domain loss (``cdan_entropy``) and the target terms of MCC and entropy minimisation.
+    Every weight is a traced value: 0 switches a term off without a new program.
     """
+    zero = jnp.zeros((), jnp.float32)
+    get = lambda name: hparams.get(name, zero)  # hparams of older callers lack the new terms
+    target_logits = out["class_logits_target"]
     label_loss = losses.classification_loss(out["class_logits"], labels, hparams["label_smoothing"])
+    strength = get("cdan_entropy")
     domain_loss = losses.domain_adversarial_loss(
-        out["domain_logits_source"], out["domain_logits_target"]
-    )
-    aux = {"label_loss": label_loss, "domain_loss": domain_loss}
+        out["domain_logits_source"], out["domain_logits_target"],
+        losses.entropy_weights(out["class_logits"], strength),
+        losses.entropy_weights(target_logits, strength),
+    )  # fmt: skip
+    mcc_loss = losses.minimum_class_confusion(target_logits, hparams.get("mcc_temperature", 2.5))
+    entropy_loss = losses.entropy(target_logits)
+    aux = {
+        "label_loss": label_loss,
+        "domain_loss": domain_loss,
+        "mcc_loss": mcc_loss,
+        "entropy_loss": entropy_loss,
+    }
     if diagnostics:
         aux["domain_accuracy"] = losses.domain_accuracy(
             out["domain_logits_source"], out["domain_logits_target"]
         )
         aux["source_accuracy"] = losses.accuracy(out["class_logits"], labels)
-    return label_loss + hparams["lambda3"] * domain_loss, aux
+    total = (
+        label_loss + hparams["lambda3"] * domain_loss + get("mcc") * mcc_loss
+        + get("entropy_weight") * entropy_loss
+    )  # fmt: skip
+    return total, aux
+
+
+# The parameter groups (top-level keys of a `DANN`'s params) whose learning rate is a
+# traced multiple of the rest's, and the hparams entry that holds each multiple.
+LR_MULTS = {"extractor": "backbone_lr_mult", "discriminator": "discriminator_lr_mult"}
+
+
+def scale_updates(updates: Any, hparams: dict[str, jax.Array]) -> Any:
+    """Each part's optimizer updates times its learning-rate multiple (`LR_MULTS`).
+
+    SGD's (with momentum, Nesterov, weight decay) and Adam's updates are linear in the
+    learning rate, so scaling a part's updates is training that part at that multiple of
+    the learning rate (tllib trains pretrained backbones at 0.1x the heads). A traced
+    multiple: sweeping it never recompiles.
+    """
+    out = dict(updates)
+    for part, name in LR_MULTS.items():
+        if part in out and name in hparams:
+            m = hparams[name]
+            out[part] = jax.tree.map(lambda u, m=m: u * m.astype(u.dtype), out[part])
+    return out
 
 
 def _with_lr(opt_state: Any, lr: jax.Array) -> Any:
@@ -302,7 +340,10 @@ def train_step(
       state: current `TrainState`.
       batch: ``source_images``, ``source_labels``, ``target_images`` (float, normalised).
       hparams: traced scalars ``lambda2, lambda3, gamma, label_smoothing, lr, lr_alpha,
-        lr_beta, total_steps`` (see `dann_jax.config.hyperparams`).
+        lr_beta, total_steps`` and the adaptation terms' weights and learning-rate
+        multiples (``mcc, mcc_temperature, entropy_weight, cdan_entropy,
+        backbone_lr_mult, discriminator_lr_mult``; absent ones are off) (see
+        `dann_jax.config.hyperparams`).
       model: the `DANN` module.
       tx: optimizer from `make_optimizer` (an ``inject_hyperparams`` transformation).
       lambda2_schedule: ``"dann"`` ramp or ``"constant"`` (selects code, so static).
@@ -315,9 +356,9 @@ def train_step(
         per step, for the leanest program). The update is the same either way.
 
     Returns:
-      ``(new_state, metrics)`` with metrics ``loss, label_loss, domain_loss, lambda2,
-      learning_rate`` and, with ``diagnostics``, ``domain_accuracy, source_accuracy,
-      grad_norm``.
+      ``(new_state, metrics)`` with metrics ``loss, label_loss, domain_loss, mcc_loss,
+      entropy_loss, lambda2, learning_rate`` and, with ``diagnostics``,
+      ``domain_accuracy, source_accuracy, grad_norm``.
 
     References:
       Ganin et al., "Domain-Adversarial Training of Neural Networks", JMLR 2016,
@@ -354,7 +395,7 @@ def train_step(
         # all-reduce per step.
         grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
     updates, opt_state = tx.update(grads, _with_lr(state.opt_state, lr), state.params)
-    params = optax.apply_updates(state.params, updates)
+    params = optax.apply_updates(state.params, scale_updates(updates, hparams))
     metrics.update(lambda2=lam, learning_rate=lr)
     if diagnostics:
         metrics["grad_norm"] = _global_norm(grads)
@@ -380,7 +421,8 @@ def train_steps(
     axis_name: str | None = None,
     unroll: int | bool = 1,
     vmap_seeds: bool = False,
-    augment: bool = False,
+    augment: bool | tuple[str, ...] = False,
+    stack: str = "vmap",
 ) -> tuple[TrainState, Metrics]:
     """`num_steps` train steps in one ``lax.scan``, batches drawn on the device.
 
@@ -391,7 +433,10 @@ def train_steps(
     Args:
       state: current `TrainState` (with ``vmap_seeds``, one per seed stacked on axis 0).
       data: device-resident pools, see `TrainData`.
-      hparams: traced hyperparameters, see `train_step`.
+      hparams: traced hyperparameters, see `train_step`. With ``vmap_seeds`` they are
+        shared by every seed when their values are scalars, or each seed's own when they
+        carry the seed axis first (`stack_trees` of one dict per seed: the candidates of
+        a label-free choice, e.g. source-only and DANN at several lambda2, in one program).
       model: the `DANN` module.
       tx: the optimizer.
       num_steps: steps per call (static: the scan length).
@@ -400,16 +445,20 @@ def train_steps(
       axis_name: the data-parallel axis (this is then the per-device program: each
         device gathers its share of every global batch), or None.
       unroll: ``lax.scan`` unrolling (``True``: fully unrolled).
-      vmap_seeds: train every seed of the stacked state at once (`jax.vmap`); the
-        seeds share ``data`` and ``hparams``.
-      augment: random resized crops and flips of every drawn image (`dann_jax.augment`).
+      vmap_seeds: train every seed of the stacked state in this one program; the seeds
+        share ``data``.
+      augment: the on-device augmentations of every drawn image (`dann_jax.augment.OPS`;
+        True: random resized crops and flips).
+      stack: how the stacked seeds are computed: ``"vmap"`` (batched: what fills a GPU or
+        TPU) or ``"loop"`` (one after another inside the program: on CPU, where a vmapped
+        convolution becomes a grouped one, several times slower per seed).
 
     Returns:
       ``(new_state, metrics)``, every metric stacked to shape (num_steps,), or
       (num_steps, num_seeds) with ``vmap_seeds``: the step axis always comes first.
     """
 
-    def one(state):
+    def one(state, hparams):
         data_key, _ = _step_keys(state.rng, state.step)
         batch = sample_batch(data_key, data, batch_size, axis_name, augment)
         return train_step(
@@ -417,22 +466,44 @@ def train_steps(
             lambda2_schedule=lambda2_schedule, axis_name=axis_name,
         )  # fmt: skip
 
+    step = functools.partial(one, hparams=hparams)
     if vmap_seeds:
-        one = jax.vmap(one)
+        step = _stacked(one, hparams, stack)
     if unroll is True or (not isinstance(unroll, bool) and unroll >= num_steps):
         # Fully unrolled: a Python loop, so that no XLA while-loop is left at all (a
         # length-1 scan still emits one).
         stacked = []
         for _ in range(num_steps):
-            state, metrics = one(state)
+            state, metrics = step(state)
             stacked.append(metrics)
         return state, stack_trees(stacked)
-    return jax.lax.scan(lambda s, _: one(s), state, None, length=num_steps, unroll=unroll)
+    return jax.lax.scan(lambda s, _: step(s), state, None, length=num_steps, unroll=unroll)
+
+
+def _stacked(one, hparams: dict[str, jax.Array], stack: str):
+    """``one(state, hparams)`` over a stacked state (and stacked or shared hparams)."""
+    per_seed = jnp.ndim(next(iter(hparams.values()))) > 0
+    if stack == "vmap":
+        return lambda state: jax.vmap(one, (0, 0 if per_seed else None))(state, hparams)
+    if stack != "loop":
+        raise ValueError(f"stack must be 'vmap' or 'loop', got {stack!r}")
+
+    def looped(state):
+        n = jax.tree.leaves(state.step)[0].shape[0]
+        outs = [
+            one(tree_index(state, i), tree_index(hparams, i) if per_seed else hparams)
+            for i in range(n)
+        ]
+        return stack_trees([o[0] for o in outs]), stack_trees([o[1] for o in outs])
+
+    return looped
 
 
 _TERM_NAMES = {
     "label_loss": "the label classifier's source cross-entropy",
     "domain_loss": "the domain discriminator's cross-entropy",
+    "mcc_loss": "the minimum class confusion of the target predictions",
+    "entropy_loss": "the entropy of the target predictions",
     "loss": "the total",
 }
 
@@ -447,7 +518,7 @@ def check_finite(metrics: dict[str, Any], first_step: int) -> None:
       metrics: scalars, or arrays of shape (K,) for K scanned steps.
       first_step: global step of the first entry (the step count before the call).
     """
-    values = {t: np.atleast_1d(np.asarray(metrics[t])) for t in LOSS_TERMS}
+    values = {t: np.atleast_1d(np.asarray(metrics[t])) for t in LOSS_TERMS if t in metrics}
     bad = np.zeros(len(values["loss"]), bool)
     for v in values.values():
         bad |= ~np.isfinite(v)
@@ -455,9 +526,7 @@ def check_finite(metrics: dict[str, Any], first_step: int) -> None:
         return
     i = int(np.flatnonzero(bad)[0])
     terms = [
-        f"{t} ({values[t][i]}; {_TERM_NAMES[t]})"
-        for t in LOSS_TERMS
-        if not np.isfinite(values[t][i])
+        f"{t} ({values[t][i]}; {_TERM_NAMES[t]})" for t in values if not np.isfinite(values[t][i])
     ]
     raise NonFiniteLossError(
         f"non-finite {', '.join(terms)} at step {first_step + i + 1}. The run stopped before "

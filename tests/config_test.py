@@ -23,6 +23,7 @@ ENUMERATIONS = {
     "precision": config.PRECISIONS,
     "bn_eval": config.BN_EVALS,
     "normalize": config.NORMALIZATIONS,
+    "adversary": config.ADVERSARIES,
 }
 
 
