@@ -30,7 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from dann_jax import io, loop, memory
+from dann_jax import diagnose, io, loop, memory
 from dann_jax.config import Config, config_differences, describe_differences
 from dann_jax.data.pair import PairData, load_pair
 from dann_jax.models import ARCHITECTURES
@@ -408,6 +408,9 @@ def _run_locked(config: Config, data: PairData, workdir: Path, log, start: float
         analysis = experiment_analysis.analyze(config, data, per_seed[0], workdir, log)
     _plot(workdir / "curves.png", config, data, per_seed, log)
     results = summarize(config, data, per_seed, analysis, device, time.perf_counter() - start)
+    results["warnings"] = diagnose.run_warnings(config, data, per_seed, analysis)
+    for w in results["warnings"]:
+        log(f"warning (seed {w['seed']}): {w['message']}")
     io.write_json(results_path, results)
     log(_summary_line(results, results_path, workdir))
     return results

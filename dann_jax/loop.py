@@ -20,6 +20,7 @@ whatever each host's disk holds.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -27,6 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from dann_jax import checkpoint, compiled, io, sharding, train
@@ -40,12 +42,31 @@ from dann_jax.evaluate import compile_evaluate
 from dann_jax.memory import check_memory
 from dann_jax.resume import bookkeeping, is_writer, jax_settings, restore_or_init, run_name, step_of
 
-__all__ = ["is_writer", "run_name", "train_and_evaluate"]
+__all__ = ["Members", "is_writer", "run_name", "train_and_evaluate"]
 
 
-def _pick(tree: Any, seeds: Sequence[int], i: int) -> Any:
-    """Seed i's part of a (possibly stacked) pytree."""
-    return train.tree_index(tree, i) if len(seeds) > 1 else tree
+@dataclasses.dataclass(frozen=True)
+class Members:
+    """Models of one seed trained together in one program, each with its own settings.
+
+    The candidates of a label-free choice (`dann_jax.choose`): every member starts from
+    the seed's initial state and draws the seed's batches; only traced values (lambda2,
+    loss weights, learning-rate multiples) may differ between their configs.
+
+    Attributes:
+      names: each member's folder under the workdir (its ``metrics.jsonl``).
+      configs: each member's settings.
+      folder: the folder of their stacked checkpoint.
+    """
+
+    names: tuple[str, ...]
+    configs: tuple[Config, ...]
+    folder: str
+
+
+def _pick(tree: Any, names: Sequence[str], i: int) -> Any:
+    """Model i's part of a (possibly stacked) pytree."""
+    return train.tree_index(tree, i) if len(names) > 1 else tree
 
 
 def _progress(total: int, initial: int, desc: str):
@@ -77,13 +98,13 @@ def _records(path: Path, log) -> list[dict]:
     return records
 
 
-def _open_metrics(stack: contextlib.ExitStack, workdir: Path, seeds, step: int, log) -> list:
-    """Each seed's metrics.jsonl cut back to `step` and opened for appending (process 0)."""
+def _open_metrics(stack: contextlib.ExitStack, workdir: Path, names, step: int, log) -> list:
+    """Each model's metrics.jsonl cut back to `step` and opened for appending (process 0)."""
     if not is_writer():
         return []
     files = []
-    for seed in seeds:
-        path = workdir / f"seed_{seed}" / "metrics.jsonl"
+    for name in names:
+        path = workdir / name / "metrics.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         kept = [r for r in _records(path, log) if r.get("step", step + 1) <= step]
         io.write_text(path, "".join(io.dumps(r, indent=None) + "\n" for r in kept))
@@ -118,44 +139,44 @@ class _Eta:
             self.said = True
 
 
-def _read_chunk(metrics, seeds, first_step: int) -> list[dict[str, float]]:
-    """Each seed's mean metrics over one chunk, after the NaN check (host sync)."""
+def _read_chunk(metrics, names, first_step: int) -> list[dict[str, float]]:
+    """Each model's mean metrics over one chunk, after the NaN check (host sync)."""
     metrics = sharding.fetch(metrics)
     out = []
-    for i, seed in enumerate(seeds):
-        mine = {k: v[:, i] if len(seeds) > 1 else v for k, v in metrics.items()}
+    for i, name in enumerate(names):
+        mine = {k: v[:, i] if len(names) > 1 else v for k, v in metrics.items()}
         try:
             train.check_finite(mine, first_step=first_step)
         except train.NonFiniteLossError as e:
-            raise train.NonFiniteLossError(f"seed {seed}: {e}") from None
+            raise train.NonFiniteLossError(f"{name.replace('_', ' ')}: {e}") from None
         out.append({k: float(np.mean(v)) for k, v in mine.items()})
     return out
 
 
-def _evaluate(evaluate, state, eval_sets, mean, seeds, labelled) -> list[dict[str, Any]]:
+def _evaluate(evaluate, state, eval_sets, mean, names, labelled) -> list[dict[str, Any]]:
     """Accuracy, loss and mean domain score on both test sets, one dict per seed
     (``evaluate``: the compiled evaluation of each set, by name).
 
     A test set without labels (``labelled[name]`` False: an unlabelled target) gets
     None for its accuracy and loss; its domain score needs no labels.
     """
-    out: list[dict[str, Any]] = [{} for _ in seeds]
+    out: list[dict[str, Any]] = [{} for _ in names]
     for name, es in eval_sets.items():
         r = evaluate[name](state.params, state.batch_stats, es, mean)
         r = sharding.fetch({k: r[k] for k in ("accuracy", "loss", "domain_score")})
-        for i in range(len(seeds)):
+        for i in range(len(names)):
             for key, value in r.items():
                 known = labelled[name] or key == "domain_score"
-                out[i][f"{name}_{key}"] = float(_pick(value, seeds, i)) if known else None
+                out[i][f"{name}_{key}"] = float(_pick(value, names, i)) if known else None
     return out
 
 
-def _log_eval(log, seeds, step: int, total: int, records) -> None:
-    """One plain line per seed and evaluation (when no progress bar is shown)."""
-    for seed, r in zip(seeds, records, strict=True):
+def _log_eval(log, names, step: int, total: int, records) -> None:
+    """One plain line per model and evaluation (when no progress bar is shown)."""
+    for name, r in zip(names, records, strict=True):
         target = r["target_accuracy"]
         log(
-            f"seed {seed} step {step}/{total}: loss {r['train_loss']:.4f} "
+            f"{name.replace('_', ' ', 1)} step {step}/{total}: loss {r['train_loss']:.4f} "
             f"domain_acc {r['train_domain_accuracy']:.3f} source_acc {r['source_accuracy']:.4f} "
             f"target_acc {'n/a (no labels)' if target is None else f'{target:.4f}'}"
         )
@@ -180,10 +201,10 @@ class _Queue:
     (before an evaluation and a checkpoint, which must follow the NaN check).
     """
 
-    def __init__(self, seeds, files, bar, eta, boards=()):
-        self.seeds, self.files, self.bar, self.eta, self.pending = seeds, files, bar, eta, None
+    def __init__(self, names, files, bar, eta, boards=()):
+        self.names, self.files, self.bar, self.eta, self.pending = names, files, bar, eta, None
         self.boards = boards  # one TensorBoard writer per seed (--tensorboard), or none
-        self.last = [{} for _ in seeds]  # each seed's mean metrics over the last chunk read
+        self.last = [{} for _ in names]  # each model's mean metrics over the last chunk read
 
     def push(self, first_step: int, n: int, metrics) -> None:
         if self.pending is not None:
@@ -194,7 +215,7 @@ class _Queue:
         """The queued chunk's records (one per seed), after its NaN check."""
         first, n, metrics = self.pending
         self.pending = None
-        self.last = _read_chunk(metrics, self.seeds, first)
+        self.last = _read_chunk(metrics, self.names, first)
         self.eta.chunk_done(n)
         if self.bar is not None:
             self.bar.update(n)
@@ -210,8 +231,8 @@ class _Queue:
                     board.add_scalar(key.replace("_", "/", 1), value, record["step"])
 
 
-def _open_boards(stack: contextlib.ExitStack, config: Config, workdir: Path, seeds, step: int):
-    """One TensorBoard writer per seed with ``--tensorboard`` (process 0), else none.
+def _open_boards(stack: contextlib.ExitStack, config: Config, workdir: Path, names, step: int):
+    """One TensorBoard writer per model with ``--tensorboard`` (process 0), else none.
 
     ``purge_step``: after a resume, TensorBoard drops what the stopped run wrote past the
     checkpoint, so the curves show each step once.
@@ -222,9 +243,9 @@ def _open_boards(stack: contextlib.ExitStack, config: Config, workdir: Path, see
 
     return tuple(
         stack.enter_context(
-            SummaryWriter(str(workdir / f"seed_{s}" / "tensorboard"), purge_step=step or None)
+            SummaryWriter(str(workdir / name / "tensorboard"), purge_step=step or None)
         )
-        for s in seeds
+        for name in names
     )
 
 
@@ -246,29 +267,40 @@ def _pretrained(config: Config, log):
     return pretrained.load(config, log)
 
 
-def _place(state, data: PairData, config: Config, mesh):
+def _place(state, data: PairData, hparams, mesh):
     """State, pools, hparams and mean replicated over the mesh; test sets split along it."""
     put = lambda tree: sharding.put_replicated(tree, mesh)
     tests = {k: sharding.put_sharded(v, mesh, axis=1) for k, v in data.eval_sets(mesh.size).items()}
     mean = put(data.mean.astype(np.float32))
-    return put(state), put(data.train_data()), put(hyperparams(config)), tests, mean
+    return put(state), put(data.train_data()), put(hparams), tests, mean
 
 
-def _prepare(config: Config, data: PairData, workdir: Path, seeds, model, log):
+def _prepare(config: Config, data: PairData, workdir: Path, keys, folder, model, log):
     """(model, optimizer, state, curves, checkpoint folder, pretrained weights' info):
     the model (``config``'s unless given), restored or fresh, checked to fit in memory."""
     if model is None:
         model = train.make_model(config, num_classes=data.num_classes)
     tx = train.make_optimizer(config)
-    ckpt_dir = workdir / run_name(seeds) / "checkpoint"
+    ckpt_dir = workdir / folder / "checkpoint"
     shape = tuple(data.source_train.shape[1:])
     extractor, weights = _pretrained(config, log)
-    state, curves = restore_or_init(seeds, model, tx, shape, ckpt_dir, log, extractor, config)
+    state, curves = restore_or_init(keys, model, tx, shape, ckpt_dir, log, extractor, config)
     check_memory(data, state, sharding.make_mesh().size, config.batch_size)
     if is_writer():  # what a checkpoint needs to be used: `dann_jax.load_run` reads it
         info = {**_run_info(data), "pretrained": weights, "jax": jax_settings()}
         io.write_json(workdir / "run.json", info, make_parents=True)
     return model, tx, state, curves, ckpt_dir, weights
+
+
+def _layout(config: Config, seeds: tuple[int, ...], members: Members | None):
+    """(each model's folder, its seed, the checkpoint folder, the stacked hparams) of a
+    run's models: its seeds, or one seed's members."""
+    if members is None:
+        return tuple(f"seed_{s}" for s in seeds), seeds, run_name(seeds), hyperparams(config)
+    if len(seeds) != 1 or len(members.names) != len(members.configs):
+        raise ValueError("members train one seed: one name per config")
+    hparams = train.stack_trees([hyperparams(c) for c in members.configs])
+    return members.names, seeds * len(members.names), members.folder, hparams
 
 
 def train_and_evaluate(
@@ -277,41 +309,51 @@ def train_and_evaluate(
     workdir: Path,
     seeds: Sequence[int],
     log: Callable[[str], None] = print,
-    on_eval: Callable[[Any, dict], None] | None = None,
+    on_eval: Callable[[Any, Any], None] | None = None,
     model=None,
+    members: Members | None = None,
 ) -> list[dict[str, Any]]:
-    """Train `seeds` to ``config.steps`` (resuming) and return each seed's results.
+    """Train `seeds` (or one seed's `members`) to ``config.steps`` (resuming) and return
+    each model's results.
 
-    Several seeds train in one vmapped program; one seed alone. ``model`` replaces the
-    model `config` describes (e.g. a `DANN` over your own extractor). ``on_eval(host_state,
-    record)`` may add label-free fields to each evaluation record (one seed only). Each
-    result has the last-step ``target_accuracy``, ``source_accuracy``,
-    ``domain_accuracy`` (discriminator, last training steps), ``curves``, the host
-    ``state`` and ``model`` (for analysis), ``pretrained`` and ``wall_seconds``.
+    Several seeds (or members) train stacked in one program; one seed alone. ``model``
+    replaces the model `config` describes (e.g. a `DANN` over your own extractor).
+    ``on_eval(host_state, record)`` may add label-free fields to each evaluation record
+    (one model only); with ``members`` it is called once per evaluation as
+    ``on_eval(host_states, records)`` with every member's. Each result has the
+    last-step ``target_accuracy``, ``source_accuracy``, ``domain_accuracy``
+    (discriminator, last training steps), ``curves``, the host ``state`` and ``model``
+    (for analysis), ``pretrained`` and ``wall_seconds`` (and ``member``, its name).
     """
     seeds = tuple(seeds)
-    if len(seeds) > 1 and on_eval is not None:
+    names, keys, folder, hparams = _layout(config, seeds, members)
+    if len(names) > 1 and on_eval is not None and members is None:
         raise ValueError("on_eval hooks need one seed at a time")
-    start, name, mesh = time.perf_counter(), run_name(seeds), _mesh_for(config)
-    model, tx, state, curves, ckpt_dir, weights = _prepare(config, data, workdir, seeds, model, log)
-    step = step_of(state)
-    state, pools, hp, tests, mean = _place(state, data, config, mesh)
+    start, mesh = time.perf_counter(), _mesh_for(config)
+    model, tx, state, curves, ckpt_dir, weights = _prepare(
+        config, data, workdir, keys, folder, model, log
+    )
+    step, stacked = step_of(state), len(names) > 1
+    state, pools, hp, tests, mean = _place(state, data, hparams, mesh)
     evaluate = {  # each test set with its own domain's BatchNorm statistics (config.bn_eval)
-        name: compile_evaluate(model, len(seeds) > 1, mesh, config.bn_domain(name))
+        name: compile_evaluate(model, stacked, mesh, config.bn_domain(name))
         for name in ("target", "source")
     }
     labelled = {"source": True, "target": data.target_labelled}
-    every, bar = config.eval_interval, _progress(config.steps, step, name)
+    every, bar = config.eval_interval, _progress(config.steps, step, folder)
+    # On CPU a vmapped convolution becomes a grouped one, several times slower per model:
+    # stacked models are computed one after another inside the program there.
+    how = "loop" if jax.default_backend() == "cpu" else "vmap"
     with contextlib.ExitStack() as stack:
-        files = _open_metrics(stack, workdir, seeds, step, log)
-        boards = _open_boards(stack, config, workdir, seeds, step)
-        queue = _Queue(seeds, files, bar, _Eta(config.steps - step, log, name), boards)
+        files = _open_metrics(stack, workdir, names, step, log)
+        boards = _open_boards(stack, config, workdir, names, step)
+        queue = _Queue(names, files, bar, _Eta(config.steps - step, log, folder), boards)
         while step < config.steps:
             n = min(config.call_steps, config.steps - step, every - step % every)
             run = compiled.compile_train_steps(
                 model, tx, num_steps=n, batch_size=config.batch_size,
-                lambda2_schedule=config.lambda2_schedule, vmap_seeds=len(seeds) > 1, mesh=mesh,
-                augment=config.augment_ops,
+                lambda2_schedule=config.lambda2_schedule, vmap_seeds=stacked, mesh=mesh,
+                augment=config.augment_ops, stack=how,
             )  # fmt: skip
             state, metrics = run(state, pools, hp)  # queued: runs while the host reads on
             queue.push(step, n, metrics)
@@ -319,45 +361,51 @@ def train_and_evaluate(
             if step % every and step < config.steps:
                 continue
             records, host = queue.drain(), sharding.fetch(state)
-            for i, r in enumerate(_evaluate(evaluate, state, tests, mean, seeds, labelled)):
+            for i, r in enumerate(_evaluate(evaluate, state, tests, mean, names, labelled)):
                 records[i].update(r)
-                if on_eval is not None:
+                if on_eval is not None and members is None:
                     on_eval(host, records[i])
-                curves[i].append(records[i])
+            if on_eval is not None and members is not None:
+                on_eval(host, records)
+            for i, r in enumerate(records):
+                curves[i].append(r)
             if bar is None:
-                _log_eval(log, seeds, step, config.steps, records)
+                _log_eval(log, names, step, config.steps, records)
             if is_writer():
                 checkpoint.save(ckpt_dir, host, bookkeeping(config, curves))
             queue.write(records)
     if bar is not None:
         bar.close()
     args = (evaluate, tests, mean, labelled, curves, queue.last, model, start)
-    return [{**r, "pretrained": weights} for r in _results(config, seeds, state, *args)]
+    results = _results(config, seeds, names, keys, state, *args)
+    return [{**r, "pretrained": weights} for r in results]
 
 
 def _results(
-    config, seeds, state, evaluate, tests, mean, labelled, curves, last_train, model, start
-):
-    """Each seed's last-step numbers (from the last evaluation, or a new one)."""
+    config, seeds, names, keys, state, evaluate, tests, mean, labelled, curves, last_train,
+    model, start,
+):  # fmt: skip
+    """Each model's last-step numbers (from the last evaluation, or a new one)."""
     host = sharding.fetch(state)
     finals = None
     results = []
-    for i, seed in enumerate(seeds):
+    for i, (name, seed) in enumerate(zip(names, keys, strict=True)):
         if curves[i] and curves[i][-1]["step"] == config.steps:
             final = curves[i][-1]
         else:  # a finished run resumed: nothing trained, evaluate once more
-            finals = finals or _evaluate(evaluate, state, tests, mean, seeds, labelled)
+            finals = finals or _evaluate(evaluate, state, tests, mean, names, labelled)
             final = finals[i]
         results.append(
             {
                 "seed": seed,
+                "member": name,
                 "target_accuracy": final["target_accuracy"],
                 "source_accuracy": final["source_accuracy"],
                 "domain_accuracy": last_train[i].get(
                     "domain_accuracy", final.get("train_domain_accuracy")
                 ),
                 "curves": curves[i],
-                "state": _pick(host, seeds, i),
+                "state": _pick(host, names, i),
                 "model": model,
                 "vmapped_with": list(seeds) if len(seeds) > 1 else None,
                 "wall_seconds": time.perf_counter() - start,

@@ -90,9 +90,12 @@ def curves_figure(per_seed: Sequence[Mapping[str, Any]], title: str):
     for ax, (name, ylabel, _) in zip(axes, _PANELS, strict=True):
         ax.set(title=name, xlabel="step", ylabel=ylabel)
         ax.grid(alpha=0.3)
-    axes[0].set_ylim(0, 1)
-    axes[2].set_ylim(0, 1)
+    # A little room above 1: a discriminator that is right on every batch draws its line
+    # at exactly 1.0, which must not hide in the frame.
+    axes[0].set_ylim(0, 1.03)
+    axes[2].set_ylim(0, 1.03)
     axes[2].axhline(0.5, color="grey", lw=0.8, label="0.5: domains confused")
+    axes[2].axhline(1.0, color="grey", lw=0.8, ls=":", label="1.0: domains apart")
     if not any(_series(r.get("curves", []), "target_accuracy")[0] for r in per_seed):
         axes[0].text(0.02, 0.02, "target: no labels", transform=axes[0].transAxes, fontsize=8)
     for ax in axes:

@@ -102,5 +102,5 @@ def restore_or_init(seeds, model, tx, shape, ckpt_dir: Path, log, extractor=None
     if restored is None:
         return state, [[] for _ in seeds]
     state, loop = restored
-    log(f"{run_name(seeds)}: resuming from step {step_of(state)} ({ckpt_dir})")
+    log(f"{ckpt_dir.parent.name}: resuming from step {step_of(state)} ({ckpt_dir})")
     return state, loop["curves"]

@@ -58,6 +58,11 @@ def test_main_job_writes_results_and_curves(default_run):
     assert [x["step"] for x in lines] == [5, 10, 15, 20]
     # The discriminator's accuracy: over the last training chunk.
     assert results["domain_accuracy"] == lines[-1]["train_domain_accuracy"]
+    # What the run says of its own adaptation (dann_jax.diagnose), in the log too.
+    kinds = {"no_alignment", "collapse", "pad_not_lower"}
+    for w in results["warnings"]:
+        assert w["kind"] in kinds and w["seed"] == 0
+        assert f"warning (seed 0): {w['message'][:60]}" in out.replace("\n", " ")
 
 
 def test_rerun_of_a_finished_run_resumes_at_the_end(default_run):

@@ -77,6 +77,17 @@ def test_curves_have_labelled_axes_each_quantity_its_own_and_every_record():
     assert any("no labels" in t.get_text() for t in fig.axes[0].texts)
 
 
+def test_a_discriminator_at_exactly_one_is_drawn_inside_the_frame():
+    per_seed = _per_seed(seeds=(0,), n=3)
+    per_seed[0]["metrics"] = [{"step": s, "train_domain_accuracy": 1.0} for s in (10, 20, 30)]
+    ax = plots.curves_figure(per_seed, "t").axes[2]
+    low, high = ax.get_ylim()
+    assert low <= 0 and high > 1.0  # the line at 1.0 is not hidden by the top of the frame
+    (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "discriminator, seed 0"]
+    assert list(line.get_ydata()) == [1.0, 1.0, 1.0]
+    assert any(ln.get_label() == "1.0: domains apart" for ln in ax.get_lines())
+
+
 def test_the_confusion_matrix_has_one_row_per_class_named_and_says_what_it_shows():
     names = [f"class_{i}" for i in range(6)]
     m = analysis.confusion_matrix([0, 1, 5, 5], [0, 2, 5, 1], num_classes=6)

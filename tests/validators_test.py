@@ -237,3 +237,44 @@ def test_guard_ignores_broken_validators_and_needs_both_kinds():
     assert nothing["harmful"] is False and nothing["used"] == []
     with pytest.raises(ValueError):
         validators.negative_transfer_guard(prefs, [False, False, False])
+
+
+# ---------------------------------------------------------------- MixVal and EnsV
+
+
+def _brightness_model(threshold):
+    """Class 1 when an image's mean grey level is above `threshold`, else class 0."""
+    return lambda x: np.stack([threshold - x.mean((1, 2, 3)), x.mean((1, 2, 3)) - threshold], 1)
+
+
+def test_mixval_scores_consistency_on_mixed_pairs_by_hand():
+    images = np.zeros((40, 4, 4, 3), np.uint8)
+    images[20:] = 255  # 20 dark (class 0), 20 bright (class 1)
+    # Threshold 128: a 0.55 / 0.45 mix keeps its larger part's class (115 and 140).
+    out = validators.mixval(_brightness_model(128), images, seed=3)
+    assert out == {"mixval": 1.0, "intra": 1.0, "inter": 1.0}
+    # Threshold 100: dark-first mixes (115) now read as bright; bright-first ones (140)
+    # still bright. Inter-cluster agreement = the share of bright-first mixed pairs.
+    other = np.random.default_rng(3).permutation(40)
+    first_bright = np.arange(40) >= 20
+    inter = first_bright != first_bright[other]
+    expected_inter = np.mean(first_bright[inter])
+    out = validators.mixval(_brightness_model(100), images, seed=3)
+    assert out["intra"] == 1.0 and out["inter"] == pytest.approx(expected_inter)
+    assert out["mixval"] == pytest.approx((1.0 + expected_inter) / 2)
+    # One pseudo-class only: no inter-cluster pair, the score is the intra part.
+    one = validators.mixval(_brightness_model(300), images, seed=0)
+    assert math.isnan(one["inter"]) and one["mixval"] == one["intra"] == 1.0
+    with pytest.raises(ValueError, match="uint8"):
+        validators.mixval(_brightness_model(0), images.astype(np.float32))
+
+
+def test_ensemble_agreement_is_agreement_with_the_mean_prediction():
+    a = np.log(np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]]))
+    b = np.log(np.array([[0.7, 0.3], [0.3, 0.7], [0.4, 0.6]]))
+    c = np.log(np.array([[0.2, 0.8], [0.45, 0.55], [0.45, 0.55]]))
+    # Mean probabilities: [0.6, 0.4], [0.45, 0.55], [0.35, 0.65] -> classes 0, 1, 1.
+    got = validators.ensemble_agreement([a, b, c])
+    np.testing.assert_allclose(got, [2 / 3, 1.0, 2 / 3])
+    with pytest.raises(ValueError, match="all alike"):
+        validators.ensemble_agreement([a, a[:2]])

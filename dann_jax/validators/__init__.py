@@ -17,6 +17,11 @@ target accuracy.
 * ``bnm``: `batch_nuclear_norm` (Cui et al., CVPR 2020).
 * ``source_accuracy``: `source_accuracy` (no target signal at all: the baseline).
 
+Two more score candidates with the model or with each other (higher is better; module
+`probes`): `mixval` (Hu et al., NeurIPS 2023: the model on mixed target pairs) and
+`ensemble_agreement` (EnsV, Hu et al., NeurIPS 2024: agreement with the candidates'
+ensemble). `dann_jax.choose` uses them inside a run.
+
 `VALIDATORS` holds each one's direction; `preference` maps values to a common "higher
 is better" score; `compute_validators` computes them all for one checkpoint;
 `selection_agreement` measures a validator's ranking against the target accuracy and
@@ -53,10 +58,12 @@ from dann_jax.validators.predictions import (
     soft_neighborhood_density,
     source_accuracy,
 )
+from dann_jax.validators.probes import MIXVAL_ALPHA, ensemble_agreement, mixval
 
 __all__ = [
     "DEV_C_GRID",
     "HARMFUL_MESSAGE",
+    "MIXVAL_ALPHA",
     "SND_TEMPERATURE",
     "VALIDATORS",
     "Validator",
@@ -64,10 +71,12 @@ __all__ = [
     "compute_validators",
     "deep_embedded_validation",
     "dev_risk_from_weights",
+    "ensemble_agreement",
     "fit_quietly",
     "flatten_features",
     "information_maximization",
     "mean_entropy",
+    "mixval",
     "negative_transfer_guard",
     "preference",
     "reverse_validation",

@@ -149,6 +149,7 @@ def reverse_validation(
     source_val_labels: Any,
     *,
     c: float = 1.0,
+    classifier: str = "logistic",
 ) -> dict:
     """Reverse validation on frozen features: the cheap form (higher accuracy is better).
 
@@ -170,6 +171,9 @@ def reverse_validation(
       source_val_features: (N_v, ...) features of held-out labelled source examples.
       source_val_labels: (N_v,) their labels.
       c: inverse L2 strength of the reverse classifier.
+      classifier: ``"logistic"`` (multinomial logistic regression) or ``"ridge"``
+        (least squares to the one-hot pseudo-labels, L2 strength ``1 / c``: one linear
+        solve, ~100x faster, for scoring many candidates at every evaluation).
 
     Returns:
       dict with ``accuracy`` (the reverse classifier on the source validation set),
@@ -192,6 +196,15 @@ def reverse_validation(
     if len(classes) == 1:  # a collapsed forward model: the reverse one can only say that
         predicted = np.full(len(xv), classes[0])
     else:
-        predicted = fit_quietly(standardised_logistic(c, max_iter=300), xt, pseudo).predict(xv)
+        model = standardised_logistic(c, max_iter=300) if classifier == "logistic" else None
+        if classifier == "ridge":
+            from sklearn.linear_model import RidgeClassifier
+            from sklearn.pipeline import make_pipeline
+            from sklearn.preprocessing import StandardScaler
+
+            model = make_pipeline(StandardScaler(), RidgeClassifier(alpha=1.0 / c))
+        if model is None:
+            raise ValueError(f"classifier must be 'logistic' or 'ridge', got {classifier!r}")
+        predicted = fit_quietly(model, xt, pseudo).predict(xv)
     accuracy = float(np.mean(predicted == labels))
     return {"accuracy": accuracy, "risk": 1.0 - accuracy, "pseudo_classes": len(classes)}
