@@ -31,7 +31,7 @@ __all__ = ["RECOMMENDED", "TrainedModel", "fit", "load_run"]
 
 # The recipe for data nobody tuned for (docs/own_data.md): the improved recipe, above the
 # paper recipe on each of the three digit pairs (docs/results.md).
-RECOMMENDED = RECIPES["improved"]
+RECOMMENDED = {**RECIPES["improved"], "choose": True}
 
 
 @dataclasses.dataclass
@@ -128,7 +128,13 @@ def fit(
         path = Path(workdir or tmp)
         config = config.replace(workdir=str(path))
         experiment.check_workdir(config, path, log)  # config.json; refuses another run's
-        (result,) = loop.train_and_evaluate(config, data, path, (config.seed,), log, model=model)
+        if config.choose and config.mode == "dann":
+            from dann_jax.candidates import train_choosing
+
+            result = train_choosing(config, data, path, config.seed, log, model)
+        else:
+            (result,) = loop.train_and_evaluate(config, data, path, (config.seed,), log,
+                                                model=model)  # fmt: skip
     shape = tuple(int(d) for d in data.source_train.shape[1:])
     mean, names = data.mean, data.class_names
     return TrainedModel(result["model"], result["state"], mean, names, shape, config)

@@ -95,3 +95,50 @@ def candidate_scores(model, state, data, domains: dict[str, int | None], seed: i
             scores[name] = float("nan")
     scores.update(prediction_stats(logits, data.num_classes))
     return scores, logits
+
+
+# ------------------------------------------------------------------------- the choice
+
+SOURCE_ONLY = "source_only"
+
+
+def with_ensemble(scores: list[dict[str, Any]], logits: list[np.ndarray]) -> list[dict]:
+    """`scores` of the candidates of one evaluation, each with its EnsV agreement."""
+    agreement = validators.ensemble_agreement(logits)
+    return [{**s, "ensv": float(a)} for s, a in zip(scores, agreement, strict=True)]
+
+
+def harmful(scores: dict[str, Any], reference: dict[str, Any], margin: float) -> str | None:
+    """Why a candidate looks harmful next to source-only (`reference`), or None.
+
+    Two signs that need no target label: its source validation accuracy fell more than
+    `margin` below source-only's (it gave up the labelled task to fool the
+    discriminator), or its target predictions collapsed (one class takes over half and
+    over twice source-only's largest share).
+    """
+    drop = reference["source_accuracy"] - scores["source_accuracy"]
+    if drop > margin:
+        return f"source accuracy {scores['source_accuracy']:.3f}, {drop:.3f} below source-only's"
+    share, ref_share = scores["top_class_share"], reference["top_class_share"]
+    if share > max(0.5, 2 * ref_share):
+        return f"target predictions collapsed ({share:.0%} one class; source-only {ref_share:.0%})"
+    return None
+
+
+def preferences(
+    names: list[str], scores: list[dict[str, Any]], validator: str, margin: float
+) -> list[tuple[float, str | None]]:
+    """Each candidate's (preference, why it is excluded) at one evaluation.
+
+    The preference is `validator`'s value (higher is better); a candidate that looks
+    `harmful` next to source-only gets ``-inf`` and the reason, so source-only (always
+    eligible) is what remains when every adapted candidate looks harmful.
+    """
+    reference = scores[names.index(SOURCE_ONLY)]
+    out = []
+    for name, s in zip(names, scores, strict=True):
+        why = None if name == SOURCE_ONLY else harmful(s, reference, margin)
+        value = s.get(validator, float("nan"))
+        ok = why is None and value == value  # NaN: the validator failed on it
+        out.append((float(value) if ok else float("-inf"), why))
+    return out

@@ -22,6 +22,7 @@ __all__ = [
     "ADVERSARIES",
     "ARCHS",
     "BN_STATS",
+    "CHOOSE_BY",
     "HELP_GROUPS",
     "LAMBDA2_SCHEDULES",
     "MODES",
@@ -47,6 +48,11 @@ BN_EVALS = ("domain", "mean")
 RESIZES = ("auto", "bilinear", "crop_pad", "mnist_box")  # see dann_jax.data.resize_method
 BN_STATS = ("joint", "per_domain")
 ADVERSARIES = ("dann", "cdan")  # dann_jax.models.ADVERSARIES
+# The label-free scores a run can choose its candidate by (all higher-is-better).
+CHOOSE_BY = (
+    "ensv", "mixval", "information_maximization", "bnm", "snd", "reverse_validation",
+    "source_accuracy",
+)  # fmt: skip
 LAMBDA2_SCHEDULES = ("dann", "constant")
 
 
@@ -239,6 +245,26 @@ class Config:
         "TPU, float32 on CPU); bf16 = bfloat16 compute",
         PRECISIONS,
     )
+    choose: bool = _setting(
+        False,
+        "train source-only and the method at each --choose-lambdas value together and keep, "
+        "without target labels, the candidate and checkpoint --choose-by prefers; a "
+        "candidate that looks harmful next to source-only is never kept "
+        "(dann_jax.candidates)",
+    )
+    choose_lambdas: str = _setting("0.1,0.3,1", "the lambda2 values of the candidates")
+    choose_by: str = _setting(
+        "ensv",
+        "the label-free score that chooses (higher is better): ensv (agreement with the "
+        "candidates' ensemble), mixval, information_maximization, bnm, snd, "
+        "reverse_validation or source_accuracy (dann_jax.choose)",
+        CHOOSE_BY,
+    )
+    choose_margin: float = _setting(
+        0.05,
+        "a candidate whose source validation accuracy falls more than this below "
+        "source-only's is treated as harmful and never kept",
+    )
     seed: int = _setting(0, "first random seed")
     seeds: int = _setting(1, "number of seeds (seed, seed+1, ...); reports mean and std")
     vmap_seeds: bool = _setting(
@@ -365,6 +391,8 @@ class Config:
         number("entropy_weight", low=0)
         if self.domain_head is not None:
             domain_head_widths(self.domain_head)
+        parse_floats(self.choose_lambdas, "--choose-lambdas")
+        number("choose_margin", low=0, high=1)
         number("bottleneck", low=0, integer=True)
         if self.pretrained is not None and self.arch not in RESNETS:
             raise ConfigError(
@@ -403,6 +431,7 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
         "nesterov", "weight_decay", "backbone_lr_mult", "discriminator_lr_mult", "batch_size",
     ),
     "adaptation": ("adversary", "cdan_entropy", "mcc", "mcc_temperature", "entropy_weight"),
+    "choice without target labels": ("choose", "choose_lambdas", "choose_by", "choose_margin"),
     "schedule": ("steps", "lambda2_schedule", "gamma", "lr_alpha", "lr_beta"),
     "run and output": (
         "seed", "seeds", "vmap_seeds", "eval_every", "steps_per_call", "workdir", "restart",
@@ -446,6 +475,20 @@ RESUMABLE_FIELDS = (
 # Behaviour of runs whose saved config predates a field, where it differs from today's
 # default (resize="auto" came later; before it, every domain was resampled bilinearly).
 DEFAULTS_BEFORE_THE_FIELD = {"resize": "bilinear"}
+
+
+def parse_floats(text: str, what: str) -> tuple[float, ...]:
+    """``"0.1,0.3,1"`` -> ``(0.1, 0.3, 1.0)``: finite and >= 0; `ConfigError` naming `what`."""
+    try:
+        values = tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise ConfigError(
+            f"{what} {text!r} is not a list of numbers; give values >= 0 separated by "
+            "commas, e.g. 0.1,0.3,1."
+        )
+    return values
 
 
 def domain_head_widths(text: str) -> tuple[int, ...]:

@@ -52,6 +52,11 @@ PROTOCOL = (
     "target accuracy of the model at the last step; target labels used for reporting only "
     "(no model selection on target labels); mean and population std over seeds"
 )
+CHOICE_PROTOCOL = (
+    "target accuracy of the candidate and checkpoint each seed kept by a label-free choice "
+    "(--choose: dann_jax.candidates); target labels used for reporting only, never to "
+    "choose; mean and population std over seeds"
+)
 
 
 class RunError(RuntimeError):
@@ -226,6 +231,10 @@ def check_request(config: Config, log: Callable[[str], None]) -> None:
 def _train_all(config: Config, data: PairData, workdir: Path, log) -> list[dict[str, Any]]:
     """Every seed's results: all seeds in one vmapped group, or one group per seed."""
     seeds = tuple(range(config.seed, config.seed + config.seeds))
+    if config.choose and config.mode == "dann":
+        from dann_jax.candidates import train_choosing
+
+        return [train_choosing(config, data, workdir, seed, log) for seed in seeds]
     if config.vmap_seeds and len(seeds) > 1:
         return loop.train_and_evaluate(config, data, workdir, seeds, log)
     per_seed = []
@@ -243,7 +252,7 @@ def _merge_metrics(workdir: Path, per_seed: list[dict[str, Any]]) -> None:
     """``metrics.jsonl`` at the top: every seed's records, tagged with the seed."""
     merged = []
     for r in per_seed:
-        for line in (workdir / f"seed_{r['seed']}" / "metrics.jsonl").read_text().splitlines():
+        for line in (workdir / r["member"] / "metrics.jsonl").read_text().splitlines():
             merged.append(io.dumps({"seed": r["seed"], **json.loads(line)}, indent=None))
     io.write_text(workdir / "metrics.jsonl", "".join(m + "\n" for m in merged))
 
@@ -283,7 +292,7 @@ def summarize(config, data, per_seed, analysis, device, wall_seconds) -> dict[st
         "config": dataclasses.asdict(config),
         "device": device,
         "dataset": data.info,
-        "protocol": PROTOCOL,
+        "protocol": CHOICE_PROTOCOL if config.choose and config.mode == "dann" else PROTOCOL,
         **{k: v[0] for k, v in stats.items()},
         **{f"{k}_std": v[1] for k, v in stats.items()},
         "seeds": [
@@ -422,8 +431,9 @@ def _summary_line(results: dict, results_path: Path, workdir: Path) -> str:
     if results["target_accuracy"] is None:
         target = "target accuracy n/a (the target has no labels; validators in results.json)"
     else:
+        kept = "kept candidate" if results["protocol"] == CHOICE_PROTOCOL else "last step"
         target = (
-            f"target accuracy (last step) {results['target_accuracy']:.4f} {pm} "
+            f"target accuracy ({kept}) {results['target_accuracy']:.4f} {pm} "
             f"{results['target_accuracy_std']:.4f}"
         )
     return (
@@ -439,9 +449,9 @@ def _short(name: str) -> str:
     return Path(name).name if "/" in name else name
 
 
-def _metrics(workdir: Path, seed: int) -> list[dict]:
-    """Every record of one seed's metrics.jsonl."""
-    path = workdir / f"seed_{seed}" / "metrics.jsonl"
+def _metrics(workdir: Path, member: str) -> list[dict]:
+    """Every record of one model's metrics.jsonl."""
+    path = workdir / member / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
@@ -456,7 +466,7 @@ def _plot(path: Path, config: Config, data: PairData, per_seed, log) -> None:
         ramp = {"dann": "the paper's ramp", "constant": "constant"}[config.lambda2_schedule]
         title += f", lambda2 = {config.lambda2:g} ({ramp})"
     # Every record of each seed's metrics.jsonl for the training lines (one a dispatch).
-    seeds = [{**r, "metrics": _metrics(path.parent, r["seed"])} for r in per_seed]
+    seeds = [{**r, "metrics": _metrics(path.parent, r["member"])} for r in per_seed]
     try:
         plots.plot_curves(path, seeds, title)
     except ImportError as e:

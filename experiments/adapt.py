@@ -26,6 +26,7 @@ ADAPT_DEFAULTS = {
     "source": None,
     "target": None,
     **RECIPES["improved"],
+    "choose": True,
     "steps": 3000,
     "workdir": "runs/adapt",
 }

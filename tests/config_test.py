@@ -24,6 +24,7 @@ ENUMERATIONS = {
     "bn_eval": config.BN_EVALS,
     "normalize": config.NORMALIZATIONS,
     "adversary": config.ADVERSARIES,
+    "choose_by": config.CHOOSE_BY,
 }
 
 

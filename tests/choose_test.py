@@ -1,0 +1,60 @@
+"""Choosing without target labels inside a run: the rule by hand, the run end to end."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import dann_jax as dj
+from dann_jax import choose
+from tests.helpers import synthetic_images
+
+
+def _scores(source_accuracy, top_share, ensv):
+    return {"source_accuracy": source_accuracy, "top_class_share": top_share, "ensv": ensv}
+
+
+def test_preferences_exclude_candidates_that_look_harmful():
+    names = ["source_only", "lambda2_0.3", "lambda2_1"]
+    scores = [_scores(0.95, 0.12, 0.80), _scores(0.93, 0.15, 0.90), _scores(0.85, 0.11, 0.95)]
+    prefs = choose.preferences(names, scores, "ensv", margin=0.05)
+    assert [p for p, _ in prefs] == [0.80, 0.90, -math.inf]
+    assert prefs[1][1] is None and "0.100 below source-only" in prefs[2][1]
+    # A collapse on the target also excludes; source-only itself never is.
+    scores[1] = _scores(0.95, 0.60, 0.99)
+    prefs = choose.preferences(names, scores, "ensv", margin=0.05)
+    assert prefs[1][0] == -math.inf and "collapsed" in prefs[1][1]
+    assert int(np.argmax([p for p, _ in prefs])) == 0  # every adapted one excluded: fallback
+    # A validator that failed (NaN) cannot pick its candidate.
+    scores = [_scores(0.95, 0.1, 0.5), _scores(0.95, 0.1, float("nan")), _scores(0.95, 0.1, 0.4)]
+    assert choose.preferences(names, scores, "ensv", 0.05)[1][0] == -math.inf
+
+
+def test_a_choosing_run_keeps_the_best_candidate_and_checkpoint(tmp_path):
+    xs, ys, xt, yt = synthetic_images(96, size=28, seed=3)
+    workdir = tmp_path / "run"
+    fitted = dj.fit(
+        xs, ys, xt, target_labels=yt, steps=4, eval_every=2, batch_size=8,
+        choose_lambdas="0.3,1", workdir=workdir,
+    )  # fmt: skip
+    assert fitted.config.choose  # fit chooses by default
+    # The rule again, from the scores every candidate recorded at every evaluation:
+    # the highest preference over (evaluation, candidate), the earliest on a tie.
+    best = None
+    for step in (2, 4):
+        for name in ("source_only", "lambda2_0.3", "lambda2_1"):
+            path = workdir / "seed_0" / "candidates" / name / "metrics.jsonl"
+            (record,) = [r for r in map(json.loads, path.read_text().splitlines())
+                         if r["step"] == step and "choice" in r]  # fmt: skip
+            value = record["choice"]["preference"]
+            value = -math.inf if value is None else value
+            if best is None or value > best[0]:
+                best = (value, name, step, record["target_accuracy"])
+    kept = json.loads((workdir / "seed_0" / "choice.json").read_text())
+    assert (kept["member"], kept["step"]) == best[1:3]
+    # The model fit returns, and the one load_run (and --predict) reads, is the kept one.
+    target = dj.data.pair.pair_from_arrays(xs, ys, xt, yt).target_test
+    for model in (fitted, dj.load_run(workdir)):
+        predicted, _ = model.predict(target)
+        assert np.mean(predicted == yt) == pytest.approx(best[3], abs=1e-6)
