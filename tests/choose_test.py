@@ -3,6 +3,7 @@
 import json
 import math
 
+import jax
 import numpy as np
 import pytest
 
@@ -58,3 +59,25 @@ def test_a_choosing_run_keeps_the_best_candidate_and_checkpoint(tmp_path):
     for model in (fitted, dj.load_run(workdir)):
         predicted, _ = model.predict(target)
         assert np.mean(predicted == yt) == pytest.approx(best[3], abs=1e-6)
+
+
+def test_an_interrupted_choosing_run_resumes_to_the_same_choice(tmp_path):
+    xs, ys, xt, _ = synthetic_images(64, size=28, seed=4)
+    settings = dict(steps=6, eval_every=2, batch_size=8, choose_lambdas="1")
+
+    def stop_at_step_4(line):
+        if "/candidates/lambda2_1 step 4/" in line:
+            raise KeyboardInterrupt
+
+    dj.fit(xs, ys, xt, workdir=tmp_path / "full", log=lambda s: None, **settings)
+    with pytest.raises(KeyboardInterrupt):  # after step 4's choice, before its checkpoint
+        dj.fit(xs, ys, xt, workdir=tmp_path / "part", log=stop_at_step_4, **settings)
+    lines = []
+    resumed = dj.fit(xs, ys, xt, workdir=tmp_path / "part", log=lines.append, **settings)
+    assert any("resuming from step 2" in x for x in lines)
+    read = lambda run: json.loads((tmp_path / run / "seed_0" / "choice.json").read_text())
+    assert read("full") == read("part")
+    full = dj.load_run(tmp_path / "full")
+    leaves = lambda m: jax.tree.leaves((m.state.params, m.state.batch_stats, m.state.step))
+    for a, b in zip(leaves(full), leaves(resumed), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
