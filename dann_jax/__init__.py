@@ -9,7 +9,9 @@ Public API:
 * models: `DANN` (any linen module as its extractor), `paper_model`, `FeatureExtractor`,
   `LabelClassifier`, `DomainDiscriminator`, `DomainBatchNorm`;
 * losses: `classification_loss`, `domain_adversarial_loss`, `domain_accuracy`,
-  `accuracy`;
+  `accuracy`, and the target terms `minimum_class_confusion` (MCC), `entropy`,
+  `entropy_weights` (CDAN+E);
+* your own extractor: any linen module, or an NNX one through `from_nnx`;
 * schedules: `dann_lambda`, `grl_lambda`, `annealed_learning_rate`,
   `learning_rate_schedule`, `progress`;
 * configuration: `Config`, `ConfigError`, `hyperparams`;
@@ -67,12 +69,16 @@ _EXPORTS = {
     "classification_loss": "dann_jax.losses",
     "domain_accuracy": "dann_jax.losses",
     "domain_adversarial_loss": "dann_jax.losses",
+    "entropy": "dann_jax.losses",
+    "entropy_weights": "dann_jax.losses",
+    "minimum_class_confusion": "dann_jax.losses",
+    "from_nnx": "dann_jax.extractors",
     "DANN": "dann_jax.models",
     "DomainBatchNorm": "dann_jax.models",
     "DomainDiscriminator": "dann_jax.models",
-    "FeatureExtractor": "dann_jax.models",
+    "FeatureExtractor": "dann_jax.paper_models",
     "LabelClassifier": "dann_jax.models",
-    "paper_model": "dann_jax.models",
+    "paper_model": "dann_jax.paper_models",
     "annealed_learning_rate": "dann_jax.schedules",
     "dann_lambda": "dann_jax.schedules",
     "grl_lambda": "dann_jax.schedules",
@@ -87,11 +93,11 @@ _EXPORTS = {
     "unreplicate": "dann_jax.sharding",
     "NonFiniteLossError": "dann_jax.train",
     "TrainData": "dann_jax.train",
-    "TrainState": "dann_jax.train",
+    "TrainState": "dann_jax.build",
     "check_finite": "dann_jax.train",
-    "create_train_state": "dann_jax.train",
-    "make_model": "dann_jax.train",
-    "make_optimizer": "dann_jax.train",
+    "create_train_state": "dann_jax.build",
+    "make_model": "dann_jax.build",
+    "make_optimizer": "dann_jax.build",
     "make_train_data": "dann_jax.train",
     "sample_batch": "dann_jax.train",
     "stack_trees": "dann_jax.train",

@@ -106,7 +106,11 @@ def fit(
         reads them).
       class_names: a name per class index (default "0", "1", ...).
       extractor: any linen module mapping (N, H, W, C) to (N, D), called as
-        ``extractor(x, train=...)``; None: the paper's CNN ``config.arch``.
+        ``extractor(x, train=...)`` (an NNX one through `dann_jax.from_nnx`); None: the
+        extractor of ``config.arch``. The heads, bottleneck, BatchNorm groups and recipe
+        settings stay ``config``'s. A plain BatchNorm in it (one set of statistics for
+        both domains) is named in the log: `dann_jax.DomainBatchNorm` keeps each
+        domain's own.
       config: the settings (default: `Config` with the `RECOMMENDED` recipe);
         ``settings`` override its fields (e.g. ``steps=2000, lambda2=0.3``).
       workdir: keep checkpoints and metrics there (rerunning resumes); None: a
@@ -123,7 +127,13 @@ def fit(
     data = pair_from_arrays(source_images, source_labels, target_images, target_labels, names)
     model = None
     if extractor is not None:
-        model = _custom_model(config, extractor, data.num_classes)
+        from dann_jax import extractors, train
+
+        model = train.make_model(config, num_classes=data.num_classes, extractor=extractor)
+        shape = tuple(int(d) for d in data.source_train.shape[1:])
+        joint = extractors.joint_batchnorm(model, shape) if config.bn_stats == "per_domain" else 0
+        if joint:
+            log(extractors.joint_batchnorm_warning(joint))
     with tempfile.TemporaryDirectory() if workdir is None else _nothing() as tmp:
         path = Path(workdir or tmp)
         config = config.replace(workdir=str(path))
@@ -150,21 +160,6 @@ class _nothing:
         return False
 
 
-def _custom_model(config: Config, extractor, num_classes: int):
-    """A `DANN` over your extractor with the heads of ``config.arch``."""
-    import jax.numpy as jnp
-
-    from dann_jax.models import ARCHITECTURES, DANN
-    from dann_jax.train import PRECISION
-
-    spec = ARCHITECTURES[config.arch]
-    dtype = jnp.bfloat16 if config.precision == "bf16" else jnp.float32
-    return DANN(
-        extractor, num_classes, spec["label_head"], spec["domain_head"], config.dropout,
-        dtype=dtype, precision=PRECISION[config.precision],
-    )  # fmt: skip
-
-
 def load_run(workdir: str | Path, extractor=None, seed: int | None = None) -> TrainedModel:
     """A finished (or interrupted) run of `experiments/digits.py`, `adapt.py` or `fit`.
 
@@ -185,11 +180,16 @@ def load_run(workdir: str | Path, extractor=None, seed: int | None = None) -> Tr
         raise DataError(f"{workdir} holds no finished run to load ({e}).") from e
     seed = config.seed if seed is None else seed
     names, shape = tuple(meta["classes"]), tuple(meta["input_shape"])
-    model = (
-        train.make_model(config, num_classes=len(names))
-        if extractor is None
-        else _custom_model(config, extractor, len(names))
-    )
+    own = meta.get("extractor", {})
+    if extractor is None and own.get("kind") in ("linen", "nnx"):
+        raise DataError(
+            f"{workdir} was trained with your own extractor ({own['kind']} module "
+            f"{own['class']}), which a workdir cannot rebuild. Load it in Python with the "
+            f"same module: dann_jax.load_run({str(workdir)!r}, extractor=...) (for NNX: "
+            "dann_jax.from_nnx(YourClass, ...)); --predict needs a run of a built-in "
+            "architecture."
+        )
+    model = train.make_model(config, num_classes=len(names), extractor=extractor)
     tx = train.make_optimizer(config)
     seeds = _seeds_saved_with(workdir, seed)
     states = [train.create_train_state(jax.random.key(s), model, tx, shape) for s in seeds]

@@ -33,7 +33,7 @@ import numpy as np
 from dann_jax import diagnose, io, loop, memory
 from dann_jax.config import Config, config_differences, describe_differences
 from dann_jax.data.pair import PairData, load_pair
-from dann_jax.models import ARCHITECTURES
+from dann_jax.paper_models import ARCHITECTURES
 
 __all__ = ["DEFAULT_STEPS", "RunError", "check_workdir", "load_data", "run"]
 

@@ -287,7 +287,10 @@ def _prepare(config: Config, data: PairData, workdir: Path, keys, folder, model,
     state, curves = restore_or_init(keys, model, tx, shape, ckpt_dir, log, extractor, config)
     check_memory(data, state, sharding.make_mesh().size, config.batch_size)
     if is_writer():  # what a checkpoint needs to be used: `dann_jax.load_run` reads it
-        info = {**_run_info(data), "pretrained": weights, "jax": jax_settings()}
+        from dann_jax.extractors import describe
+
+        info = {**_run_info(data), "pretrained": weights, "jax": jax_settings(),
+                "extractor": describe(model.extractor)}  # fmt: skip
         io.write_json(workdir / "run.json", info, make_parents=True)
     return model, tx, state, curves, ckpt_dir, weights
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import dann_jax as dj
-from dann_jax.models import DANN, DomainBatchNorm, max_pool, paper_model, select_domain
+from dann_jax.models import DANN, DomainBatchNorm, select_domain
+from dann_jax.paper_models import max_pool, paper_model
 
 
 def _count(tree):

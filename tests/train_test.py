@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import dann_jax as dj
-from dann_jax import train
+from dann_jax import build, train
 from dann_jax.models import DANN
 from tests.helpers import RECIPES, setup_run, synthetic_data, synthetic_images, unflat
 
@@ -101,10 +101,10 @@ def test_equal_settings_reuse_one_compiled_program():
     three = dj.compile_train_steps(model, tx, num_steps=3, batch_size=8)
     five = dj.compile_train_steps(model, tx, num_steps=5, batch_size=8)
     assert three.program is five.program and (three.dispatches, five.dispatches) == (3, 5)
-    before = train._init_state._cache_size()
+    before = build._init_state._cache_size()
     for seed in (11, 12, 13):
         dj.create_train_state(jax.random.key(seed), model, tx, (28, 28, 3))
-    assert train._init_state._cache_size() - before <= 1
+    assert build._init_state._cache_size() - before <= 1
 
 
 @pytest.mark.parametrize("backend", ["cpu", "gpu"])
