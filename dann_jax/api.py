@@ -110,10 +110,13 @@ def fit(
       config: the settings (default: `Config` with the `RECOMMENDED` recipe);
         ``settings`` override its fields (e.g. ``steps=2000, lambda2=0.3``).
       workdir: keep checkpoints and metrics there (rerunning resumes); None: a
-        temporary folder, deleted afterwards.
+        temporary folder, deleted afterwards. A workdir holding a run with another
+        config or other arrays is refused (`dann_jax.workdir.RunError`) unless
+        ``restart=True``, which deletes that run first.
       log: progress lines.
     """
-    from dann_jax import experiment, loop
+    from dann_jax import loop
+    from dann_jax import workdir as workdir_module
     from dann_jax.data.pair import pair_from_arrays
 
     config = (config or Config(**RECOMMENDED)).replace(**settings)
@@ -127,7 +130,10 @@ def fit(
     with tempfile.TemporaryDirectory() if workdir is None else _nothing() as tmp:
         path = Path(workdir or tmp)
         config = config.replace(workdir=str(path))
-        experiment.check_workdir(config, path, log)  # config.json; refuses another run's
+        if config.restart:
+            workdir_module.clear_run(path, log)
+        # config.json and data.json: another config's or other arrays' run is refused
+        workdir_module.check_workdir(config, path, log, data)
         (result,) = loop.train_and_evaluate(config, data, path, (config.seed,), log, model=model)
     shape = tuple(int(d) for d in data.source_train.shape[1:])
     mean, names = data.mean, data.class_names
@@ -179,6 +185,7 @@ def load_run(workdir: str | Path, extractor=None, seed: int | None = None) -> Tr
         raise DataError(f"{workdir} holds no finished run to load ({e}).") from e
     seed = config.seed if seed is None else seed
     names, shape = tuple(meta["classes"]), tuple(meta["input_shape"])
+    _check_classes(workdir, names)
     model = (
         train.make_model(config, num_classes=len(names))
         if extractor is None
@@ -206,3 +213,20 @@ def _seeds_saved_with(workdir: Path, seed: int) -> tuple[int, ...]:
         if first <= seed <= last:
             return tuple(range(first, last + 1))
     return (seed,)
+
+
+def _check_classes(workdir: Path, names: tuple[str, ...]) -> None:
+    """Refuse a workdir whose run.json names other classes than the data the run was
+    trained on (data.json): its predictions would carry the wrong names."""
+    from dann_jax.data.domain import DataError
+
+    try:
+        recorded = json.loads((workdir / "data.json").read_text())["source"]["classes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no record (a run of an earlier version, or fit without one): nothing to check
+    if list(recorded) != list(names):
+        raise DataError(
+            f"{workdir}: run.json names the classes {', '.join(names[:5])}, but the run was "
+            f"trained on the classes {', '.join(map(str, recorded[:5]))} (data.json): its "
+            "files belong to two different runs. Train it again with --restart."
+        )
