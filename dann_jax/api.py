@@ -62,10 +62,10 @@ class TrainedModel:
         ``domain``: whose images they are (``"target"``: new images of the domain adapted
         to), for per-domain BatchNorm statistics (`dann_jax.Config.bn_eval`).
         """
-        from dann_jax.data.pair import _rgb
+        from dann_jax.data.arrays import rgb
         from dann_jax.outputs import predict_host
 
-        x = _rgb(images, "input")
+        x = rgb(images, "input")
         if x.shape[1:] != tuple(self.image_shape):
             raise ValueError(
                 f"images are {x.shape[1:]}, the model was trained on {tuple(self.image_shape)}"
@@ -117,7 +117,7 @@ def fit(
     """
     from dann_jax import loop
     from dann_jax import workdir as workdir_module
-    from dann_jax.data.pair import pair_from_arrays
+    from dann_jax.data.arrays import pair_from_arrays
 
     config = (config or Config(**RECOMMENDED)).replace(**settings)
     if config.steps is None:

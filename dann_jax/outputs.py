@@ -92,7 +92,13 @@ def label_free_scores(
 
 
 def predictions_csv(paths: Sequence[str], class_names: Sequence[str], logits: np.ndarray) -> str:
-    """``path,prediction,probability`` rows: the predicted class name and its softmax."""
+    """``path,prediction,probability`` rows: the predicted class name and its softmax.
+
+    A file name that is not UTF-8 (bytes the OS gave in another encoding) is written with
+    ``\\xNN`` escapes for those bytes (`dann_jax.data.decode.printable`).
+    """
+    from dann_jax.data.decode import printable
+
     z = logits - logits.max(axis=1, keepdims=True)
     p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
     best = p.argmax(axis=1)
@@ -100,7 +106,7 @@ def predictions_csv(paths: Sequence[str], class_names: Sequence[str], logits: np
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(("path", "prediction", "probability"))
     for path, k, prob in zip(paths, best, p[np.arange(len(best)), best], strict=True):
-        writer.writerow((path, class_names[k], f"{prob:.6f}"))
+        writer.writerow((printable(path), printable(class_names[k]), f"{prob:.6f}"))
     return buffer.getvalue()
 
 

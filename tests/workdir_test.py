@@ -12,8 +12,8 @@ import dann_jax as dj
 from dann_jax import experiment, workdir
 from dann_jax.config import Config
 from dann_jax.data import DataError
+from dann_jax.data.arrays import pair_from_arrays
 from dann_jax.data.fingerprint import pair_fingerprint
-from dann_jax.data.pair import pair_from_arrays
 from tests.own_data_test import write_folder
 
 QUIET = lambda _: None

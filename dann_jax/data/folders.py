@@ -8,10 +8,13 @@ Three forms, each one domain:
 * an image-list file, one ``relative/path [label]`` per line (tllib's convention; paths
   relative to the list's folder, integer labels optional but all or none).
 
-Any format Pillow reads; grey, palette and RGBA images become RGB. Files without an image
-extension are ignored (counted in the log); files that Pillow cannot decode are skipped,
-counted and named. Images keep their native size unless ``image_size`` is given (shorter
-side resized to it, then a centre crop).
+Any format Pillow reads, decoded by `dann_jax.data.decode` (grey, palette and RGBA images
+become RGB; 16-bit images are scaled, EXIF orientation applied; whatever that changes is
+counted in the log). Files without an image extension and hidden files are ignored
+(counted in the log); files that Pillow cannot decode are skipped, counted and named.
+Links to folders are followed, each real folder once. Images keep their native size
+unless ``image_size`` is given (shorter side resized to it, then a centre crop: both
+said in the log).
 
 Decoded images are cached as numpy ``.npy`` files under ``<cache_dir>/dann_images/<key>``,
 keyed by a SHA-256 of every file's path and bytes and the decode settings: a changed
@@ -28,7 +31,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -38,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dann_jax.data import decode
+from dann_jax.data.decode import printable
 from dann_jax.data.domain import DataError
 
 __all__ = ["IMAGE_EXTENSIONS", "Images", "is_image_source", "read_images"]
@@ -46,7 +50,7 @@ __all__ = ["IMAGE_EXTENSIONS", "Images", "is_image_source", "read_images"]
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
 )  # fmt: skip
-_CACHE_VERSION = 1  # bump when the decoding changes: old entries are then never matched
+_CACHE_VERSION = 2  # bump when the decoding changes: old entries are then never matched
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -62,6 +66,8 @@ class Images:
       skipped: relative paths of files that could not be decoded.
       ignored: how many files were left out for not having an image extension.
       cached: whether the images came from the cache.
+      notes: what decoding did to some images (16-bit scaled, turned upright, resized,
+        cropped, ...), one phrase each with its count; said in the log.
     """
 
     images: np.ndarray
@@ -72,6 +78,7 @@ class Images:
     skipped: tuple[str, ...] = ()
     ignored: int = 0
     cached: bool = False
+    notes: tuple[str, ...] = ()
 
 
 def is_image_source(path: str | os.PathLike) -> bool:
@@ -85,9 +92,18 @@ def _is_image(p: Path) -> bool:
 
 
 def _files_under(folder: Path) -> tuple[list[Path], int]:
-    """(image files under `folder`, recursively, sorted; count of other files)."""
-    files, other = [], 0
+    """(image files under `folder`, recursively, sorted; count of other files).
+
+    Links to folders are followed, each real folder once (by device and inode): a link
+    loop, or two links to one folder, would otherwise list the same images many times.
+    """
+    files, other, seen = [], 0, set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             p = Path(dirpath) / name
@@ -167,40 +183,33 @@ def _list_file(path: Path) -> tuple[list[tuple[Path, int | None]], tuple[str, ..
     return [(base / r[0], y) for r, y in zip(rows, labels, strict=True)], names, 0
 
 
-def _decode(data: bytes, image_size: int | None) -> np.ndarray:
-    """RGB uint8 (H, W, 3) from file bytes; shorter side to `image_size`, centre crop."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        img = img.convert("RGB")
-        if image_size is not None:
-            w, h = img.size
-            scale = image_size / min(w, h)
-            size = (max(image_size, round(w * scale)), max(image_size, round(h * scale)))
-            img = img.resize(size, Image.BILINEAR)
-            left, top = (size[0] - image_size) // 2, (size[1] - image_size) // 2
-            img = img.crop((left, top, left + image_size, top + image_size))
-        return np.asarray(img, np.uint8)
-
-
 def _digest(entries, root: Path, settings: dict) -> str:
     """SHA-256 of the settings and of every file's relative path, label and bytes."""
     h = hashlib.sha256(json.dumps({**settings, "version": _CACHE_VERSION}).encode())
     for path, label in entries:
-        h.update(f"\0{_relative(path, root)}\0{label}\0".encode())
+        h.update(_entry_key(path, root, label))
         h.update(_read(path, root))
     return h.hexdigest()
+
+
+def _entry_key(path: Path, root: Path, label) -> bytes:
+    """The bytes of a file's name and label that go into a digest (any name the OS
+    gives: bytes that are not UTF-8 are kept as they are)."""
+    return b"\0" + os.fsencode(_relative(path, root)) + f"\0{label}\0".encode()
 
 
 def _read(path: Path, root: Path) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise DataError(
-            f"{path} (listed in {root}) does not exist. Fix the path, or remove the line."
-        ) from None
+        where = (
+            f"is a link to {os.readlink(path)}, which does not exist. Remove the link"
+            if path.is_symlink()
+            else f"(listed in {root}) does not exist. Fix the path, or remove the line"
+        )
+        raise DataError(f"{printable(str(path))} {where}.") from None
     except OSError as e:
-        raise DataError(f"{path} cannot be read ({e}).") from e
+        raise DataError(f"{printable(str(path))} cannot be read ({e}).") from e
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -208,7 +217,26 @@ def _relative(path: Path, root: Path) -> str:
     return os.path.relpath(path, base)
 
 
-def _decode_all(entries, root: Path, settings: dict, digest: str):
+def _decode(data: bytes, image_size: int | None):
+    """`decode.decode`, looked up at each call (a test swaps it to change the folder)."""
+    return decode.decode(data, image_size)
+
+
+@dataclasses.dataclass
+class _Decoded:
+    """What decoding a domain's files gave: images with their labels and paths, the
+    files skipped (undecodable) or refused (no faithful 8-bit form), how often each
+    `decode.NOTES` applied."""
+
+    images: list = dataclasses.field(default_factory=list)
+    labels: list = dataclasses.field(default_factory=list)
+    paths: list = dataclasses.field(default_factory=list)
+    skipped: list = dataclasses.field(default_factory=list)
+    refused: list = dataclasses.field(default_factory=list)
+    notes: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(decode.NOTES, 0))
+
+
+def _decode_all(entries, root: Path, settings: dict, digest: str) -> _Decoded:
     """Decode every file (in parallel threads), hashing the bytes again as they are read."""
     h = hashlib.sha256(json.dumps({**settings, "version": _CACHE_VERSION}).encode())
     image_size = settings["image_size"]
@@ -217,24 +245,39 @@ def _decode_all(entries, root: Path, settings: dict, digest: str):
         data = _read(entry[0], root)
         try:
             return data, _decode(data, image_size)
+        except decode.Unsupported as e:
+            return data, str(e)
         except Exception:  # Pillow raises many kinds on damaged files (OSError, SyntaxError...)
             return data, None
 
-    images, labels, paths, skipped = [], [], [], []
+    out = _Decoded()
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
-        for (path, label), (data, image) in zip(entries, pool.map(one, entries), strict=True):
-            h.update(f"\0{_relative(path, root)}\0{label}\0".encode())
+        for (path, label), (data, got) in zip(entries, pool.map(one, entries), strict=True):
+            h.update(_entry_key(path, root, label))
             h.update(data)
-            (paths if image is not None else skipped).append(_relative(path, root))
-            if image is not None:
-                images.append(image)
-                labels.append(label)
+            rel = _relative(path, root)
+            if got is None or isinstance(got, str):
+                (out.skipped if got is None else out.refused).append((rel, got))
+                continue
+            image, notes = got
+            out.images.append(image)
+            out.labels.append(label)
+            out.paths.append(rel)
+            for key in notes:
+                out.notes[key] += 1
     if h.hexdigest() != digest:
         raise DataError(
             f"The files in {root} changed while they were being read. Rerun once "
             "nothing writes to the folder any more."
         )
-    return images, labels, paths, skipped
+    if out.refused:
+        (name, why), n = out.refused[0], len(out.refused)
+        raise DataError(
+            f"{n} image{'s' if n > 1 else ''} in {root} hold {why}, which have no one "
+            f"conversion to 8-bit colour (e.g. {printable(name)}). Convert them to 8- or "
+            "16-bit PNG or TIFF, scaled as they should be seen, or remove them."
+        )
+    return out
 
 
 def _stack(images: list[np.ndarray], root: Path, paths) -> np.ndarray:
@@ -261,7 +304,8 @@ def _save(directory: Path, images: Images) -> None:
         np.save(tmp / "images.npy", images.images)
         if images.labels is not None:
             np.save(tmp / "labels.npy", images.labels)
-        meta = {k: getattr(images, k) for k in ("class_names", "paths", "skipped", "ignored")}
+        keys = ("class_names", "paths", "skipped", "ignored", "notes")
+        meta = {k: getattr(images, k) for k in keys}
         (tmp / "meta.json").write_text(json.dumps(meta))
         os.replace(tmp, directory)
     except OSError:
@@ -289,6 +333,7 @@ def _load(directory: Path, root: str) -> Images | None:
         tuple(meta["skipped"]),
         meta["ignored"],
         cached=True,
+        notes=tuple(meta.get("notes", ())),
     )
 
 
@@ -330,22 +375,7 @@ def read_images(
     entry_dir = cache / "dann_images" / digest
     cached = _load(entry_dir, str(root)) if entry_dir.is_dir() else None
     if cached is None:
-        images, labels, paths, skipped = _decode_all(entries, root, settings, digest)
-        if not images:
-            raise DataError(
-                f"None of the {len(entries)} image files in {root} could be "
-                f"decoded (e.g. {skipped[0]}): are they images?"
-            )
-        labels = None if class_names is None else np.asarray(labels, np.int32)
-        result = Images(
-            _stack(images, root, paths),
-            labels,
-            class_names,
-            tuple(paths),
-            str(root),
-            tuple(skipped),
-            ignored,
-        )
+        result = _decoded_images(entries, root, class_names, ignored, settings, digest)
         try:
             _save(entry_dir, result)
         except OSError as e:  # a read-only cache costs a decode next time, nothing else
@@ -356,20 +386,43 @@ def read_images(
     return result
 
 
-def _report(images: Images, log: Callable[[str], None]) -> None:
-    """Say what was read, and what was left out."""
-    n, h, w, _ = images.images.shape
-    what = f"{len(images.class_names)} classes" if images.class_names else "unlabelled"
-    log(
-        f"{images.root}: {n} images of {w}x{h} ({what}){' from the cache' if images.cached else ''}"
+def _decoded_images(entries, root: Path, class_names, ignored: int, settings, digest) -> Images:
+    """The domain's `Images`, decoded from its files."""
+    out = _decode_all(entries, root, settings, digest)
+    if not out.images:
+        raise DataError(
+            f"None of the {len(entries)} image files in {root} could be "
+            f"decoded (e.g. {printable(out.skipped[0][0])}): are they images?"
+        )
+    return Images(
+        _stack(out.images, root, out.paths),
+        None if class_names is None else np.asarray(out.labels, np.int32),
+        class_names,
+        tuple(out.paths),
+        str(root),
+        tuple(name for name, _ in out.skipped),
+        ignored,
+        notes=tuple(decode.describe_notes(out.notes, settings["image_size"])),
     )
+
+
+def _report(images: Images, log: Callable[[str], None]) -> None:
+    """Say what was read, what decoding changed, and what was left out."""
+    n, h, w, _ = images.images.shape
+    root = printable(images.root)
+    what = f"{len(images.class_names)} classes" if images.class_names else "unlabelled"
+    log(f"{root}: {n} images of {w}x{h} ({what}){' from the cache' if images.cached else ''}")
+    if images.notes:
+        log(f"note: of the images in {root}: {'; '.join(images.notes)}")
     if images.skipped:
         more = " ..." if len(images.skipped) > 5 else ""
+        names = ", ".join(printable(p) for p in images.skipped[:5])
         log(
-            f"warning: {len(images.skipped)} files in {images.root} could not be decoded and "
-            f"were skipped: {', '.join(images.skipped[:5])}{more}"
+            f"warning: {len(images.skipped)} files in {root} could not be decoded and "
+            f"were skipped: {names}{more}"
         )
     if images.ignored:
         log(
-            f"note: {images.ignored} files in {images.root} without an image extension were ignored"
+            f"note: {images.ignored} files in {root} were ignored (hidden, or without an "
+            "image extension)"
         )

@@ -1,0 +1,117 @@
+"""The checks a source/target pair must pass before a model is built on it: sizes,
+classes, and target labels that name source classes. Each failure is a `DataError`
+whose message names the fix."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dann_jax.data.domain import DIGIT_CLASSES, DataError, Domain
+from dann_jax.data.load import KNOWN_DOMAINS
+
+__all__ = [
+    "MIN_IMAGE_SIDE",
+    "MIN_TRAIN_IMAGES",
+    "check_input_side",
+    "check_sizes",
+    "class_names",
+    "min_input_side",
+    "target_labels",
+]
+
+
+# Domains smaller than this are refused: a model trained on them means nothing.
+MIN_TRAIN_IMAGES = 10
+MIN_IMAGE_SIDE = 8
+
+
+def check_sizes(source: Domain, target: Domain) -> None:
+    """Refuse domains too small to train on (a handful of images, or tiny images)."""
+    for role, d in (("source", source), ("target", target)):
+        h, w = d.image_shape[:2]
+        if len(d.x_train) < MIN_TRAIN_IMAGES or len(d.x_test) < 1 or min(h, w) < MIN_IMAGE_SIDE:
+            raise DataError(
+                f"The {role} domain {d.name} is too small to train on: {len(d.x_train)} "
+                f"training and {len(d.x_test)} test images of {h}x{w} pixels. A domain needs "
+                f"at least {MIN_TRAIN_IMAGES} training images, 1 test image, and images of at "
+                f"least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels."
+            )
+
+
+def min_input_side(arch: str) -> int:
+    """The smallest image side `arch` takes: the paper's CNNs from their layers (the MNIST
+    one's two 5x5 convolutions without padding and two 2x2 pools need 16), at least
+    `MIN_IMAGE_SIDE` (the ResNets pad every layer: any size from there)."""
+    from dann_jax.models import ARCHITECTURES  # flax: only when a pair is checked
+
+    spec = ARCHITECTURES.get(arch)
+    if spec is None:
+        return MIN_IMAGE_SIDE
+    for side in range(MIN_IMAGE_SIDE, 4096):
+        n = side
+        for _features, kernel, padding, window, stride, pool_padding in spec["convs"]:
+            n = n - kernel + 1 if padding == "VALID" else n
+            if window is not None and n >= 1:
+                n = (n - window) // stride + 1 if pool_padding == "VALID" else -(-n // stride)
+        if n >= 1:
+            return side
+    raise ValueError(f"--arch {arch} takes no image size up to 4096")
+
+
+def check_input_side(arch: str, side: int, what: str) -> None:
+    """Refuse images (`what`: which, and their size) smaller than `arch` can take."""
+    need = min_input_side(arch)
+    if side < need:
+        raise DataError(
+            f"{what}, but --arch {arch} needs images of at least {need}x{need}: its "
+            f"convolutions and pools leave nothing of smaller ones. Pass --image-size {need} "
+            "(or larger; images are then upscaled), or use --arch svhn, which takes images "
+            f"from {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}."
+        )
+
+
+def class_names(source: Domain) -> tuple[str, ...]:
+    """The source's classes: its names, the digits, or the label numbers 0..K-1."""
+    if source.y_train is None:
+        raise DataError(
+            f"The source domain {source.name} has no labels, but DANN learns the labels from "
+            "the source: give it class subfolders (an image folder), labels in its image "
+            "list, or y_train and y_test (an .npz). Only the target may be unlabelled."
+        )
+    if source.class_names is not None:
+        names = source.class_names
+    elif source.name in KNOWN_DOMAINS or source.variant == "embedded":
+        names = DIGIT_CLASSES
+    else:
+        names = tuple(str(i) for i in range(int(source.y_train.max()) + 1))
+    present = np.unique(source.y_train)
+    if len(present) < 2:
+        raise DataError(
+            f"The source domain {source.name} has one class only ({names[present[0]]!r}): a "
+            "classifier needs at least two. Add the other classes' images."
+        )
+    return names
+
+
+def target_labels(target: Domain, names: tuple[str, ...], source: Domain):
+    """(train, test) target labels as indices into the source's classes, or (None, None)."""
+    if not target.labelled:
+        return None, None
+    if target.class_names is not None and source.class_names is not None:
+        index = {n: i for i, n in enumerate(names)}
+        missing = [n for n in target.class_names if n not in index]
+        if missing:
+            raise DataError(
+                f"The target {target.name} has classes the source {source.name} has not: "
+                f"{', '.join(missing[:5])}. Target labels (used only to report) must be a "
+                "subset of the source's classes: rename or remove those class folders."
+            )
+        remap = np.asarray([index[n] for n in target.class_names], np.int32)
+        return remap[target.y_train], remap[target.y_test]
+    top = int(max(target.y_train.max(initial=0), target.y_test.max(initial=0)))
+    if top >= len(names):
+        raise DataError(
+            f"The target {target.name} has label {top}, but the source {source.name} has "
+            f"{len(names)} classes (0..{len(names) - 1}): target labels must be source classes."
+        )
+    return target.y_train, target.y_test
