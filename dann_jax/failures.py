@@ -64,7 +64,8 @@ def _resume_note(config) -> str:
 
 def _out_of_memory(config, error: Exception) -> str:
     """The message for a run that did not fit in memory: which flags to lower."""
-    first = str(error).strip().splitlines()[0][:200]
+    # A MemoryError raised by Python itself has no message at all.
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
     seeds = (
         f" or train fewer seeds at once (--seeds {config.seeds} with --vmap-seeds)"
         if config.vmap_seeds and config.seeds > 1

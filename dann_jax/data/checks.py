@@ -4,8 +4,11 @@ whose message names the fix."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from dann_jax.data import image_list
 from dann_jax.data.domain import DIGIT_CLASSES, DataError, Domain
 from dann_jax.data.load import KNOWN_DOMAINS
 
@@ -70,6 +73,54 @@ def check_input_side(arch: str, side: int, what: str) -> None:
         )
 
 
+def _labels(d: Domain) -> np.ndarray:
+    """Every label of a domain, training and test splits."""
+    return d.y_train if d.y_test is None else np.concatenate([d.y_train, d.y_test])
+
+
+def _where(d: Domain, labels) -> str:
+    """' (lines 3, 17 of LIST)' naming the lines of an image-list domain with `labels`."""
+    if d.variant != "images" or not Path(d.name).is_file():
+        return ""
+    lines = image_list.lines_with_labels(d.name, labels)
+    more = f" and {len(lines) - 5} more" if len(lines) > 5 else ""
+    return f" (line{'s' * (len(lines) > 1)} {', '.join(map(str, lines[:5]))}{more} of {d.name})"
+
+
+def _listed(names, limit: int = 5) -> str:
+    """'a, b, c' with '... and N more' past `limit`."""
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(map(str, names[:limit])) + more
+
+
+def _check_every_class(source: Domain, names: tuple[str, ...]) -> None:
+    """Refuse a source with a class index that has no images (1-based labels, a typo)."""
+    labels = _labels(source)
+    present = np.unique(labels)
+    if int(present[-1]) >= len(names):
+        raise DataError(
+            f"The source {source.name} has labels up to {int(present[-1])}"
+            f"{_where(source, [present[-1]])}, but {len(names)} class names: every label "
+            "needs a name. Give a name for each class index, or fix the labels."
+        )
+    empty = np.setdiff1d(np.arange(len(names)), present)
+    if not empty.size:
+        return
+    if empty.tolist() == [0]:
+        raise DataError(
+            f"The source {source.name} has no images of class 0: its labels run from 1 to "
+            f"{int(present[-1])}. Labels are class indices from 0: if yours count from 1, "
+            "subtract 1 from every label."
+        )
+    top = int(present[-1])
+    raise DataError(
+        f"The source {source.name} has no images of class{'es' * (empty.size > 1)} "
+        f"{_listed([names[i] for i in empty])}; its labels run to {top}{_where(source, [top])}. "
+        "Every class of the source needs images (labels are class indices 0..K-1): fix "
+        "the labels, or drop the classes without images."
+    )
+
+
 def class_names(source: Domain) -> tuple[str, ...]:
     """The source's classes: its names, the digits, or the label numbers 0..K-1."""
     if source.y_train is None:
@@ -84,6 +135,8 @@ def class_names(source: Domain) -> tuple[str, ...]:
         names = DIGIT_CLASSES
     else:
         names = tuple(str(i) for i in range(int(source.y_train.max()) + 1))
+    if names is not DIGIT_CLASSES:  # the digits have ten classes, whatever a file holds
+        _check_every_class(source, names)
     present = np.unique(source.y_train)
     if len(present) < 2:
         raise DataError(
@@ -99,19 +152,31 @@ def target_labels(target: Domain, names: tuple[str, ...], source: Domain):
         return None, None
     if target.class_names is not None and source.class_names is not None:
         index = {n: i for i, n in enumerate(names)}
-        missing = [n for n in target.class_names if n not in index]
+        present = set(np.unique(_labels(target)).tolist())  # a list names 0..max: some empty
+        missing = [n for i, n in enumerate(target.class_names) if n not in index and i in present]
         if missing:
-            raise DataError(
-                f"The target {target.name} has classes the source {source.name} has not: "
-                f"{', '.join(missing[:5])}. Target labels (used only to report) must be a "
-                "subset of the source's classes: rename or remove those class folders."
-            )
+            raise DataError(_foreign_classes(target, source, missing))
         remap = np.asarray([index[n] for n in target.class_names], np.int32)
         return remap[target.y_train], remap[target.y_test]
     top = int(max(target.y_train.max(initial=0), target.y_test.max(initial=0)))
     if top >= len(names):
+        beyond = np.unique(_labels(target)[_labels(target) >= len(names)])
         raise DataError(
-            f"The target {target.name} has label {top}, but the source {source.name} has "
-            f"{len(names)} classes (0..{len(names) - 1}): target labels must be source classes."
+            f"The target {target.name} has label{'s' * (beyond.size > 1)} {_listed(beyond)}"
+            f"{_where(target, beyond)}, but the source {source.name} has {len(names)} classes "
+            f"(0..{len(names) - 1}): target labels must be source classes."
         )
     return target.y_train, target.y_test
+
+
+def _foreign_classes(target: Domain, source: Domain, missing: list[str]) -> str:
+    """The message for target classes the source lacks, in the target's own terms."""
+    where = ""
+    if target.variant == "images" and Path(target.name).is_file():  # a list: its lines
+        where = _where(target, [target.class_names.index(n) for n in missing])
+    return (
+        f"The target {target.name} has classes the source {source.name} has not: "
+        f"{_listed(missing)}{where}. Target labels (used only to report) must be a "
+        "subset of the source's classes: "
+        + ("fix or remove those lines." if where else "rename or remove those class folders.")
+    )

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dann_jax.data import decode
+from dann_jax.data import decode, image_list
 from dann_jax.data.decode import printable
 from dann_jax.data.domain import DataError
 
@@ -155,32 +155,6 @@ def _list_folder(
             )
         entries += [(p, index) for p in files]
     return entries, tuple(classes), ignored
-
-
-def _list_file(path: Path) -> tuple[list[tuple[Path, int | None]], tuple[str, ...] | None, int]:
-    """(files with label or None, class names or None, 0) of an image-list file."""
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a readable image-list file ({e}).") from e
-    rows = [ln.strip().rsplit(maxsplit=1) for ln in lines if ln.strip() and not ln.startswith("#")]
-    if not rows:
-        raise DataError(f"{path} lists no images; write one 'relative/path [label]' per line.")
-    labelled = [len(r) == 2 and r[1].lstrip("-").isdigit() for r in rows]
-    if any(labelled) and not all(labelled):
-        bad = rows[labelled.index(False)]
-        raise DataError(
-            f"{path}: some lines have an integer label and some do not (e.g. "
-            f"{' '.join(bad)!r}); give every line a label, or none."
-        )
-    base = path.parent
-    if not all(labelled):
-        return [(base / " ".join(r), None) for r in rows], None, 0
-    labels = [int(r[1]) for r in rows]
-    if min(labels) < 0:
-        raise DataError(f"{path}: labels must be >= 0, found {min(labels)}.")
-    names = tuple(str(i) for i in range(max(labels) + 1))
-    return [(base / r[0], y) for r, y in zip(rows, labels, strict=True)], names, 0
 
 
 def _digest(entries, root: Path, settings: dict) -> str:
@@ -366,9 +340,14 @@ def read_images(
     if not root.exists():
         raise DataError(f"{path} does not exist: give an image folder or an image-list file.")
     if root.is_dir():
-        entries, class_names, ignored = _list_folder(root, unlabelled)
+        listing = image_list.Listing(*_list_folder(root, unlabelled))
     else:
-        entries, class_names, ignored = _list_file(root)
+        listing = image_list.read_list(root)
+        if unlabelled:  # labels, if any, unused (a list given to --predict)
+            listing = image_list.Listing([(p, None) for p, _ in listing.entries], None)
+    entries, class_names, ignored = listing.entries, listing.class_names, listing.ignored
+    for note in listing.notes:
+        log(f"note: {printable(str(root))}: {note}")
     settings = {"image_size": image_size, "unlabelled": unlabelled}
     digest = _digest(entries, root, settings)
     cache = Path(cache_dir).expanduser() if cache_dir else default_data_dir()
