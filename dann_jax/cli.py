@@ -181,27 +181,21 @@ def run_cli(config: Config, *, runner: Callable[[Config], Any] | None = None) ->
     return failures.guarded(config, runner or experiment.run)
 
 
-def run_predict(workdir: str, folder: str) -> int:
-    """``adapt.py --predict``: classify the images under `folder` with the run in `workdir`.
-
-    Writes ``<workdir>/predictions_<folder name>.csv`` (path relative to `folder`,
-    predicted class name, its probability). Returns the exit code (2 on bad input).
-    """
-    from pathlib import Path
-
-    from dann_jax import api, io, outputs
+def run_predict(workdir: str, folder: str, out: str | None = None) -> int:
+    """``adapt.py --predict``: classify the images under `folder` with the run in `workdir`
+    (`dann_jax.predicting.predict_folder`: ``<workdir>/predictions_<folder name>.csv``, or
+    `out`). Returns the exit code: 0, 2 with one paragraph, 130 on Ctrl-C (nothing
+    written then)."""
+    from dann_jax import predicting
     from dann_jax.checkpoint import CheckpointError
     from dann_jax.data import DataError
-    from dann_jax.data.folders import read_images
+    from dann_jax.io import NotWritable
 
     try:
-        run = api.load_run(workdir)
-        side = run.image_shape[0] if run.image_shape[0] == run.image_shape[1] else None
-        images = read_images(folder, side, run.config.tfds_dir, unlabelled=True)
-        logits = run.logits(images.images)
-    except (DataError, CheckpointError, ValueError) as e:
+        predicting.predict_folder(workdir, folder, out)
+    except (DataError, CheckpointError, ValueError, NotWritable) as e:
         return _fail(str(e))
-    out = Path(workdir) / f"predictions_{Path(folder).resolve().name}.csv"
-    io.write_text(out, outputs.predictions_csv(images.paths, run.class_names, logits))
-    print(f"wrote {out} ({len(images.paths)} images)")
+    except KeyboardInterrupt:
+        print("\nstopped by Ctrl-C: no predictions were written.", file=sys.stderr)
+        return 130
     return 0

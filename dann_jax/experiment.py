@@ -175,6 +175,12 @@ def _target_outputs(config: Config, data: PairData, per_seed, workdir: Path, log
             r["validators"] = {k: (v if np.isfinite(v) else None) for k, v in scores.items()}
     if data.target_paths is not None:
         log(f"wrote {workdir / 'predictions.csv'} ({len(data.target_paths)} target images)")
+    elif data.info.get("target", {}).get("variant") == "npz":
+        log(
+            f"note: no predictions.csv: the target {data.info['target']['name']} is an .npz, "
+            "whose images have no file names; dann_jax.load_run(workdir).predict(images) "
+            "predicts them"
+        )
 
 
 def summarize(config, data, per_seed, analysis, device, wall_seconds) -> dict[str, Any]:

@@ -10,7 +10,8 @@ predicted: ``WORKDIR/predictions.csv`` (path, prediction, probability). A source
 is split 90/10 for a source validation set.
 
 With a finished run, ``--predict DIR`` classifies the images under DIR (recursively)
-into ``WORKDIR/predictions_<DIR name>.csv``. See docs/own_data.md.
+into ``WORKDIR/predictions_<DIR name>.csv`` (or ``--predict-out FILE``). See
+docs/own_data.md.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         default=None,
         help="predict the images under DIR with the finished run in --workdir (no training)",
     )
+    p.add_argument(
+        "--predict-out",
+        metavar="FILE",
+        default=None,
+        help="with --predict: write the predictions here (default: "
+        "WORKDIR/predictions_<DIR name>.csv, another name when that holds another folder's)",
+    )
     return p
 
 
@@ -53,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p = parser(argv)
     args = p.parse_args(argv)
     if args.predict is not None:
-        return run_predict(args.workdir, args.predict)
+        return run_predict(args.workdir, args.predict, args.predict_out)
     if args.source is None or args.target is None:
         p.error("--source and --target are required (or --predict with --workdir)")
     return run_cli(config_from_args(args))
