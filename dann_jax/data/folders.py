@@ -33,14 +33,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from dann_jax.data import decode, image_list
+from dann_jax.data import decode, image_cache, image_list
 from dann_jax.data.decode import printable
 from dann_jax.data.domain import DataError
 
@@ -271,44 +269,31 @@ def _stack(images: list[np.ndarray], root: Path, paths) -> np.ndarray:
 
 
 def _save(directory: Path, images: Images) -> None:
-    """Write a cache entry atomically (a temporary folder renamed when complete)."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
+    """Cache `images` (`image_cache.save`: atomically)."""
+    keys = ("class_names", "paths", "skipped", "ignored", "notes")
+    meta = {k: getattr(images, k) for k in keys}
+    image_cache.save(directory, images.images, images.labels, meta)
+
+
+def _cached(directory: Path, root: Path, log) -> Images | None:
+    """The cache entry of the domain, checked; None when there is none, or when it was
+    damaged (then it is said and deleted: the domain is decoded again)."""
+    if not os.path.lexists(directory):
+        return None
     try:
-        np.save(tmp / "images.npy", images.images)
-        if images.labels is not None:
-            np.save(tmp / "labels.npy", images.labels)
-        keys = ("class_names", "paths", "skipped", "ignored", "notes")
-        meta = {k: getattr(images, k) for k in keys}
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        os.replace(tmp, directory)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
         if not directory.is_dir():
-            raise
-
-
-def _load(directory: Path, root: str) -> Images | None:
-    """A cache entry, or None when it is absent or unreadable (then it is rebuilt)."""
-    try:
-        meta = json.loads((directory / "meta.json").read_text())
-        images = np.load(directory / "images.npy", allow_pickle=False)
-        labels_file = directory / "labels.npy"
-        labels = np.load(labels_file, allow_pickle=False) if labels_file.exists() else None
-    except (OSError, ValueError):
+            raise image_cache.Damaged("not a folder")
+        images, labels, meta = image_cache.load(directory)
+    except image_cache.Damaged as e:
+        log(f"note: the cached images of {printable(str(root))} ({directory}) were damaged "
+            f"({e}); deleted, and decoded again")  # fmt: skip
+        image_cache.remove(directory)
         return None
     names = None if meta["class_names"] is None else tuple(meta["class_names"])
     return Images(
-        images,
-        labels,
-        names,
-        tuple(meta["paths"]),
-        root,
-        tuple(meta["skipped"]),
-        meta["ignored"],
-        cached=True,
-        notes=tuple(meta.get("notes", ())),
-    )
+        images, labels, names, tuple(meta["paths"]), str(root), tuple(meta["skipped"]),
+        meta["ignored"], cached=True, notes=tuple(meta.get("notes", ())),
+    )  # fmt: skip
 
 
 def read_images(
@@ -352,7 +337,7 @@ def read_images(
     digest = _digest(entries, root, settings)
     cache = Path(cache_dir).expanduser() if cache_dir else default_data_dir()
     entry_dir = cache / "dann_images" / digest
-    cached = _load(entry_dir, str(root)) if entry_dir.is_dir() else None
+    cached = _cached(entry_dir, root, log)
     if cached is None:
         result = _decoded_images(entries, root, class_names, ignored, settings, digest)
         try:
