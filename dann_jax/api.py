@@ -76,10 +76,15 @@ class TrainedModel:
         x = rgb(images, "input")
         if x.shape[1:] != tuple(self.image_shape):
             (h, w, _), (mh, mw, _) = x.shape[1:], self.image_shape
+            how = (
+                f"dann_jax.read_images(folder, image_size={mh}) resizes (shorter side) and "
+                "centre-crops image files"
+                if mh == mw
+                else "the model is not square, so bring them to its size exactly"
+            )
             raise ValueError(
                 f"the images are {w}x{h}, the model takes {mw}x{mh} (what it was trained on). "
-                f"Resize them first: dann_jax.read_images(folder, image_size={mh}) resizes "
-                "(shorter side) and centre-crops image files."
+                f"Resize them first: {how}."
             )
         if not len(x):
             return np.zeros((0, len(self.class_names)), np.float32)

@@ -17,7 +17,15 @@ from typing import Any
 
 from dann_jax.config import HELP_GROUPS, RECIPES, Config, ConfigError, flag
 
-__all__ = ["add_config_arguments", "config_from_args", "make_parser", "parse_config", "run_cli"]
+__all__ = [
+    "add_config_arguments",
+    "config_from_args",
+    "make_parser",
+    "parse_config",
+    "parse_pairs",
+    "run_cli",
+    "run_predict",
+]
 
 
 def _value_type(hint: Any) -> type:
@@ -140,6 +148,36 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def parse_config(argv: list[str] | None = None, description: str | None = None) -> Config:
     """Parse command-line flags (default ``sys.argv[1:]``) into a `Config`."""
     return config_from_args(make_parser(description).parse_args(argv))
+
+
+def parse_pairs(text: str, flag: str = "--pairs") -> list[tuple[str, str]]:
+    """``"mnist:usps,src/:tgt/"`` as (source, target) pairs, each domain a known one or a
+    path that exists; `ValueError` naming the entry, and why, otherwise."""
+    from pathlib import Path
+
+    from dann_jax.data import KNOWN_DOMAINS
+
+    split = (
+        f"{flag} is split at each comma into pairs, and each pair at its first colon: a path "
+        "with a comma, or a source path with a colon, cannot be given in it; link it under a "
+        "name without them (ln -s 'my,data' my_data) and give that."
+    )
+    pairs = []
+    for entry in text.split(","):
+        source, colon, target = (part.strip() for part in entry.partition(":"))
+        if not (colon and source and target):
+            raise ValueError(
+                f"{flag} {text!r}: {entry!r} is not a source:target pair (e.g. mnist:usps). "
+                + split
+            )
+        for role, name in (("source", source), ("target", target)):
+            if name not in KNOWN_DOMAINS and not Path(name).expanduser().exists():
+                raise ValueError(
+                    f"{flag} {text!r}: the {role} {name!r} of {entry!r} is not a known domain "
+                    f"({', '.join(KNOWN_DOMAINS)}) or a path that exists. " + split
+                )
+        pairs.append((source, target))
+    return pairs
 
 
 def _fail(message: str) -> int:

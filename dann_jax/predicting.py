@@ -63,15 +63,24 @@ def predict_folder(
     `dann_jax.io.NotWritable` naming the problem."""
     from dann_jax import io, outputs
     from dann_jax.api import load_run
-    from dann_jax.data.folders import read_images
+    from dann_jax.data import DataError
+    from dann_jax.data.folders import MixedSizes, read_images
 
     workdir, folder = Path(workdir), Path(images).expanduser().resolve()
     index = _index(workdir)
     path = Path(out) if out is not None else output_path(workdir, folder, index, log)
     io.check_writable(path, "--predict-out", is_file=True)
     run = load_run(workdir)
-    side = run.image_shape[0] if run.image_shape[0] == run.image_shape[1] else None
-    found = read_images(folder, side, run.config.tfds_dir, log=log, unlabelled=True)
+    (h, w, _), square = run.image_shape, run.image_shape[0] == run.image_shape[1]
+    try:
+        found = read_images(folder, h if square else None, run.config.tfds_dir, log=log,
+                            unlabelled=True)  # fmt: skip
+    except MixedSizes as e:  # its advice, --image-size, is not a flag of --predict
+        raise DataError(
+            f"{e.what} The model of {workdir} takes {w}x{h} images (the size "
+            "it was trained on, not square, so --predict does not resize): bring them to "
+            f"{w}x{h} first."
+        ) from None
     logits = run.logits(found.images)
     text = outputs.predictions_csv(found.paths, run.class_names, logits)
     io.write_text(path, text, make_parents=True)

@@ -47,8 +47,8 @@ def _read_run(workdir: Path) -> tuple[Config, dict, dict | None]:
     if not workdir.is_dir():
         what = "it does not exist" if not workdir.exists() else "it is a file"
         raise DataError(
-            f"{workdir} holds no finished run to load: {what}. Give the workdir of a run "
-            "of adapt.py, digits.py or dann_jax.fit."
+            f"{workdir} holds no finished run to load: {what}. Give --workdir (workdir= in "
+            "Python) the folder of a run of adapt.py, digits.py or dann_jax.fit."
         )
     saved = _json(workdir / "config.json", "it has no config.json (no run was started there).")
     try:

@@ -171,12 +171,18 @@ def target_labels(target: Domain, names: tuple[str, ...], source: Domain):
 
 def _foreign_classes(target: Domain, source: Domain, missing: list[str]) -> str:
     """The message for target classes the source lacks, in the target's own terms."""
-    where = ""
+    head = f"The target {target.name} has classes the source {source.name} has not: "
     if target.variant == "images" and Path(target.name).is_file():  # a list: its lines
         where = _where(target, [target.class_names.index(n) for n in missing])
+        return (
+            f"{head}{_listed(missing)}{where}. Target labels (used only to report) must be a "
+            "subset of the source's classes: fix or remove those lines, or add "
+            "--target-unlabelled to read the target without its labels."
+        )
     return (
-        f"The target {target.name} has classes the source {source.name} has not: "
-        f"{_listed(missing)}{where}. Target labels (used only to report) must be a "
-        "subset of the source's classes: "
-        + ("fix or remove those lines." if where else "rename or remove those class folders.")
+        f"{head}{_listed(missing)} (its subfolders are taken as classes). If they are not "
+        "classes (an unlabelled target kept in subfolders, by date say), add "
+        "--target-unlabelled: every image under the folder is then read, without labels. "
+        "If they are, target labels (used only to report) must be source classes: rename "
+        "or remove those class folders."
     )

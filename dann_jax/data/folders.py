@@ -42,13 +42,22 @@ from dann_jax.data import decode, image_cache, image_list
 from dann_jax.data.decode import printable
 from dann_jax.data.domain import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "Images", "is_image_source", "read_images"]
+__all__ = ["IMAGE_EXTENSIONS", "Images", "MixedSizes", "is_image_source", "read_images"]
 
 # What Pillow reads without plugins; anything else in a folder is not an image.
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
 )  # fmt: skip
 _CACHE_VERSION = 2  # bump when the decoding changes: old entries are then never matched
+
+
+class MixedSizes(DataError):
+    """Images of several sizes without an image size to bring them to (``what``: that,
+    without the fix, which depends on the caller)."""
+
+    def __init__(self, what: str, fix: str):
+        super().__init__(f"{what} {fix}")
+        self.what = what
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -132,7 +141,9 @@ def _list_folder(
             f"{root} holds both class subfolders ({', '.join(classes[:3])}, ...) and "
             f"{len(loose)} images directly in it (e.g. {loose[0].name}). A labelled domain "
             "has its images in one subfolder per class only; an unlabelled domain is a "
-            "flat folder: move the loose images into their class folders, or out."
+            "flat folder: move the loose images into their class folders, or out. (An "
+            "unlabelled target whose subfolders are not classes: add --target-unlabelled "
+            "(unlabelled=True), which reads every image under it.)"
         )
     if not classes:
         files, other = _files_under(root)
@@ -260,10 +271,11 @@ def _stack(images: list[np.ndarray], root: Path, paths) -> np.ndarray:
     if len(sizes) > 1:
         common = sorted(sizes.items(), key=lambda kv: -kv[1])
         listed = ", ".join(f"{w}x{h}: {n}" for (h, w), n in common[:4])
-        raise DataError(
+        raise MixedSizes(
             f"The images in {root} have {len(sizes)} different sizes ({listed}"
-            f"{', ...' if len(sizes) > 4 else ''}). Pass --image-size N (image_size=N) to "
-            "resize every image's shorter side to N and centre-crop it to N x N."
+            f"{', ...' if len(sizes) > 4 else ''}).",
+            "Pass --image-size N (image_size=N) to resize every image's shorter side to N and "
+            "centre-crop it to N x N.",
         )
     return np.stack(images)
 

@@ -136,7 +136,8 @@ def _split(labels: np.ndarray, fraction: float = 0.1, seed: int = 0) -> np.ndarr
 
 def image_domain(path: str, role: str, config, log) -> Domain:
     """A domain from an image folder or list: a source split 90/10, a target used whole."""
-    images = folders.read_images(path, config.image_size, config.tfds_dir, log)
+    unlabelled = role == "target" and config.target_unlabelled  # subfolders are not classes
+    images = folders.read_images(path, config.image_size, config.tfds_dir, log, unlabelled)
     x, y = images.images, images.labels
     kind = {"source_kind": "image files", "class_names": images.class_names}
     origin = f"image files in {images.root}"
@@ -154,14 +155,18 @@ def _load_one(name: str, config, role: str, log) -> Domain:
     if name not in KNOWN_DOMAINS and folders.is_image_source(name):
         return image_domain(name, role, config, log)
     if config.data_dir and not name.endswith(".npz") and not _tfds_available():
-        return read_raw_domain(name, config.data_dir)
-    return load_domain(
-        name,
-        data_dir=config.tfds_dir,
-        manual_dir=config.data_dir,
-        download=config.data_dir is None,
-        bsds_dir=config.bsds_dir,
-    )
+        domain = read_raw_domain(name, config.data_dir)
+    else:
+        domain = load_domain(
+            name,
+            data_dir=config.tfds_dir,
+            manual_dir=config.data_dir,
+            download=config.data_dir is None,
+            bsds_dir=config.bsds_dir,
+        )
+    if role == "target" and config.target_unlabelled:  # --target-unlabelled: labels unread
+        domain = dataclasses.replace(domain, y_train=None, y_test=None, class_names=None)
+    return domain
 
 
 def _load_domains(config, log: Callable[[str], None]) -> tuple[Domain, Domain, bool]:
