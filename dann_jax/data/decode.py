@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-__all__ = ["NOTES", "Unsupported", "decode", "printable"]
+__all__ = ["NOTES", "Unsupported", "decode", "describe_notes", "printable", "report"]
 
 # Each note a decode can make, as the log says it (after a count: "12 images ...").
 NOTES = {
@@ -115,3 +115,26 @@ def describe_notes(counts: dict[str, int], image_size: int | None) -> list[str]:
         for key, n in counts.items()
         if n
     ]
+
+
+def report(images, log) -> None:
+    """Say what was read into `images` (a `dann_jax.data.folders.Images`), what decoding
+    changed, and what was left out."""
+    n, h, w, _ = images.images.shape
+    root = printable(images.root)
+    what = f"{len(images.class_names)} classes" if images.class_names else "unlabelled"
+    log(f"{root}: {n} images of {w}x{h} ({what}){' from the cache' if images.cached else ''}")
+    if images.notes:
+        log(f"note: of the images in {root}: {'; '.join(images.notes)}")
+    if images.skipped:
+        more = " ..." if len(images.skipped) > 5 else ""
+        names = ", ".join(printable(p) for p in images.skipped[:5])
+        log(
+            f"warning: {len(images.skipped)} files in {root} could not be decoded and "
+            f"were skipped: {names}{more}"
+        )
+    if images.ignored:
+        log(
+            f"note: {images.ignored} files in {root} were ignored (hidden, or without an "
+            "image extension)"
+        )

@@ -5,8 +5,7 @@ Three forms, each one domain:
 * a folder with one subfolder per class (torchvision's ``ImageFolder`` convention: class
   names sorted give the indices; the names are kept and used in every output);
 * a flat folder of images: an unlabelled domain;
-* an image-list file, one ``relative/path [label]`` per line (tllib's convention; paths
-  relative to the list's folder, integer labels optional but all or none).
+* an image-list file, one ``relative/path [label]`` per line (`dann_jax.data.image_list`).
 
 Any format Pillow reads, decoded by `dann_jax.data.decode` (grey, palette and RGBA images
 become RGB; 16-bit images are scaled, EXIF orientation applied; whatever that changes is
@@ -16,14 +15,13 @@ Links to folders are followed, each real folder once. Images keep their native s
 unless ``image_size`` is given (shorter side resized to it, then a centre crop: both
 said in the log).
 
-Decoded images are cached as numpy ``.npy`` files under ``<cache_dir>/dann_images/<key>``,
-keyed by a SHA-256 of every file's path and bytes and the decode settings: a changed
-folder is read again, an unchanged one is loaded in a fraction of a second. Plain ``.npy``
-rather than array_record (which the digits use through TFDS): a domain is one dense uint8
-array that the training loop holds whole in device memory, so random access per record
-buys nothing, and ``np.load`` of an exact, schema-free array is the simplest reader there
-is. The cache is written to a temporary folder and renamed when complete. While decoding,
-the bytes are hashed again: a folder that changed during the read is refused.
+Decoded images are cached (`dann_jax.data.image_cache`) under
+``<cache_dir>/dann_images/<key>``, keyed by a SHA-256 of every file's path and bytes and
+the decode settings: a changed folder is read again, an unchanged one is loaded in a
+fraction of a second. Plain ``.npy`` rather than array_record (which the digits use
+through TFDS): a domain is one dense uint8 array that the training loop holds whole in
+device memory, so random access per record buys nothing. While decoding, the bytes are
+hashed again: a folder that changed during the read is refused.
 """
 
 from __future__ import annotations
@@ -358,7 +356,7 @@ def read_images(
             log(f"warning: could not cache the decoded images of {root} in {cache} ({e})")
     else:
         result = cached
-    _report(result, log)
+    decode.report(result, log)
     return result
 
 
@@ -380,25 +378,3 @@ def _decoded_images(entries, root: Path, class_names, ignored: int, settings, di
         ignored,
         notes=tuple(decode.describe_notes(out.notes, settings["image_size"])),
     )
-
-
-def _report(images: Images, log: Callable[[str], None]) -> None:
-    """Say what was read, what decoding changed, and what was left out."""
-    n, h, w, _ = images.images.shape
-    root = printable(images.root)
-    what = f"{len(images.class_names)} classes" if images.class_names else "unlabelled"
-    log(f"{root}: {n} images of {w}x{h} ({what}){' from the cache' if images.cached else ''}")
-    if images.notes:
-        log(f"note: of the images in {root}: {'; '.join(images.notes)}")
-    if images.skipped:
-        more = " ..." if len(images.skipped) > 5 else ""
-        names = ", ".join(printable(p) for p in images.skipped[:5])
-        log(
-            f"warning: {len(images.skipped)} files in {root} could not be decoded and "
-            f"were skipped: {names}{more}"
-        )
-    if images.ignored:
-        log(
-            f"note: {images.ignored} files in {root} were ignored (hidden, or without an "
-            "image extension)"
-        )
