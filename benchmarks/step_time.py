@@ -78,7 +78,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
 
 def write_json(path: str, env: dict, rows: list[dict]) -> None:
     """Write the report (environment + rows) as strict JSON, atomically (`dann_jax.io`)."""
-    dj_io.write_json(path, {**env, "rows": rows})
+    dj_io.write_json(path, {**env, "rows": rows}, make_parents=True)  # --out into a new folder
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         # (with "complete": false) holding the curve measured so far.
         report.setdefault("total_s", elapsed())
         if args.out:
-            dj_io.write_json(args.out, report)
+            dj_io.write_json(args.out, report, make_parents=True)
             print(f"wrote {args.out}")
 
 

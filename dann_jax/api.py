@@ -16,16 +16,15 @@ the heads and the train step are unchanged.
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from dann_jax.config import RECIPES, Config
+from dann_jax.run_files import load_run
 
 __all__ = ["RECOMMENDED", "TrainedModel", "fit", "load_run"]
 
@@ -46,6 +45,8 @@ class TrainedModel:
       image_shape: (H, W, C) the model was trained on.
       config: the run's `dann_jax.Config`.
       results: the run's results (``results.json``'s contents), when there are any.
+      step: the training step of the checkpoint the state was restored from (by
+        `load_run`; None for a model `fit` returns).
     """
 
     model: Any
@@ -55,21 +56,38 @@ class TrainedModel:
     image_shape: tuple[int, int, int]
     config: Config
     results: dict | None = None
+    step: int | None = None
 
     def logits(self, images: np.ndarray, domain: str = "target") -> np.ndarray:
-        """Class logits (N, classes) of uint8 images (N, H, W[, C]) of the training size.
+        """Class logits (N, classes) of uint8 images (N, H, W[, C]) of the training size
+        (no images: an empty (0, classes) array).
 
         ``domain``: whose images they are (``"target"``: new images of the domain adapted
-        to), for per-domain BatchNorm statistics (`dann_jax.Config.bn_eval`).
+        to; ``"source"``), for per-domain BatchNorm statistics (`dann_jax.Config.bn_eval`).
         """
-        from dann_jax.data.pair import _rgb
+        from dann_jax.data.arrays import rgb
         from dann_jax.outputs import predict_host
 
-        x = _rgb(images, "input")
-        if x.shape[1:] != tuple(self.image_shape):
+        if domain not in ("target", "source"):
             raise ValueError(
-                f"images are {x.shape[1:]}, the model was trained on {tuple(self.image_shape)}"
+                f"domain must be 'target' or 'source' (whose BatchNorm statistics normalise "
+                f"the images), got {domain!r}."
             )
+        x = rgb(images, "input")
+        if x.shape[1:] != tuple(self.image_shape):
+            (h, w, _), (mh, mw, _) = x.shape[1:], self.image_shape
+            how = (
+                f"dann_jax.read_images(folder, image_size={mh}) resizes (shorter side) and "
+                "centre-crops image files"
+                if mh == mw
+                else "the model is not square, so bring them to its size exactly"
+            )
+            raise ValueError(
+                f"the images are {w}x{h}, the model takes {mw}x{mh} (what it was trained on). "
+                f"Resize them first: {how}."
+            )
+        if not len(x):
+            return np.zeros((0, len(self.class_names)), np.float32)
         out = predict_host(
             self.model, self.state, x, self.mean, domain=self.config.bn_domain(domain)
         )
@@ -78,7 +96,7 @@ class TrainedModel:
     def predict(self, images: np.ndarray, domain: str = "target") -> tuple[np.ndarray, np.ndarray]:
         """(class index, its softmax probability) of each image (``domain`` as in `logits`)."""
         z = self.logits(images, domain)
-        p = np.exp(z - z.max(1, keepdims=True))
+        p = np.exp(z - z.max(1, keepdims=True, initial=-np.inf))
         p /= p.sum(1, keepdims=True)
         best = p.argmax(1)
         return best, p[np.arange(len(best)), best]
@@ -114,17 +132,30 @@ def fit(
       config: the settings (default: `Config` with the `RECOMMENDED` recipe);
         ``settings`` override its fields (e.g. ``steps=2000, lambda2=0.3``).
       workdir: keep checkpoints and metrics there (rerunning resumes); None: a
-        temporary folder, deleted afterwards.
+        temporary folder, deleted afterwards. A workdir holding a run with another
+        config or other arrays is refused (`dann_jax.workdir.RunError`) unless
+        ``restart=True``, which deletes that run first.
       log: progress lines.
+
+    Raises:
+      dann_jax.data.DataError: arrays the command line would refuse as files, with the
+        same message: too few or too small images, labels that are not one class index
+        per image (one-hot rows, floats, negative numbers), a class without images, fewer
+        class names than classes, target labels the source lacks.
+      dann_jax.config.ConfigError: a bad setting. dann_jax.workdir.RunError: a workdir
+        holding another run. dann_jax.io.Busy: another process training in the workdir.
     """
-    from dann_jax import experiment, loop
-    from dann_jax.data.pair import pair_from_arrays
+    from dann_jax import io, loop
+    from dann_jax import workdir as workdir_module
+    from dann_jax.data.arrays import pair_from_arrays
 
     config = (config or Config(**RECOMMENDED)).replace(**settings)
     if config.steps is None:
         config = config.replace(steps=2000)
-    names = None if class_names is None else tuple(str(n) for n in class_names)
-    data = pair_from_arrays(source_images, source_labels, target_images, target_labels, names)
+    arch = None if extractor is not None else config.arch
+    data = pair_from_arrays(
+        source_images, source_labels, target_images, target_labels, class_names, arch
+    )
     model = None
     if extractor is not None:
         from dann_jax import extractors, train
@@ -137,14 +168,20 @@ def fit(
     with tempfile.TemporaryDirectory() if workdir is None else _nothing() as tmp:
         path = Path(workdir or tmp)
         config = config.replace(workdir=str(path))
-        experiment.check_workdir(config, path, log)  # config.json; refuses another run's
-        if config.choose and config.mode == "dann":
-            from dann_jax.candidates import train_choosing
+        workdir_module.usable_workdir(path)
+        with io.exclusive(path, "the workdir"):  # a second process on it: refused at once
+            if config.restart:
+                workdir_module.clear_run(path, log)
+            # config.json and data.json: another config's or other arrays' run is refused
+            workdir_module.check_workdir(config, path, log, data)
+            if config.choose and config.mode == "dann":
+                from dann_jax.candidates import train_choosing
 
-            result = train_choosing(config, data, path, config.seed, log, model)
-        else:
-            (result,) = loop.train_and_evaluate(config, data, path, (config.seed,), log,
-                                                model=model)  # fmt: skip
+                result = train_choosing(config, data, path, config.seed, log, model)
+            else:
+                (result,) = loop.train_and_evaluate(
+                    config, data, path, (config.seed,), log, model=model
+                )
     shape = tuple(int(d) for d in data.source_train.shape[1:])
     mean, names = data.mean, data.class_names
     return TrainedModel(result["model"], result["state"], mean, names, shape, config)
@@ -158,57 +195,3 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
-
-
-def load_run(workdir: str | Path, extractor=None, seed: int | None = None) -> TrainedModel:
-    """A finished (or interrupted) run of `experiments/digits.py`, `adapt.py` or `fit`.
-
-    Reads ``config.json`` and ``results.json`` (or, for a run still going, the newest
-    checkpoint with the mean and classes of ``run.json``) and restores the newest intact
-    checkpoint of ``seed`` (default: the run's first seed). Pass ``extractor`` again for
-    a run trained with your own extractor.
-    """
-    from dann_jax import checkpoint, train
-    from dann_jax.data.domain import DataError
-    from dann_jax.loop import run_name as loop_name
-
-    workdir = Path(workdir)
-    try:
-        config = Config(**json.loads((workdir / "config.json").read_text()))
-        meta = json.loads((workdir / "run.json").read_text())
-    except (OSError, ValueError, TypeError) as e:
-        raise DataError(f"{workdir} holds no finished run to load ({e}).") from e
-    seed = config.seed if seed is None else seed
-    names, shape = tuple(meta["classes"]), tuple(meta["input_shape"])
-    own = meta.get("extractor", {})
-    if extractor is None and own.get("kind") in ("linen", "nnx"):
-        raise DataError(
-            f"{workdir} was trained with your own extractor ({own['kind']} module "
-            f"{own['class']}), which a workdir cannot rebuild. Load it in Python with the "
-            f"same module: dann_jax.load_run({str(workdir)!r}, extractor=...) (for NNX: "
-            "dann_jax.from_nnx(YourClass, ...)); --predict needs a run of a built-in "
-            "architecture."
-        )
-    model = train.make_model(config, num_classes=len(names), extractor=extractor)
-    tx = train.make_optimizer(config)
-    seeds = _seeds_saved_with(workdir, seed)
-    states = [train.create_train_state(jax.random.key(s), model, tx, shape) for s in seeds]
-    like = train.stack_trees(states) if len(seeds) > 1 else states[0]
-    ckpt = workdir / loop_name(seeds) / "checkpoint"
-    restored = checkpoint.restore_latest(ckpt, like, print)
-    if restored is None:
-        raise DataError(f"{workdir}: seed {seed} has no checkpoint to load ({ckpt}).")
-    state = train.tree_index(restored[0], seeds.index(seed)) if len(seeds) > 1 else restored[0]
-    results_file = workdir / "results.json"
-    results = json.loads(results_file.read_text()) if results_file.exists() else None
-    mean = np.asarray(meta["mean"], np.float32)
-    return TrainedModel(model, jax.device_get(state), mean, names, shape, config, results)
-
-
-def _seeds_saved_with(workdir: Path, seed: int) -> tuple[int, ...]:
-    """The seeds whose checkpoint holds `seed`'s state (several when they were vmapped)."""
-    for folder in workdir.glob("seeds_*-*"):
-        first, last = (int(x) for x in folder.name.removeprefix("seeds_").split("-"))
-        if first <= seed <= last:
-            return tuple(range(first, last + 1))
-    return (seed,)

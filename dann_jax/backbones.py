@@ -48,6 +48,7 @@ import functools
 import hashlib
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -341,7 +342,12 @@ def _torch_load(path: str) -> dict[str, np.ndarray]:
             f"reading {path} (a torch pickle) needs torch: pip install torch, or convert the "
             "weights to a .safetensors file, which is read without torch"
         ) from e
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: noise here
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch's own text advises weights_only=False: never shown
+        raise StateDictError(_unreadable_pth(path, e)) from None
     if not isinstance(state, Mapping):
         raise StateDictError(f"{path} holds a {type(state).__name__}, not a state dict")
     arrays = {}
@@ -356,6 +362,25 @@ def _torch_load(path: str) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _unreadable_pth(path: str, error: Exception) -> str:
+    """Why torch could not read `path` safely, in words of our own: torch's message for a
+    file holding other objects than tensors advises ``weights_only=False``, which would
+    run whatever code the file holds."""
+    size = os.path.getsize(path)
+    if size == 0:
+        what = "the file is empty"
+    elif isinstance(error, EOFError) or "zip" in str(error).lower():
+        what = f"it ends early or is not a complete torch archive ({size:,} bytes; cut short?)"
+    else:
+        what = "it is damaged, or holds Python objects other than tensors"
+    return (
+        f"{path} is not a PyTorch state dict that can be read safely: {what}. Objects other "
+        "than tensors are never unpickled here (that could run code in the file). Get the "
+        "file again, or save the state dict (or convert it to .safetensors) from where it "
+        "came."
+    )
+
+
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a state dict: ``.safetensors`` without torch, ``.pth``/``.pt``/``.bin`` with it."""
     path = os.fspath(path)
@@ -365,7 +390,14 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             from safetensors.numpy import load_file
         except ImportError as e:
             raise ImportError(f"reading {path} needs safetensors: pip install safetensors") from e
-        return load_file(path)
+        try:
+            return load_file(path)
+        except Exception as e:  # SafetensorError (not an OSError) on a damaged file
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise StateDictError(
+                f"{path} is not a readable .safetensors file ({why}): it is damaged or cut "
+                "short, or not a safetensors file. Get the file again."
+            ) from None
     if suffix in (".pth", ".pt", ".bin"):
         return _torch_load(path)
     raise ValueError(f"{path}: unknown weights format {suffix!r}; use .safetensors or .pth/.pt")

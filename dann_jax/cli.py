@@ -17,7 +17,15 @@ from typing import Any
 
 from dann_jax.config import HELP_GROUPS, RECIPES, Config, ConfigError, flag
 
-__all__ = ["add_config_arguments", "config_from_args", "make_parser", "parse_config", "run_cli"]
+__all__ = [
+    "add_config_arguments",
+    "config_from_args",
+    "make_parser",
+    "parse_config",
+    "parse_pairs",
+    "run_cli",
+    "run_predict",
+]
 
 
 def _value_type(hint: Any) -> type:
@@ -142,6 +150,36 @@ def parse_config(argv: list[str] | None = None, description: str | None = None) 
     return config_from_args(make_parser(description).parse_args(argv))
 
 
+def parse_pairs(text: str, flag: str = "--pairs") -> list[tuple[str, str]]:
+    """``"mnist:usps,src/:tgt/"`` as (source, target) pairs, each domain a known one or a
+    path that exists; `ValueError` naming the entry, and why, otherwise."""
+    from pathlib import Path
+
+    from dann_jax.data import KNOWN_DOMAINS
+
+    split = (
+        f"{flag} is split at each comma into pairs, and each pair at its first colon: a path "
+        "with a comma, or a source path with a colon, cannot be given in it; link it under a "
+        "name without them (ln -s 'my,data' my_data) and give that."
+    )
+    pairs = []
+    for entry in text.split(","):
+        source, colon, target = (part.strip() for part in entry.partition(":"))
+        if not (colon and source and target):
+            raise ValueError(
+                f"{flag} {text!r}: {entry!r} is not a source:target pair (e.g. mnist:usps). "
+                + split
+            )
+        for role, name in (("source", source), ("target", target)):
+            if name not in KNOWN_DOMAINS and not Path(name).expanduser().exists():
+                raise ValueError(
+                    f"{flag} {text!r}: the {role} {name!r} of {entry!r} is not a known domain "
+                    f"({', '.join(KNOWN_DOMAINS)}) or a path that exists. " + split
+                )
+        pairs.append((source, target))
+    return pairs
+
+
 def _fail(message: str) -> int:
     """Print one wrapped paragraph to stderr (no traceback) and return exit code 2."""
     from dann_jax.failures import fail
@@ -181,27 +219,21 @@ def run_cli(config: Config, *, runner: Callable[[Config], Any] | None = None) ->
     return failures.guarded(config, runner or experiment.run)
 
 
-def run_predict(workdir: str, folder: str) -> int:
-    """``adapt.py --predict``: classify the images under `folder` with the run in `workdir`.
-
-    Writes ``<workdir>/predictions_<folder name>.csv`` (path relative to `folder`,
-    predicted class name, its probability). Returns the exit code (2 on bad input).
-    """
-    from pathlib import Path
-
-    from dann_jax import api, io, outputs
+def run_predict(workdir: str, folder: str, out: str | None = None) -> int:
+    """``adapt.py --predict``: classify the images under `folder` with the run in `workdir`
+    (`dann_jax.predicting.predict_folder`: ``<workdir>/predictions_<folder name>.csv``, or
+    `out`). Returns the exit code: 0, 2 with one paragraph, 130 on Ctrl-C (nothing
+    written then)."""
+    from dann_jax import predicting
     from dann_jax.checkpoint import CheckpointError
     from dann_jax.data import DataError
-    from dann_jax.data.folders import read_images
+    from dann_jax.io import NotWritable
 
     try:
-        run = api.load_run(workdir)
-        side = run.image_shape[0] if run.image_shape[0] == run.image_shape[1] else None
-        images = read_images(folder, side, run.config.tfds_dir, unlabelled=True)
-        logits = run.logits(images.images)
-    except (DataError, CheckpointError, ValueError) as e:
+        predicting.predict_folder(workdir, folder, out)
+    except (DataError, CheckpointError, ValueError, NotWritable) as e:
         return _fail(str(e))
-    out = Path(workdir) / f"predictions_{Path(folder).resolve().name}.csv"
-    io.write_text(out, outputs.predictions_csv(images.paths, run.class_names, logits))
-    print(f"wrote {out} ({len(images.paths)} images)")
+    except KeyboardInterrupt:
+        print("\nstopped by Ctrl-C: no predictions were written.", file=sys.stderr)
+        return 130
     return 0

@@ -89,6 +89,11 @@ class Config:
         "target domain, the same forms; labels optional (used only to report): an .npz "
         "without y_*, a flat folder of images, or an image list without labels",
     )
+    target_unlabelled: bool = _setting(
+        False,
+        "read the target without labels: every image under its folder, subfolders "
+        "included (e.g. images kept in dated subfolders), or a list's or .npz's images only",
+    )
     data_dir: str | None = _setting(
         None,
         "folder with the raw upstream files: mnist/, mnist_m/, usps/, svhn/ (see README); "
@@ -421,7 +426,10 @@ class Config:
 
 # The fields by theme, in --help's order (every field in exactly one group; a test checks).
 HELP_GROUPS: dict[str, tuple[str, ...]] = {
-    "data": ("source", "target", "data_dir", "tfds_dir", "bsds_dir", "image_size", "resize"),
+    "data": (
+        "source", "target", "target_unlabelled", "data_dir", "tfds_dir", "bsds_dir",
+        "image_size", "resize",
+    ),
     "model": (
         "arch", "pretrained", "bottleneck", "batchnorm", "bn_stats", "bn_eval", "dropout",
         "domain_head", "precision", "augment", "rotate", "color_jitter", "normalize",

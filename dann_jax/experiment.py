@@ -31,9 +31,10 @@ import jax
 import numpy as np
 
 from dann_jax import diagnose, io, loop, memory
-from dann_jax.config import Config, config_differences, describe_differences
+from dann_jax.config import Config
 from dann_jax.data.pair import PairData, load_pair
 from dann_jax.paper_models import ARCHITECTURES
+from dann_jax.workdir import RunError, check_workdir, clear_run, usable_workdir
 
 __all__ = ["DEFAULT_STEPS", "RunError", "check_workdir", "load_data", "run"]
 
@@ -59,108 +60,11 @@ CHOICE_PROTOCOL = (
 )
 
 
-class RunError(RuntimeError):
-    """A problem with the run set-up (e.g. a workdir holding a different run)."""
-
-
 def load_data(config: Config, log: Callable[[str], None] = print) -> PairData:
     """The pair of `config`, preprocessed for its architecture (`dann_jax.data.load_pair`)."""
     # The ResNets' standard input is 224 x 224 (a digit domain paired with one gets that).
     size = ARCHITECTURES[config.arch]["input_size"] if config.arch in ARCHITECTURES else 224
     return load_pair(config, size, log)
-
-
-# What a run writes in its workdir (removed by --restart; nothing else there is touched).
-_RUN_OUTPUTS = (
-    "config.json", "run.json", "metrics.jsonl", "results.json", "curves.png",
-    "analysis.json", "predictions.csv", "confusion_target.png", "embeddings.png",
-)  # fmt: skip
-_RUN_FOLDERS = ("seed_*", "seeds_*", "analysis_source_only")
-
-
-def usable_workdir(workdir: Path) -> None:
-    """Refuse a --workdir that is a file, lies under a file, or cannot be written.
-
-    Checked before any data is loaded, so a bad path fails in a second, not minutes.
-    """
-    try:
-        io.check_writable(workdir, "--workdir")
-    except io.NotWritable as e:
-        raise RunError(str(e)) from None
-
-
-def clear_run(workdir: Path, log: Callable[[str], None]) -> None:
-    """--restart: delete an earlier run's outputs in `workdir` (only those)."""
-    removed = [workdir / name for name in _RUN_OUTPUTS if (workdir / name).exists()]
-    removed += [p for pattern in _RUN_FOLDERS for p in workdir.glob(pattern) if p.is_dir()]
-    for path in removed:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    if removed:
-        log(f"--restart: deleted the earlier run in {workdir} ({len(removed)} entries)")
-
-
-def _has_checkpoint(workdir: Path) -> bool:
-    """Whether any seed of the run in `workdir` got as far as a saved checkpoint."""
-    return any(
-        any(p.name.isdigit() for p in ckpt.iterdir())
-        for pattern in ("seed_*/checkpoint", "seeds_*/checkpoint")
-        for ckpt in workdir.glob(pattern)
-        if ckpt.is_dir()
-    )
-
-
-def check_workdir(config: Config, workdir: Path, log: Callable[[str], None] = print) -> None:
-    """Refuse a workdir that holds a run with a different config; record this one's.
-
-    A run that failed before its first checkpoint (a NaN or out-of-memory at the start)
-    pins nothing: a new config replaces its config, with a note.
-    """
-    saved = workdir / "config.json"
-    mine = dataclasses.asdict(config)
-    theirs = _read_config(saved, log)
-    if theirs is None:  # config.json gone or damaged: the checkpoints carry their config
-        theirs = _checkpointed_config(workdir)
-    if theirs is not None:
-        diff = config_differences(theirs, config)
-        what = describe_differences(diff)
-        if diff and _has_checkpoint(workdir):
-            raise RunError(
-                f"The workdir {workdir} holds a run with a different config ({what}). "
-                "Add --restart to delete that run and start over with this config, or use "
-                "another --workdir."
-            )
-        if diff:
-            log(f"the run in {workdir} saved no checkpoint; replacing its config ({what})")
-    if loop.is_writer():
-        workdir.mkdir(parents=True, exist_ok=True)
-        io.write_json(saved, mine)
-
-
-def _checkpointed_config(workdir: Path) -> dict | None:
-    """The config saved with the newest checkpoint of any seed in `workdir`, or None."""
-    from dann_jax import checkpoint
-
-    for ckpt in sorted(workdir.glob("seed*/checkpoint")):
-        meta = checkpoint.latest_bookkeeping(ckpt)
-        if meta and "config" in meta:
-            return meta["config"]
-    return None
-
-
-def _read_config(path: Path, log) -> dict | None:
-    """A saved config.json, or None when there is none or it is damaged (said in the log:
-    the checkpoints carry their own config, which the resumption checks instead)."""
-    if not path.exists():
-        return None
-    try:
-        saved = json.loads(path.read_text())
-        if not isinstance(saved, dict):
-            raise ValueError("not a JSON object")
-        return saved
-    except (OSError, ValueError) as e:
-        log(f"note: {path} is damaged ({e}); the config saved inside the checkpoints is "
-            "checked instead, and config.json written again")  # fmt: skip
-        return None
 
 
 def device_info() -> dict[str, Any]:
@@ -280,6 +184,12 @@ def _target_outputs(config: Config, data: PairData, per_seed, workdir: Path, log
             r["validators"] = {k: (v if np.isfinite(v) else None) for k, v in scores.items()}
     if data.target_paths is not None:
         log(f"wrote {workdir / 'predictions.csv'} ({len(data.target_paths)} target images)")
+    elif data.info.get("target", {}).get("variant") == "npz":
+        log(
+            f"note: no predictions.csv: the target {data.info['target']['name']} is an .npz, "
+            "whose images have no file names; dann_jax.load_run(workdir).predict(images) "
+            "predicts them"
+        )
 
 
 def summarize(config, data, per_seed, analysis, device, wall_seconds) -> dict[str, Any]:
@@ -398,7 +308,7 @@ def _check_analysis(config: Config, data: PairData) -> None:
 
 def _run_locked(config: Config, data: PairData, workdir: Path, log, start: float) -> dict:
     """`run`'s work once the workdir is this process's."""
-    check_workdir(config, workdir, log)
+    check_workdir(config, workdir, log, data)
     results_path = workdir / "results.json"
     if results_path.exists() and loop.is_writer():
         results_path.unlink()  # about to be rewritten; never leave a stale one behind

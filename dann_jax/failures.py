@@ -10,6 +10,7 @@ of a run that stops is left looking complete: ``results.json`` is written last.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import signal
@@ -64,7 +65,8 @@ def _resume_note(config) -> str:
 
 def _out_of_memory(config, error: Exception) -> str:
     """The message for a run that did not fit in memory: which flags to lower."""
-    first = str(error).strip().splitlines()[0][:200]
+    # A MemoryError raised by Python itself has no message at all.
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
     seeds = (
         f" or train fewer seeds at once (--seeds {config.seeds} with --vmap-seeds)"
         if config.vmap_seeds and config.seeds > 1
@@ -109,9 +111,80 @@ def _on_signal(signum, frame) -> None:
     raise Stopped(signal.Signals(signum).name)
 
 
+def _stop_in(error: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt or `Stopped` an error came from, if any: Ctrl-C while orbax
+    deletes an old checkpoint surfaces as ``OSError: Bad file descriptor``, raised while
+    handling the interrupt."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (KeyboardInterrupt, Stopped)):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _stopped(config, stop: BaseException) -> int:
+    """Say the run stopped (its checkpoints kept) and return 130, 143 or 129."""
+    name = "Ctrl-C" if isinstance(stop, KeyboardInterrupt) else str(stop)
+    print(f"\nstopped by {name}: {_resume_note(config)}.", file=sys.stderr)
+    return 130 if isinstance(stop, KeyboardInterrupt) else 128 + signal.Signals[str(stop)].value
+
+
+class _Held(logging.Filter):
+    """Holds the errors orbax's writer threads log with their tracebacks (a 40-line
+    traceback of a full disk, or of a save cut by Ctrl-C): the failure reaches the main
+    thread too, which says it in one paragraph. Released (logged) if the run ends well."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and "orbax" in record.pathname:
+            self.held.append(record)
+            return False
+        return True
+
+
+def _quiet_unraisable(hook):
+    """`sys.unraisablehook` without asyncio's 'Event loop is closed' of orbax's finished
+    event loops, collected late (harmless; printed as a traceback beside the run's output)."""
+
+    def quiet(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError)
+                and str(unraisable.exc_value) == "Event loop is closed"):  # fmt: skip
+            hook(unraisable)
+
+    return quiet
+
+
 def guarded(config, runner: Callable[[Any], Any]) -> int:
-    """Run ``runner(config)``; the exit code (0, or 2 with one paragraph; 130 and 143 for a
-    stop by SIGINT and SIGTERM), the run's checkpoints kept whatever happens."""
+    """Run ``runner(config)``; the exit code (0, or 2 with one paragraph; 130, 143 and 129
+    for a stop by SIGINT, SIGTERM and SIGHUP), the run's checkpoints kept whatever
+    happens, and no background thread's traceback beside the paragraph."""
+    handlers = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    held, absl, unraisable = _Held(), logging.getLogger("absl"), sys.unraisablehook
+    for stale in [f for f in absl.filters if isinstance(f, _Held)]:
+        absl.removeFilter(stale)  # an earlier run's in this process (it is over)
+    absl.addFilter(held)
+    sys.unraisablehook = _quiet_unraisable(unraisable)
+    code = 1
+    try:
+        code = _run(config, runner)
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        if code == 0:
+            absl.removeFilter(held)
+            for record in held.held:  # nothing said them: a writer failed, the run did not
+                absl.handle(record)
+        # Else it stays: a writer cut short by the stop logs its error as the process ends.
+    return code
+
+
+def _run(config, runner: Callable[[Any], Any]) -> int:
+    """`guarded`'s work: each failure a user can act on mapped to its paragraph."""
     import jax
 
     from dann_jax import experiment
@@ -121,30 +194,23 @@ def guarded(config, runner: Callable[[Any], Any]) -> int:
     from dann_jax.io import Busy, NotWritable
     from dann_jax.train import NonFiniteLossError
 
-    handlers = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         runner(config)
     except (ConfigError, DataError, experiment.RunError, CheckpointError, Busy, NotWritable) as e:
         return fail(str(e))
     except NonFiniteLossError as e:
         return fail(f"training diverged: {e} No results.json was written.")
-    except (jax.errors.JaxRuntimeError, MemoryError) as e:
-        if not isinstance(e, MemoryError) and not _OOM.search(str(e)):
-            raise
-        return fail(_out_of_memory(config, e))
-    except OSError as e:
-        if e.errno not in _NO_SPACE:
-            raise
-        return fail(_no_space(config, e))
     except (KeyboardInterrupt, Stopped) as e:
-        name = "Ctrl-C" if isinstance(e, KeyboardInterrupt) else str(e)
-        print(f"\nstopped by {name}: {_resume_note(config)}.", file=sys.stderr)
-        return 130 if isinstance(e, KeyboardInterrupt) else 128 + signal.Signals[str(e)].value
-    except Exception as e:  # orbax / tensorstore word a full disk their own way
-        if "No space left on device" not in str(e):
-            raise
-        return fail(_no_space(config, e))
-    finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
+        return _stopped(config, e)
+    except MemoryError as e:
+        return fail(_out_of_memory(config, e))
+    except Exception as e:  # also orbax / tensorstore, which word a full disk their own way
+        stop = _stop_in(e)
+        if stop is not None:
+            return _stopped(config, stop)
+        if isinstance(e, jax.errors.JaxRuntimeError) and _OOM.search(str(e)):
+            return fail(_out_of_memory(config, e))
+        if getattr(e, "errno", None) in _NO_SPACE or "No space left on device" in str(e):
+            return fail(_no_space(config, e))
+        raise
     return 0

@@ -20,6 +20,7 @@ import numpy as np
 from dann_jax.evaluate import compile_predict, make_eval_set
 
 __all__ = [
+    "csv_text",
     "label_free_scores",
     "predict_host",
     "predictions_csv",
@@ -91,16 +92,35 @@ def label_free_scores(
     )
 
 
+# A cell that starts with one of these is a formula to a spreadsheet (CSV injection).
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value: str) -> str:
+    """A name as a CSV cell: bytes that are not UTF-8 as ``\\xNN`` escapes
+    (`dann_jax.data.decode.printable`), and a leading ``'`` before a formula's first
+    character (``=``, ``+``, ``-``, ``@``, tab, carriage return), which spreadsheets would
+    otherwise run."""
+    from dann_jax.data.decode import printable
+
+    text = printable(value)
+    return "'" + text if text.startswith(_FORMULA) else text
+
+
 def predictions_csv(paths: Sequence[str], class_names: Sequence[str], logits: np.ndarray) -> str:
-    """``path,prediction,probability`` rows: the predicted class name and its softmax."""
+    """``path,prediction,probability`` rows: the predicted class name and its softmax.
+
+    Names are quoted (a comma, a quote, a newline or a carriage return in a file name
+    stays in its cell) and written as `csv_text` says; probabilities are plain numbers.
+    """
     z = logits - logits.max(axis=1, keepdims=True)
     p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
     best = p.argmax(axis=1)
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
     writer.writerow(("path", "prediction", "probability"))
     for path, k, prob in zip(paths, best, p[np.arange(len(best)), best], strict=True):
-        writer.writerow((path, class_names[k], f"{prob:.6f}"))
+        writer.writerow((csv_text(path), csv_text(class_names[k]), round(float(prob), 6)))
     return buffer.getvalue()
 
 

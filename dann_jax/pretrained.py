@@ -37,8 +37,9 @@ def weights_file(spec: str, arch: str, cache_dir: str | None) -> Path:
     if spec != "imagenet":
         path = Path(spec).expanduser()
         if not path.is_file():
-            raise DataError(f"--pretrained {spec}: no such file. Give a .pth or .safetensors "
-                            "state dict of the ResNet, or 'imagenet'.")  # fmt: skip
+            what = "is a folder, not a weights file" if path.is_dir() else ": no such file"
+            raise DataError(f"--pretrained {spec}{' ' * path.is_dir()}{what}. Give a .pth or "
+                            ".safetensors state dict of the ResNet, or 'imagenet'.")  # fmt: skip
         return path
     name = IMAGENET[arch]
     prefix = name.rsplit("-", 1)[1].split(".")[0]
@@ -47,7 +48,7 @@ def weights_file(spec: str, arch: str, cache_dir: str | None) -> Path:
                                  group="weights")  # fmt: skip
     if errors:
         raise DataError(
-            f"Could not download torchvision's ImageNet weights for {arch} ({name}). Tried: "
+            f"Could not download torchvision's ImageNet weights for {arch} ({name}): "
             + "; ".join(errors)
             + f". On a machine with network, fetch {_BASE + name} and pass it as "
             "--pretrained FILE (or put it in " + str(folder / "dann_weights") + ")."

@@ -24,7 +24,7 @@ import os
 import sys
 
 from dann_jax import reproduce
-from dann_jax.cli import add_config_arguments, config_from_args, run_cli
+from dann_jax.cli import add_config_arguments, config_from_args, parse_pairs, run_cli
 from dann_jax.failures import fail
 
 DEFAULT_PAIRS = "mnist:mnist_m,mnist:usps,usps:mnist"
@@ -76,13 +76,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check(pairs, modes, recipes, out, cache) -> str | None:
+def _check(modes, recipes, out, cache) -> str | None:
     """What is wrong with the table's own flags (the one named), or None."""
     from dann_jax import io
 
-    bad = [":".join(p) for p in pairs if len(p) != 2 or not all(p)]
-    if bad:
-        return f"--pairs entries {bad} are not source:target pairs (e.g. mnist:usps)."
     unknown = [m for m in modes if m not in reproduce.MODES]
     if unknown:
         return f"--modes has {unknown}; choose from {list(reproduce.MODES)}."
@@ -101,12 +98,14 @@ def _check(pairs, modes, recipes, out, cache) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and run the table; errors become one paragraph and exit code 2."""
     args = parser().parse_args(argv)
-    pairs = args.pairs or (DEFAULT_PAIRS if args.data_dir else "mnist:mnist_m")
-    pairs = [tuple(p.split(":", 1)) for p in pairs.split(",")]
+    try:
+        pairs = parse_pairs(args.pairs or (DEFAULT_PAIRS if args.data_dir else "mnist:mnist_m"))
+    except ValueError as e:
+        return fail(str(e))
     base = dataclasses.replace(config_from_args(args), vmap_seeds=args.vmap_seeds_choice == "on")
     recipes, modes = args.recipes.split(","), args.modes.split(",")
     cache = args.compilation_cache or os.path.join(args.out, "jax_cache")
-    problem = _check(pairs, modes, recipes, args.out, cache)
+    problem = _check(modes, recipes, args.out, cache)
     if problem:  # every argument checked before the first step of the first cell
         return fail(problem)
 

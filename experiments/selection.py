@@ -23,7 +23,8 @@ import os
 import sys
 
 from dann_jax import reproduce, validators
-from dann_jax.cli import add_config_arguments, config_from_args, run_cli
+from dann_jax.cli import add_config_arguments, config_from_args, parse_pairs, run_cli
+from dann_jax.failures import fail
 
 DEFAULT_PAIRS = "mnist:mnist_m,mnist:usps,usps:mnist"
 
@@ -38,6 +39,8 @@ CONFIG_FLAGS = (
     "seeds",
     "batch_size",
     "steps_per_call",
+    "image_size",  # own image folders: the size every image is brought to
+    "target_unlabelled",
 )
 SELECT_DEFAULTS = {"steps": 2000, "eval_every": 500, "seeds": 3, "steps_per_call": 50}
 
@@ -139,14 +142,15 @@ def _rescore(out: str, picker: str, guard: list[str] | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and run the selection; errors become one paragraph and exit code 2."""
     args = parser().parse_args(argv)
-    pairs = args.pairs or (DEFAULT_PAIRS if args.data_dir else "mnist:mnist_m")
-    pairs = [tuple(p.split(":", 1)) for p in pairs.split(",")]
     recipes = args.recipes.split(",")
     guard = args.guard_validators.split(",") if args.guard_validators else None
+    try:
+        pairs = parse_pairs(args.pairs or (DEFAULT_PAIRS if args.data_dir else "mnist:mnist_m"))
+    except ValueError as e:
+        return fail(str(e))
     problem = _check(args, recipes, guard)
-    if problem or any(len(p) != 2 for p in pairs):
-        print(f"error: {problem or f'bad --pairs {args.pairs!r}'}", file=sys.stderr)
-        return 2
+    if problem:
+        return fail(problem)
     if args.rescore:
         return _rescore(args.out, args.select, guard)
     cache = args.compilation_cache or os.path.join(args.out, "jax_cache")

@@ -9,6 +9,7 @@ import pytest
 
 import dann_jax as dj
 from dann_jax import choose
+from dann_jax.data.arrays import pair_from_arrays
 from tests.helpers import synthetic_images
 
 
@@ -55,7 +56,7 @@ def test_a_choosing_run_keeps_the_best_candidate_and_checkpoint(tmp_path):
     kept = json.loads((workdir / "seed_0" / "choice.json").read_text())
     assert (kept["member"], kept["step"]) == best[1:3]
     # The model fit returns, and the one load_run (and --predict) reads, is the kept one.
-    target = dj.data.pair.pair_from_arrays(xs, ys, xt, yt).target_test
+    target = pair_from_arrays(xs, ys, xt, yt).target_test
     for model in (fitted, dj.load_run(workdir)):
         predicted, _ = model.predict(target)
         assert np.mean(predicted == yt) == pytest.approx(best[3], abs=1e-6)

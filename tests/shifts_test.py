@@ -45,7 +45,7 @@ def test_the_suite_in_miniature_writes_records_and_tables(tmp_path):
 
     out = tmp_path / "suite"
     args = ["--shifts", "invert", "--candidates", "source_only,dann_l0.3", "--seeds", "1",
-            "--steps", "4", "--eval-every", "2", "--batch-size", "8", "--n", "40",
+            "--steps", "4", "--eval-every", "2", "--batch-size", "8", "--n", "100",
             "--out", str(out)]  # fmt: skip
     assert shift_suite.main(args) == 0
     records = json.loads((out / "suite.json").read_text())["records"]

@@ -260,6 +260,16 @@ def _fetch_verified(urls: tuple[str, ...], dest: Path, source: Source, timeout: 
     return errors
 
 
+def set_aside(dest: Path, problem: str) -> str:
+    """Move a file that fails its checksum (one put there by hand, say) to
+    ``<name>.rejected`` instead of deleting it, say so, and return what was said."""
+    rejected = dest.with_name(dest.name + ".rejected")
+    os.replace(dest, rejected)
+    said = f"{dest} failed its checksum ({problem}); kept aside as {rejected.name}"
+    print(f"dann_jax: note: {said}, and fetched again", file=sys.stderr)
+    return said
+
+
 def download_file(
     folder: str | os.PathLike, name: str, source: Source, *, group: str, timeout: float = 20.0
 ) -> tuple[Path, list[str]]:
@@ -268,11 +278,14 @@ def download_file(
     folder = Path(folder).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / name
+    aside = []
     if dest.is_file():
-        if checksum_problem(dest, source) is None:
+        problem = checksum_problem(dest, source)
+        if problem is None:
             return dest, []
-        dest.unlink()  # not what the checksum says: fetch again
-    return dest, _fetch_verified(mirror_urls(group, name, source), dest, source, timeout)
+        aside.append(set_aside(dest, problem))  # not what the checksum says: fetch again
+    errors = _fetch_verified(mirror_urls(group, name, source), dest, source, timeout)
+    return dest, aside + errors if errors else []
 
 
 def download_domain(
@@ -299,11 +312,14 @@ def download_domain(
     folder.mkdir(parents=True, exist_ok=True)
     for name, source in SOURCES[domain].items():
         dest = folder / name
+        aside = []
         if dest.is_file():
-            if checksum_problem(dest, source) is None:
+            problem = checksum_problem(dest, source)
+            if problem is None:
                 continue  # already fetched and verified
-            dest.unlink()  # not what the checksum says (e.g. an older release): fetch again
+            aside.append(set_aside(dest, problem))  # e.g. an older release: fetch again
         errors = _fetch_verified(mirror_urls(domain, name, source), dest, source, timeout)
+        errors = aside + errors if errors else []
         if errors:
             # "no network?" only when no mirror answered with bytes at all.
             why = "" if any("checksum mismatch" in e for e in errors) else " (no network?)"

@@ -5,22 +5,23 @@ Three forms, each one domain:
 * a folder with one subfolder per class (torchvision's ``ImageFolder`` convention: class
   names sorted give the indices; the names are kept and used in every output);
 * a flat folder of images: an unlabelled domain;
-* an image-list file, one ``relative/path [label]`` per line (tllib's convention; paths
-  relative to the list's folder, integer labels optional but all or none).
+* an image-list file, one ``relative/path [label]`` per line (`dann_jax.data.image_list`).
 
-Any format Pillow reads; grey, palette and RGBA images become RGB. Files without an image
-extension are ignored (counted in the log); files that Pillow cannot decode are skipped,
-counted and named. Images keep their native size unless ``image_size`` is given (shorter
-side resized to it, then a centre crop).
+Any format Pillow reads, decoded by `dann_jax.data.decode` (grey, palette and RGBA images
+become RGB; 16-bit images are scaled, EXIF orientation applied; whatever that changes is
+counted in the log). Files without an image extension and hidden files are ignored
+(counted in the log); files that Pillow cannot decode are skipped, counted and named.
+Links to folders are followed, each real folder once. Images keep their native size
+unless ``image_size`` is given (shorter side resized to it, then a centre crop: both
+said in the log).
 
-Decoded images are cached as numpy ``.npy`` files under ``<cache_dir>/dann_images/<key>``,
-keyed by a SHA-256 of every file's path and bytes and the decode settings: a changed
-folder is read again, an unchanged one is loaded in a fraction of a second. Plain ``.npy``
-rather than array_record (which the digits use through TFDS): a domain is one dense uint8
-array that the training loop holds whole in device memory, so random access per record
-buys nothing, and ``np.load`` of an exact, schema-free array is the simplest reader there
-is. The cache is written to a temporary folder and renamed when complete. While decoding,
-the bytes are hashed again: a folder that changed during the read is refused.
+Decoded images are cached (`dann_jax.data.image_cache`) under
+``<cache_dir>/dann_images/<key>``, keyed by a SHA-256 of every file's path and bytes and
+the decode settings: a changed folder is read again, an unchanged one is loaded in a
+fraction of a second. Plain ``.npy`` rather than array_record (which the digits use
+through TFDS): a domain is one dense uint8 array that the training loop holds whole in
+device memory, so random access per record buys nothing. While decoding, the bytes are
+hashed again: a folder that changed during the read is refused.
 """
 
 from __future__ import annotations
@@ -28,25 +29,33 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
-import io
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from dann_jax.data import decode, image_cache, image_list
+from dann_jax.data.decode import printable
 from dann_jax.data.domain import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "Images", "is_image_source", "read_images"]
+__all__ = ["IMAGE_EXTENSIONS", "Images", "MixedSizes", "is_image_source", "read_images"]
 
 # What Pillow reads without plugins; anything else in a folder is not an image.
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
 )  # fmt: skip
-_CACHE_VERSION = 1  # bump when the decoding changes: old entries are then never matched
+_CACHE_VERSION = 2  # bump when the decoding changes: old entries are then never matched
+
+
+class MixedSizes(DataError):
+    """Images of several sizes without an image size to bring them to (``what``: that,
+    without the fix, which depends on the caller)."""
+
+    def __init__(self, what: str, fix: str):
+        super().__init__(f"{what} {fix}")
+        self.what = what
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -62,6 +71,8 @@ class Images:
       skipped: relative paths of files that could not be decoded.
       ignored: how many files were left out for not having an image extension.
       cached: whether the images came from the cache.
+      notes: what decoding did to some images (16-bit scaled, turned upright, resized,
+        cropped, ...), one phrase each with its count; said in the log.
     """
 
     images: np.ndarray
@@ -72,6 +83,7 @@ class Images:
     skipped: tuple[str, ...] = ()
     ignored: int = 0
     cached: bool = False
+    notes: tuple[str, ...] = ()
 
 
 def is_image_source(path: str | os.PathLike) -> bool:
@@ -85,9 +97,18 @@ def _is_image(p: Path) -> bool:
 
 
 def _files_under(folder: Path) -> tuple[list[Path], int]:
-    """(image files under `folder`, recursively, sorted; count of other files)."""
-    files, other = [], 0
+    """(image files under `folder`, recursively, sorted; count of other files).
+
+    Links to folders are followed, each real folder once (by device and inode): a link
+    loop, or two links to one folder, would otherwise list the same images many times.
+    """
+    files, other, seen = [], 0, set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             p = Path(dirpath) / name
@@ -118,7 +139,9 @@ def _list_folder(
             f"{root} holds both class subfolders ({', '.join(classes[:3])}, ...) and "
             f"{len(loose)} images directly in it (e.g. {loose[0].name}). A labelled domain "
             "has its images in one subfolder per class only; an unlabelled domain is a "
-            "flat folder: move the loose images into their class folders, or out."
+            "flat folder: move the loose images into their class folders, or out. (An "
+            "unlabelled target whose subfolders are not classes: add --target-unlabelled "
+            "(unlabelled=True), which reads every image under it.)"
         )
     if not classes:
         files, other = _files_under(root)
@@ -141,66 +164,33 @@ def _list_folder(
     return entries, tuple(classes), ignored
 
 
-def _list_file(path: Path) -> tuple[list[tuple[Path, int | None]], tuple[str, ...] | None, int]:
-    """(files with label or None, class names or None, 0) of an image-list file."""
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a readable image-list file ({e}).") from e
-    rows = [ln.strip().rsplit(maxsplit=1) for ln in lines if ln.strip() and not ln.startswith("#")]
-    if not rows:
-        raise DataError(f"{path} lists no images; write one 'relative/path [label]' per line.")
-    labelled = [len(r) == 2 and r[1].lstrip("-").isdigit() for r in rows]
-    if any(labelled) and not all(labelled):
-        bad = rows[labelled.index(False)]
-        raise DataError(
-            f"{path}: some lines have an integer label and some do not (e.g. "
-            f"{' '.join(bad)!r}); give every line a label, or none."
-        )
-    base = path.parent
-    if not all(labelled):
-        return [(base / " ".join(r), None) for r in rows], None, 0
-    labels = [int(r[1]) for r in rows]
-    if min(labels) < 0:
-        raise DataError(f"{path}: labels must be >= 0, found {min(labels)}.")
-    names = tuple(str(i) for i in range(max(labels) + 1))
-    return [(base / r[0], y) for r, y in zip(rows, labels, strict=True)], names, 0
-
-
-def _decode(data: bytes, image_size: int | None) -> np.ndarray:
-    """RGB uint8 (H, W, 3) from file bytes; shorter side to `image_size`, centre crop."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        img = img.convert("RGB")
-        if image_size is not None:
-            w, h = img.size
-            scale = image_size / min(w, h)
-            size = (max(image_size, round(w * scale)), max(image_size, round(h * scale)))
-            img = img.resize(size, Image.BILINEAR)
-            left, top = (size[0] - image_size) // 2, (size[1] - image_size) // 2
-            img = img.crop((left, top, left + image_size, top + image_size))
-        return np.asarray(img, np.uint8)
-
-
 def _digest(entries, root: Path, settings: dict) -> str:
     """SHA-256 of the settings and of every file's relative path, label and bytes."""
     h = hashlib.sha256(json.dumps({**settings, "version": _CACHE_VERSION}).encode())
     for path, label in entries:
-        h.update(f"\0{_relative(path, root)}\0{label}\0".encode())
+        h.update(_entry_key(path, root, label))
         h.update(_read(path, root))
     return h.hexdigest()
+
+
+def _entry_key(path: Path, root: Path, label) -> bytes:
+    """The bytes of a file's name and label that go into a digest (any name the OS
+    gives: bytes that are not UTF-8 are kept as they are)."""
+    return b"\0" + os.fsencode(_relative(path, root)) + f"\0{label}\0".encode()
 
 
 def _read(path: Path, root: Path) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise DataError(
-            f"{path} (listed in {root}) does not exist. Fix the path, or remove the line."
-        ) from None
+        where = (
+            f"is a link to {os.readlink(path)}, which does not exist. Remove the link"
+            if path.is_symlink()
+            else f"(listed in {root}) does not exist. Fix the path, or remove the line"
+        )
+        raise DataError(f"{printable(str(path))} {where}.") from None
     except OSError as e:
-        raise DataError(f"{path} cannot be read ({e}).") from e
+        raise DataError(f"{printable(str(path))} cannot be read ({e}).") from e
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -208,7 +198,26 @@ def _relative(path: Path, root: Path) -> str:
     return os.path.relpath(path, base)
 
 
-def _decode_all(entries, root: Path, settings: dict, digest: str):
+def _decode(data: bytes, image_size: int | None):
+    """`decode.decode`, looked up at each call (a test swaps it to change the folder)."""
+    return decode.decode(data, image_size)
+
+
+@dataclasses.dataclass
+class _Decoded:
+    """What decoding a domain's files gave: images with their labels and paths, the
+    files skipped (undecodable) or refused (no faithful 8-bit form), how often each
+    `decode.NOTES` applied."""
+
+    images: list = dataclasses.field(default_factory=list)
+    labels: list = dataclasses.field(default_factory=list)
+    paths: list = dataclasses.field(default_factory=list)
+    skipped: list = dataclasses.field(default_factory=list)
+    refused: list = dataclasses.field(default_factory=list)
+    notes: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(decode.NOTES, 0))
+
+
+def _decode_all(entries, root: Path, settings: dict, digest: str) -> _Decoded:
     """Decode every file (in parallel threads), hashing the bytes again as they are read."""
     h = hashlib.sha256(json.dumps({**settings, "version": _CACHE_VERSION}).encode())
     image_size = settings["image_size"]
@@ -217,24 +226,39 @@ def _decode_all(entries, root: Path, settings: dict, digest: str):
         data = _read(entry[0], root)
         try:
             return data, _decode(data, image_size)
+        except decode.Unsupported as e:
+            return data, str(e)
         except Exception:  # Pillow raises many kinds on damaged files (OSError, SyntaxError...)
             return data, None
 
-    images, labels, paths, skipped = [], [], [], []
+    out = _Decoded()
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
-        for (path, label), (data, image) in zip(entries, pool.map(one, entries), strict=True):
-            h.update(f"\0{_relative(path, root)}\0{label}\0".encode())
+        for (path, label), (data, got) in zip(entries, pool.map(one, entries), strict=True):
+            h.update(_entry_key(path, root, label))
             h.update(data)
-            (paths if image is not None else skipped).append(_relative(path, root))
-            if image is not None:
-                images.append(image)
-                labels.append(label)
+            rel = _relative(path, root)
+            if got is None or isinstance(got, str):
+                (out.skipped if got is None else out.refused).append((rel, got))
+                continue
+            image, notes = got
+            out.images.append(image)
+            out.labels.append(label)
+            out.paths.append(rel)
+            for key in notes:
+                out.notes[key] += 1
     if h.hexdigest() != digest:
         raise DataError(
             f"The files in {root} changed while they were being read. Rerun once "
             "nothing writes to the folder any more."
         )
-    return images, labels, paths, skipped
+    if out.refused:
+        (name, why), n = out.refused[0], len(out.refused)
+        raise DataError(
+            f"{n} image{'s' if n > 1 else ''} in {root} hold {why}, which have no one "
+            f"conversion to 8-bit colour (e.g. {printable(name)}). Convert them to 8- or "
+            "16-bit PNG or TIFF, scaled as they should be seen, or remove them."
+        )
+    return out
 
 
 def _stack(images: list[np.ndarray], root: Path, paths) -> np.ndarray:
@@ -245,51 +269,41 @@ def _stack(images: list[np.ndarray], root: Path, paths) -> np.ndarray:
     if len(sizes) > 1:
         common = sorted(sizes.items(), key=lambda kv: -kv[1])
         listed = ", ".join(f"{w}x{h}: {n}" for (h, w), n in common[:4])
-        raise DataError(
+        raise MixedSizes(
             f"The images in {root} have {len(sizes)} different sizes ({listed}"
-            f"{', ...' if len(sizes) > 4 else ''}). Pass --image-size N (image_size=N) to "
-            "resize every image's shorter side to N and centre-crop it to N x N."
+            f"{', ...' if len(sizes) > 4 else ''}).",
+            "Pass --image-size N (image_size=N) to resize every image's shorter side to N and "
+            "centre-crop it to N x N.",
         )
     return np.stack(images)
 
 
 def _save(directory: Path, images: Images) -> None:
-    """Write a cache entry atomically (a temporary folder renamed when complete)."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
+    """Cache `images` (`image_cache.save`: atomically)."""
+    keys = ("class_names", "paths", "skipped", "ignored", "notes")
+    meta = {k: getattr(images, k) for k in keys}
+    image_cache.save(directory, images.images, images.labels, meta)
+
+
+def _cached(directory: Path, root: Path, log) -> Images | None:
+    """The cache entry of the domain, checked; None when there is none, or when it was
+    damaged (then it is said and deleted: the domain is decoded again)."""
+    if not os.path.lexists(directory):
+        return None
     try:
-        np.save(tmp / "images.npy", images.images)
-        if images.labels is not None:
-            np.save(tmp / "labels.npy", images.labels)
-        meta = {k: getattr(images, k) for k in ("class_names", "paths", "skipped", "ignored")}
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        os.replace(tmp, directory)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
         if not directory.is_dir():
-            raise
-
-
-def _load(directory: Path, root: str) -> Images | None:
-    """A cache entry, or None when it is absent or unreadable (then it is rebuilt)."""
-    try:
-        meta = json.loads((directory / "meta.json").read_text())
-        images = np.load(directory / "images.npy", allow_pickle=False)
-        labels_file = directory / "labels.npy"
-        labels = np.load(labels_file, allow_pickle=False) if labels_file.exists() else None
-    except (OSError, ValueError):
+            raise image_cache.Damaged("not a folder")
+        images, labels, meta = image_cache.load(directory)
+    except image_cache.Damaged as e:
+        log(f"note: the cached images of {printable(str(root))} ({directory}) were damaged "
+            f"({e}); deleted, and decoded again")  # fmt: skip
+        image_cache.remove(directory)
         return None
     names = None if meta["class_names"] is None else tuple(meta["class_names"])
     return Images(
-        images,
-        labels,
-        names,
-        tuple(meta["paths"]),
-        root,
-        tuple(meta["skipped"]),
-        meta["ignored"],
-        cached=True,
-    )
+        images, labels, names, tuple(meta["paths"]), str(root), tuple(meta["skipped"]),
+        meta["ignored"], cached=True, notes=tuple(meta.get("notes", ())),
+    )  # fmt: skip
 
 
 def read_images(
@@ -321,55 +335,46 @@ def read_images(
     if not root.exists():
         raise DataError(f"{path} does not exist: give an image folder or an image-list file.")
     if root.is_dir():
-        entries, class_names, ignored = _list_folder(root, unlabelled)
+        listing = image_list.Listing(*_list_folder(root, unlabelled))
     else:
-        entries, class_names, ignored = _list_file(root)
+        listing = image_list.read_list(root)
+        if unlabelled:  # labels, if any, unused (a list given to --predict)
+            listing = image_list.Listing([(p, None) for p, _ in listing.entries], None)
+    entries, class_names, ignored = listing.entries, listing.class_names, listing.ignored
+    for note in listing.notes:
+        log(f"note: {printable(str(root))}: {note}")
     settings = {"image_size": image_size, "unlabelled": unlabelled}
     digest = _digest(entries, root, settings)
     cache = Path(cache_dir).expanduser() if cache_dir else default_data_dir()
     entry_dir = cache / "dann_images" / digest
-    cached = _load(entry_dir, str(root)) if entry_dir.is_dir() else None
+    cached = _cached(entry_dir, root, log)
     if cached is None:
-        images, labels, paths, skipped = _decode_all(entries, root, settings, digest)
-        if not images:
-            raise DataError(
-                f"None of the {len(entries)} image files in {root} could be "
-                f"decoded (e.g. {skipped[0]}): are they images?"
-            )
-        labels = None if class_names is None else np.asarray(labels, np.int32)
-        result = Images(
-            _stack(images, root, paths),
-            labels,
-            class_names,
-            tuple(paths),
-            str(root),
-            tuple(skipped),
-            ignored,
-        )
+        result = _decoded_images(entries, root, class_names, ignored, settings, digest)
         try:
             _save(entry_dir, result)
         except OSError as e:  # a read-only cache costs a decode next time, nothing else
             log(f"warning: could not cache the decoded images of {root} in {cache} ({e})")
     else:
         result = cached
-    _report(result, log)
+    decode.report(result, log)
     return result
 
 
-def _report(images: Images, log: Callable[[str], None]) -> None:
-    """Say what was read, and what was left out."""
-    n, h, w, _ = images.images.shape
-    what = f"{len(images.class_names)} classes" if images.class_names else "unlabelled"
-    log(
-        f"{images.root}: {n} images of {w}x{h} ({what}){' from the cache' if images.cached else ''}"
+def _decoded_images(entries, root: Path, class_names, ignored: int, settings, digest) -> Images:
+    """The domain's `Images`, decoded from its files."""
+    out = _decode_all(entries, root, settings, digest)
+    if not out.images:
+        raise DataError(
+            f"None of the {len(entries)} image files in {root} could be "
+            f"decoded (e.g. {printable(out.skipped[0][0])}): are they images?"
+        )
+    return Images(
+        _stack(out.images, root, out.paths),
+        None if class_names is None else np.asarray(out.labels, np.int32),
+        class_names,
+        tuple(out.paths),
+        str(root),
+        tuple(name for name, _ in out.skipped),
+        ignored,
+        notes=tuple(decode.describe_notes(out.notes, settings["image_size"])),
     )
-    if images.skipped:
-        more = " ..." if len(images.skipped) > 5 else ""
-        log(
-            f"warning: {len(images.skipped)} files in {images.root} could not be decoded and "
-            f"were skipped: {', '.join(images.skipped[:5])}{more}"
-        )
-    if images.ignored:
-        log(
-            f"note: {images.ignored} files in {images.root} without an image extension were ignored"
-        )

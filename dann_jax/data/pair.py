@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from dann_jax.data import embedded, folders, raw
+from dann_jax.data import checks, embedded, folders, raw
 from dann_jax.data.domain import DIGIT_CLASSES, DataError, Domain
 from dann_jax.data.load import KNOWN_DOMAINS, load_domain
 from dann_jax.data.preprocess import channel_mean, prepare_images, resize_method
@@ -32,7 +32,6 @@ __all__ = [
     "PairData",
     "image_domain",
     "load_pair",
-    "pair_from_arrays",
     "read_raw_domain",
 ]
 
@@ -137,7 +136,8 @@ def _split(labels: np.ndarray, fraction: float = 0.1, seed: int = 0) -> np.ndarr
 
 def image_domain(path: str, role: str, config, log) -> Domain:
     """A domain from an image folder or list: a source split 90/10, a target used whole."""
-    images = folders.read_images(path, config.image_size, config.tfds_dir, log)
+    unlabelled = role == "target" and config.target_unlabelled  # subfolders are not classes
+    images = folders.read_images(path, config.image_size, config.tfds_dir, log, unlabelled)
     x, y = images.images, images.labels
     kind = {"source_kind": "image files", "class_names": images.class_names}
     origin = f"image files in {images.root}"
@@ -155,14 +155,18 @@ def _load_one(name: str, config, role: str, log) -> Domain:
     if name not in KNOWN_DOMAINS and folders.is_image_source(name):
         return image_domain(name, role, config, log)
     if config.data_dir and not name.endswith(".npz") and not _tfds_available():
-        return read_raw_domain(name, config.data_dir)
-    return load_domain(
-        name,
-        data_dir=config.tfds_dir,
-        manual_dir=config.data_dir,
-        download=config.data_dir is None,
-        bsds_dir=config.bsds_dir,
-    )
+        domain = read_raw_domain(name, config.data_dir)
+    else:
+        domain = load_domain(
+            name,
+            data_dir=config.tfds_dir,
+            manual_dir=config.data_dir,
+            download=config.data_dir is None,
+            bsds_dir=config.bsds_dir,
+        )
+    if role == "target" and config.target_unlabelled:  # --target-unlabelled: labels unread
+        domain = dataclasses.replace(domain, y_train=None, y_test=None, class_names=None)
+    return domain
 
 
 def _load_domains(config, log: Callable[[str], None]) -> tuple[Domain, Domain, bool]:
@@ -201,71 +205,6 @@ def _describe(d: Domain, x: np.ndarray, x_test: np.ndarray) -> dict[str, Any]:
         "native_shape": list(d.image_shape),
         "labelled": d.labelled,
     }
-
-
-# Domains smaller than this are refused: a model trained on them means nothing.
-MIN_TRAIN_IMAGES = 10
-MIN_IMAGE_SIDE = 8
-
-
-def _check_sizes(source: Domain, target: Domain) -> None:
-    """Refuse domains too small to train on (a handful of images, or tiny images)."""
-    for role, d in (("source", source), ("target", target)):
-        h, w = d.image_shape[:2]
-        if len(d.x_train) < MIN_TRAIN_IMAGES or len(d.x_test) < 1 or min(h, w) < MIN_IMAGE_SIDE:
-            raise DataError(
-                f"The {role} domain {d.name} is too small to train on: {len(d.x_train)} "
-                f"training and {len(d.x_test)} test images of {h}x{w} pixels. A domain needs "
-                f"at least {MIN_TRAIN_IMAGES} training images, 1 test image, and images of at "
-                f"least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels."
-            )
-
-
-def _class_names(source: Domain) -> tuple[str, ...]:
-    """The source's classes: its names, the digits, or the label numbers 0..K-1."""
-    if source.y_train is None:
-        raise DataError(
-            f"The source domain {source.name} has no labels, but DANN learns the labels from "
-            "the source: give it class subfolders (an image folder), labels in its image "
-            "list, or y_train and y_test (an .npz). Only the target may be unlabelled."
-        )
-    if source.class_names is not None:
-        names = source.class_names
-    elif source.name in KNOWN_DOMAINS or source.variant == "embedded":
-        names = DIGIT_CLASSES
-    else:
-        names = tuple(str(i) for i in range(int(source.y_train.max()) + 1))
-    present = np.unique(source.y_train)
-    if len(present) < 2:
-        raise DataError(
-            f"The source domain {source.name} has one class only ({names[present[0]]!r}): a "
-            "classifier needs at least two. Add the other classes' images."
-        )
-    return names
-
-
-def _target_labels(target: Domain, names: tuple[str, ...], source: Domain):
-    """(train, test) target labels as indices into the source's classes, or (None, None)."""
-    if not target.labelled:
-        return None, None
-    if target.class_names is not None and source.class_names is not None:
-        index = {n: i for i, n in enumerate(names)}
-        missing = [n for n in target.class_names if n not in index]
-        if missing:
-            raise DataError(
-                f"The target {target.name} has classes the source {source.name} has not: "
-                f"{', '.join(missing[:5])}. Target labels (used only to report) must be a "
-                "subset of the source's classes: rename or remove those class folders."
-            )
-        remap = np.asarray([index[n] for n in target.class_names], np.int32)
-        return remap[target.y_train], remap[target.y_test]
-    top = int(max(target.y_train.max(initial=0), target.y_test.max(initial=0)))
-    if top >= len(names):
-        raise DataError(
-            f"The target {target.name} has label {top}, but the source {source.name} has "
-            f"{len(names)} classes (0..{len(names) - 1}): target labels must be source classes."
-        )
-    return target.y_train, target.y_test
 
 
 def _image_size(config, input_size, source: Domain, target: Domain, embedded_pair: bool):
@@ -314,10 +253,13 @@ def load_pair(config, input_size: int, log: Callable[[str], None] = print) -> Pa
     source. Raises `DataError` with a fix-it message on bad data.
     """
     source, target, is_embedded = _load_domains(config, log)
-    _check_sizes(source, target)
-    names = _class_names(source)
-    yt_train, yt_test = _target_labels(target, names, source)
+    checks.check_sizes(source, target)
+    names = checks.class_names(source)
+    yt_train, yt_test = checks.target_labels(target, names, source)
     size = _image_size(config, input_size, source, target, is_embedded)
+    for role, d in (("source", source), ("target", target)):
+        h, w = d.image_shape[:2] if size is None else (size, size)
+        checks.check_input_side(config.arch, min(h, w), f"The {role} images are {w}x{h}")
     how = {d.name: resize_method(d.name, config.resize) for d in (source, target)}
     said = set()
 
@@ -325,8 +267,11 @@ def load_pair(config, input_size: int, log: Callable[[str], None] = print) -> Pa
         h, w = x.shape[1:3]
         if size is not None and (h, w) != (size, size) and role not in said:
             said.add(role)
+            crop = "; not square: shorter side to the size, then a centre crop" * (
+                h != w and how[domain.name] == "bilinear"
+            )
             log(f"{role} {domain.name}: {w}x{h} images resized to {size}x{size} "
-                f"({how[domain.name]})")  # fmt: skip
+                f"({how[domain.name]}{crop})")  # fmt: skip
         return prepare_images(x, size or h, 3, resize=how[domain.name])
 
     xs, xt = prep(source.x_train, source, "source"), prep(target.x_train, target, "target")
@@ -359,46 +304,4 @@ def load_pair(config, input_size: int, log: Callable[[str], None] = print) -> Pa
     return PairData(
         xs, ys, xt, xs_test, np.asarray(source.y_test, np.int32), xt_test, yt_test, mean,
         info, names, target.test_paths,
-    )  # fmt: skip
-
-
-def _rgb(images, what: str) -> np.ndarray:
-    """uint8 (N, H, W[, C]) images as (N, H, W, 3): grey repeated, RGB kept."""
-    from dann_jax.data.preprocess import _as_nhwc
-
-    x = _as_nhwc(images, f"the {what} images")
-    return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else np.ascontiguousarray(x)
-
-
-def pair_from_arrays(
-    source_images: np.ndarray,
-    source_labels: np.ndarray,
-    target_images: np.ndarray,
-    target_labels: np.ndarray | None = None,
-    class_names: tuple[str, ...] | None = None,
-) -> PairData:
-    """A pair from host arrays (uint8 images of one size, grey or RGB; integer labels).
-
-    The folders' protocol: the source is split 90/10 (stratified, a fixed seed) into
-    training images and a source validation set; the target is used whole, in training
-    (unlabelled) and as its test set. ``target_labels`` are used only to report.
-    """
-    x = {r: _rgb(v, r) for r, v in (("source", source_images), ("target", target_images))}
-    if x["source"].shape[1:] != x["target"].shape[1:]:
-        raise DataError(f"source images are {x['source'].shape[1:]}, target images "
-                        f"{x['target'].shape[1:]}: resize them to one size first.")  # fmt: skip
-    ys = np.asarray(source_labels, np.int32)
-    if len(ys) != len(x["source"]):
-        raise DataError(f"{len(ys)} source labels for {len(x['source'])} source images.")
-    source = Domain("source", "arrays", x["source"], ys, x["source"], ys, "arrays",
-                    class_names=class_names)  # fmt: skip
-    names = _class_names(source)
-    held = _split(ys)
-    yt = None if target_labels is None else np.asarray(target_labels, np.int32)
-    mean = channel_mean(np.concatenate([x["source"][~held], x["target"]]))
-    info = {"variant": "arrays", "classes": list(names), "input_shape": list(x["source"].shape[1:]),
-            "mean": [float(m) for m in mean]}  # fmt: skip
-    return PairData(
-        x["source"][~held], ys[~held], x["target"], x["source"][held], ys[held], x["target"],
-        yt, mean, info, names,
     )  # fmt: skip

@@ -14,7 +14,11 @@ def _as_nhwc(x: np.ndarray, what: str) -> np.ndarray:
     """View uint8 (N, H, W) or (N, H, W, C) images as NHWC, rejecting anything else."""
     x = np.asarray(x)
     if x.dtype != np.uint8:
-        raise DataError(f"{what} must be uint8 images, got dtype {x.dtype}.")
+        fix = {
+            "f": " (floats in [0, 1]: pass (x * 255).round().astype(np.uint8))",
+            "u": " (16-bit: pass (x / 257).round().astype(np.uint8))" * (x.dtype.itemsize == 2),
+        }.get(x.dtype.kind, "")
+        raise DataError(f"{what} must be uint8 images (0..255), got dtype {x.dtype}{fix}.")
     if x.ndim == 3:
         return x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3):

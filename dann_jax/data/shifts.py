@@ -31,7 +31,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from dann_jax.data.pair import PairData, pair_from_arrays
+from dann_jax.data.arrays import pair_from_arrays
+from dann_jax.data.pair import PairData
 
 __all__ = ["REAL_SHIFTS", "SHIFTS", "make_shift"]
 

@@ -216,7 +216,7 @@ def train_cell(
     for arm in arms:
         workdir = cell_dir / arm.recipe / arm.name
         config = arm_config(base, pair, seed, arm, workdir)
-        experiment.check_workdir(config, workdir, log)
+        experiment.check_workdir(config, workdir, log, data)
         log(f"== {pair[0]} -> {pair[1]}, seed {seed}, {arm.recipe}/{arm.name}: {workdir}")
         scores = make_hook(config, data, sets, reverse_steps, workdir, log)
 
