@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dann_jax.config import RESNETS, Config, domain_head_widths
+from dann_jax.config import RESNETS, Config, domain_head_widths, resolved_precision
 from dann_jax.models import DANN
 from dann_jax.paper_models import paper_model
 
@@ -59,15 +59,17 @@ def make_model(
     (`dann_jax.paper_models.KERNELS`: same parameters and numbers, faster there); on GPU and TPU
     the model is plain ``lax.conv_general_dilated`` and ``reduce_window``.
 
-    ``config.precision``: ``fp32`` is float32 with full-precision convolutions and
+    ``config.precision``: ``auto`` is ``fp32`` on CPU and ``tf32`` on GPUs and TPUs
+    (`dann_jax.config.resolved_precision`); ``fp32`` is float32 with full-precision convolutions and
     matmuls (``lax.Precision.HIGHEST``) on every backend; ``tf32`` is float32 at the
     backend's default precision (TF32 on NVIDIA Ampere and later, one bfloat16 pass on
     TPU, float32 on CPU); ``bf16`` computes in bfloat16. Parameters are float32 always.
     ``num_classes`` comes from the data (`dann_jax.data.PairData.num_classes`).
     """
     backend = backend or jax.default_backend()
-    dtype = jnp.bfloat16 if config.precision == "bf16" else jnp.float32
-    precision = PRECISION[config.precision]
+    used = resolved_precision(config.precision, backend)
+    dtype = jnp.bfloat16 if used == "bf16" else jnp.float32
+    precision = PRECISION[used]
     groups = 2 if config.bn_stats == "per_domain" else 1
     if config.arch in RESNETS:
         from dann_jax.backbones import ResNet

@@ -40,7 +40,7 @@ __all__ = [
 
 MODES = ("dann", "source_only", "target_only")
 OPTIMIZERS = ("sgd", "adam")
-PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 ARCHS = ("mnist", "svhn", "resnet18", "resnet34", "resnet50", "resnet101")
 RESNETS = ARCHS[2:]
 NORMALIZATIONS = ("mean", "imagenet")
@@ -243,11 +243,13 @@ class Config:
         NORMALIZATIONS,
     )
     precision: str = _setting(
-        "fp32",
-        "compute precision (parameters stay float32): fp32 = float32 with full-precision "
-        "convolutions and matmuls on every backend; tf32 = float32 at the backend's "
-        "default matmul precision (TF32 on NVIDIA Ampere and later, one bfloat16 pass on "
-        "TPU, float32 on CPU); bf16 = bfloat16 compute",
+        "auto",
+        "compute precision (parameters stay float32): auto = what each backend's users get "
+        "by default (fp32 on CPU; tf32 on GPUs and TPUs, as PyTorch's cuDNN convolutions "
+        "and JAX's defaults); fp32 = float32 with full-precision convolutions and matmuls "
+        "on every backend (exact reproduction); tf32 = float32 at the backend's default "
+        "matmul precision (TF32 on NVIDIA Ampere and later, one bfloat16 pass on TPU, "
+        "float32 on CPU); bf16 = bfloat16 compute (the ResNets on GPUs and TPUs)",
         PRECISIONS,
     )
     choose: bool = _setting(
@@ -483,6 +485,15 @@ RESUMABLE_FIELDS = (
 # Behaviour of runs whose saved config predates a field, where it differs from today's
 # default (resize="auto" came later; before it, every domain was resampled bilinearly).
 DEFAULTS_BEFORE_THE_FIELD = {"resize": "bilinear"}
+
+
+def resolved_precision(precision: str, backend: str) -> str:
+    """The precision a run uses on `backend` (``cpu``, ``gpu``, ``tpu``): ``auto`` is fp32 on
+    CPU (where TF32 does not exist) and tf32 elsewhere (what the ecosystem's users get:
+    cuDNN's TF32 convolutions, XLA's default precision); the others as they are."""
+    if precision != "auto":
+        return precision
+    return "fp32" if backend == "cpu" else "tf32"
 
 
 def parse_floats(text: str, what: str) -> tuple[float, ...]:

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from dann_jax import diagnose, io, loop, memory
-from dann_jax.config import Config
+from dann_jax.config import Config, resolved_precision
 from dann_jax.data.pair import PairData, load_pair
 from dann_jax.paper_models import ARCHITECTURES
 from dann_jax.workdir import RunError, check_workdir, clear_run, usable_workdir
@@ -201,6 +201,10 @@ def summarize(config, data, per_seed, analysis, device, wall_seconds) -> dict[st
     results = {
         "config": dataclasses.asdict(config),
         "device": device,
+        "precision": {  # --precision auto resolves per backend (dann_jax.config)
+            "setting": config.precision,
+            "used": resolved_precision(config.precision, device["platform"]),
+        },
         "dataset": data.info,
         "protocol": CHOICE_PROTOCOL if config.choose and config.mode == "dann" else PROTOCOL,
         **{k: v[0] for k, v in stats.items()},

@@ -47,6 +47,7 @@ def test_main_job_writes_results_and_curves(default_run):
     assert results["dataset"]["source"]["train_size"] == 2000
     assert results["device"]["kind"] and results["device"]["local_count"] == 1
     assert results["config"]["lambda2"] == 1.0 and results["config"]["steps"] == 20
+    assert results["precision"] == {"setting": "auto", "used": "fp32"}  # on this CPU
     curve = results["seeds"][0]["curves"]
     assert [c["step"] for c in curve] == [10, 20]
     for key in ("target_accuracy", "source_accuracy"):

@@ -11,6 +11,7 @@ import pytest
 import dann_jax as dj
 from benchmarks import collectives as hlo
 from benchmarks.xla_cost import collectives
+from dann_jax import config
 from tests.helpers import RECIPES, setup_run, synthetic_images
 
 CASES = [(recipe, seeds) for recipe in ("paper", "improved") for seeds in (1, 4)]
@@ -83,3 +84,14 @@ def test_fp32_is_full_float32_on_every_convolution_and_dot():
     # tf32: the backend's default (TF32 on recent NVIDIA GPUs): no precision asked for.
     n, configs = _precisions("tf32")
     assert not any("HIGHEST" in c for c in configs)
+
+
+def test_the_default_precision_is_each_backends_own():
+    # auto: TF32 (no precision asked for) in the accelerator program, full float32 on CPU.
+    assert dj.Config().precision == "auto"
+    n, configs = _precisions("auto")
+    assert n >= 10 and not any("HIGHEST" in c for c in configs)
+    assert config.resolved_precision("auto", "cpu") == "fp32"
+    assert config.resolved_precision("auto", "tpu") == "tf32"
+    assert config.resolved_precision("bf16", "gpu") == "bf16"
+    assert dj.make_model(dj.Config(), backend="cpu").precision == jax.lax.Precision.HIGHEST
