@@ -23,7 +23,14 @@ import os
 import sys
 
 from dann_jax import reproduce, validators
-from dann_jax.cli import add_config_arguments, config_from_args, parse_pairs, run_cli
+from dann_jax.cli import (
+    add_config_arguments,
+    config_from_args,
+    parse_pairs,
+    recipe_defaults,
+    run_cli,
+)
+from dann_jax.config import RECIPES
 from dann_jax.failures import fail
 
 DEFAULT_PAIRS = "mnist:mnist_m,mnist:usps,usps:mnist"
@@ -41,6 +48,17 @@ CONFIG_FLAGS = (
     "steps_per_call",
     "image_size",  # own image folders: the size every image is brought to
     "target_unlabelled",
+    # What adapt.py takes about the model and its inputs (the arms set the recipe's
+    # BatchNorm and dropout): --recipe NAME sets these as defaults, as there.
+    "arch",
+    "pretrained",
+    "bottleneck",
+    "resize",
+    "normalize",
+    "augment",
+    "rotate",
+    "color_jitter",
+    "precision",
 )
 SELECT_DEFAULTS = {"steps": 2000, "eval_every": 500, "seeds": 3, "steps_per_call": 50}
 
@@ -53,18 +71,24 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"not a comma list of numbers: {text!r}") from None
 
 
-def parser() -> argparse.ArgumentParser:
-    """Command-line flags: some `Config` fields plus the selection's own."""
+def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """Command-line flags: some `Config` fields, --recipe, and the selection's own."""
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_config_arguments(p, CONFIG_FLAGS, SELECT_DEFAULTS)
+    p.add_argument("--recipe", choices=list(RECIPES), default=None,
+                   help="named settings applied as defaults, as in adapt.py (a flag given "
+                   "still wins)")  # fmt: skip
+    # The grid's short runs win over a recipe's length (--recipe office: 20,000 steps).
+    defaults = {**recipe_defaults(argv), **SELECT_DEFAULTS}
+    add_config_arguments(p, CONFIG_FLAGS, {k: v for k, v in defaults.items() if k in CONFIG_FLAGS})
     names = list(validators.VALIDATORS)
     a = p.add_argument
     a("--pairs", default=None, help=f"source:target list (with --data-dir: {DEFAULT_PAIRS})")
     a("--lambda2-grid", type=_floats, default="0.1,0.3,1", help="DANN arms' lambda2 list")
-    a("--recipes", default="paper,improved", help=f"comma list of: {', '.join(reproduce.RECIPES)}")
+    a("--recipes", default="paper,improved", help=f"the grid's recipes, comma list of: "
+      f"{', '.join(RECIPES)} (each arm takes its BatchNorm and dropout)")  # fmt: skip
     a(
         "--select",
         default="reverse_validation",
@@ -101,9 +125,9 @@ def parser() -> argparse.ArgumentParser:
 
 def _check(args, recipes: list[str], guard: list[str] | None) -> str | None:
     """A message for a bad flag, or None."""
-    unknown = [r for r in recipes if r not in reproduce.RECIPES]
+    unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
-        return f"unknown --recipes {unknown}; choose from {list(reproduce.RECIPES)}"
+        return f"unknown --recipes {unknown}; choose from {list(RECIPES)}"
     bad = [g for g in guard or [] if g not in validators.VALIDATORS]
     if bad:
         return f"unknown --guard-validators {bad}; choose from {list(validators.VALIDATORS)}"
@@ -141,7 +165,7 @@ def _rescore(out: str, picker: str, guard: list[str] | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and run the selection; errors become one paragraph and exit code 2."""
-    args = parser().parse_args(argv)
+    args = parser(argv).parse_args(argv)
     recipes = args.recipes.split(",")
     guard = args.guard_validators.split(",") if args.guard_validators else None
     try:

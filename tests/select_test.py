@@ -95,6 +95,29 @@ def test_score_cell_without_target_labels_picks_and_guards_only(tmp_path):
     md = (tmp_path / "selection.md").read_text()
     assert "snd picked paper/dann_l1@10; no target labels." in md
     assert "| snd | higher | — | — |" in md  # no Spearman, no regret without labels
+    # ...and so every candidate's scores, the pick in bold.
+    assert "(better: dev lower, snd higher)" in md
+    assert "| paper/source_only@5 | 0.1000 | 1.0000 |" in md
+    assert "| **paper/dann_l1@10** | 0.2000 | 4.0000 |" in md
+
+
+def test_a_tie_is_reported_with_every_tied_candidate(tmp_path):
+    so, dann = select.grid(["paper"], [1.0])
+    candidates = [  # reverse validation at a resolution of 1/50: three equal scores
+        _candidate(so, 5, None, reverse_validation=0.6),
+        _candidate(dann, 5, None, reverse_validation=0.6),
+        _candidate(dann, 10, None, reverse_validation=0.6),
+    ]
+    out = select.score_cell(candidates, [so, dann], "reverse_validation", None)
+    assert out["picked"]["id"] == "paper/source_only@5"
+    assert out["validators"]["reverse_validation"]["tied_ids"] == [c["id"] for c in candidates]
+    cell = {"pair": "a→b", "seed": 0, "candidates": candidates, "score": out}
+    result = {"date": "d", "protocol": "p", "complete": True, "cells": [cell],
+              "rows": select.summarize([cell]), "picker": "reverse_validation"}  # fmt: skip
+    select.write_outputs(tmp_path, result)
+    md = (tmp_path / "selection.md").read_text()
+    assert ("picked paper/source_only@5, tied with paper/dann_l1@5, paper/dann_l1@10 (the "
+            "first in grid order is taken)") in md  # fmt: skip
 
 
 def test_guard_in_the_table_when_every_validator_prefers_source_only(tmp_path):
@@ -242,3 +265,17 @@ def test_tiny_selection_run_on_the_embedded_default(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     (resumed,) = json.loads((out / "selection.json").read_text())["cells"]
     assert resumed["candidates"] == cell["candidates"] and resumed["score"] == cell["score"]
+
+
+def test_selection_takes_the_model_and_input_flags_adapt_takes():
+    from dann_jax.cli import config_from_args
+    from experiments import selection
+
+    argv = ["--recipe", "office", "--arch", "resnet18", "--image-size", "64", "--rotate"]
+    config = config_from_args(selection.parser(argv).parse_args(argv))
+    assert (config.arch, config.image_size, config.rotate) == ("resnet18", 64, True)
+    assert config.pretrained == "imagenet" and config.augment  # the office recipe's
+    assert config.steps == selection.SELECT_DEFAULTS["steps"]  # the grid's own length
+    arm = select.grid(["office"], [1.0])[1]
+    arm_config = select.arm_config(config, ("a", "b"), 0, arm, "w")
+    assert arm_config.bottleneck == 256 and not arm_config.choose

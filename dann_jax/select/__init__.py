@@ -2,7 +2,7 @@
 
 Behind ``experiments/selection.py``. For every source/target pair and seed, the candidates
 are the checkpoints (every ``eval_every`` steps) of a few training runs ("arms"): for
-each recipe of `dann_jax.reproduce.RECIPES`, a source-only run and a DANN run per
+each recipe of `dann_jax.config.RECIPES` (``--recipes``), a source-only run and a DANN run per
 ``lambda2`` of a small grid. At every checkpoint a hook computes every label-free
 validator of `dann_jax.validators` on fixed subsets, the same for every candidate of a
 pair and seed:
@@ -39,10 +39,9 @@ from typing import Any
 import numpy as np
 
 from dann_jax import experiment, loop, validators
-from dann_jax.config import Config
+from dann_jax.config import RECIPES, Config
 from dann_jax.data.pair import PairData
 from dann_jax.outputs import predict_host, set_domains, validation_sets
-from dann_jax.reproduce import RECIPES
 from dann_jax.select.keep import PickKeeper, kept_pick
 from dann_jax.select.scoring import (
     DEFAULT_LAMBDA2,
@@ -82,6 +81,16 @@ _PREFIX = "v_"  # validator values in an evaluation record: v_<name>
 _REVERSE_POOL = 10_000  # pseudo-labelled target images a reverse DANN trains on, at most
 
 
+def _arm_settings(base: Config, recipe: str) -> dict:
+    """The settings an arm's recipe fixes: the digit recipes' BatchNorm and dropout, or
+    all of another recipe's (office) except what the selection itself sets."""
+    settings = dict(RECIPES[recipe])
+    if recipe in ("paper", "improved"):
+        return settings
+    # The selection's own length and batch, and the arch of the flags (or of the pair).
+    return {k: v for k, v in settings.items() if k not in ("steps", "batch_size", "arch")}
+
+
 def arm_config(base: Config, pair: tuple[str, str], seed: int, arm: Arm, workdir: Path) -> Config:
     """The config of one arm: one seed, the recipe's settings, no vmapping, no analysis."""
     arch = "svhn" if "svhn" in pair else base.arch
@@ -89,7 +98,7 @@ def arm_config(base: Config, pair: tuple[str, str], seed: int, arm: Arm, workdir
     return dataclasses.replace(
         base, source=pair[0], target=pair[1], arch=arch, mode=arm.mode, lambda2=lambda2,
         seed=seed, seeds=1, vmap_seeds=False, analyze=False, workdir=str(workdir),
-        **RECIPES[arm.recipe],
+        choose=False, **_arm_settings(base, arm.recipe),
     ).validate()  # fmt: skip
 
 
@@ -262,7 +271,7 @@ def select(
       base: shared settings (steps, eval_every, batch size, data dir, ``seed`` and
         ``seeds``: the seeds are ``seed, ..., seed + seeds - 1``).
       pairs: (source, target) domain names.
-      recipes: names in `dann_jax.reproduce.RECIPES`; the first is the default's.
+      recipes: names in `dann_jax.config.RECIPES`; the first is the default's.
       lambda2_grid: the DANN arms' lambda2 values.
       out: output folder.
       picker: the validator whose choice is reported as "the pick".

@@ -149,6 +149,7 @@ def score_cell(
             continue
         agree = validators.selection_agreement(prefs[name], accs, lower_is_better=False)
         agree["picked_id"] = candidates[agree["chosen_index"]]["id"]
+        agree["tied_ids"] = _tied(prefs[name], candidates)
         agree["regret"] = agree.pop("gap")  # oracle accuracy minus the picked one's
         agree["harmful_pick"] = agree["picked_id"] in harmful
         per_validator[name] = agree
@@ -179,6 +180,13 @@ def score_cell(
     }
 
 
+def _tied(preference: np.ndarray, candidates: list[dict]) -> list[str]:
+    """The ids of every candidate whose preference equals the best one (the first of them
+    in grid order is the pick); one id when there is no tie."""
+    best = np.nanmax(preference)
+    return [c["id"] for c, v in zip(candidates, preference, strict=True) if v == best]
+
+
 def _score_unlabelled(candidates: list[dict], arms, picker: str, guard_use) -> dict:
     """`score_cell` for a target without labels: each validator's pick and the guard only.
 
@@ -195,6 +203,7 @@ def _score_unlabelled(candidates: list[dict], arms, picker: str, guard_use) -> d
             continue
         best = int(np.nanargmax(prefs[name]))  # ties: the first in grid order
         per_validator[name] = {"chosen_index": best, "picked_id": candidates[best]["id"],
+                               "tied_ids": _tied(prefs[name], candidates),
                                "spearman": None, "regret": None, "harmful_pick": None}  # fmt: skip
     by_id = {c["id"]: c for c in candidates}
     ends = (("default_last_step", default_arm(arms)), ("source_only_last_step", arms[0]))
@@ -313,7 +322,8 @@ def write_outputs(out: Path, result: dict) -> None:
         out / "selection.md",
         f"{status}Label-free selection, {result['date']}. {result['protocol']}\n\n"
         f"{_settings(result)}\n\n"
-        + "\n".join(_table(result["rows"])) + "\n\n" + "\n".join(_pick_lines(result)) + "\n",
+        + "\n".join(_table(result["rows"])) + "\n\n" + "\n".join(_pick_lines(result))
+        + "\n".join(_score_tables(result)) + "\n",
     )  # fmt: skip
 
 
@@ -345,9 +355,42 @@ def _pick_lines(result: dict) -> list[str]:
             f"best {best['id']} ({best['target_accuracy']:.4f})"
         )  # fmt: skip
         guard = f" **{s['guard']['message']}**" if s["guard"]["harmful"] else ""
+        tied = (s["validators"].get(result["picker"]) or {}).get("tied_ids") or []
+        if len(tied) > 1:
+            what += f", tied with {', '.join(t for t in tied if t != pick['id'])} (the first "
+            what += "in grid order is taken)"
         lines.append(
             f"* {c['pair']} seed {c['seed']}: {result['picker']} picked {what}; {best}.{guard}"
         )
+    return lines
+
+
+def _score_tables(result: dict) -> list[str]:
+    """For each cell whose target has no labels, every candidate's validator values (the
+    pick in bold): what there is to read when nothing can be measured against labels."""
+    lines = []
+    for c in result["cells"]:
+        if c["score"]["oracle"] is not None:
+            continue
+        names = [n for n in validators.VALIDATORS if any(n in x["scores"] for x in c["candidates"])]
+        pick = (c["score"]["picked"] or {}).get("id")
+        better = ", ".join(
+            f"{n} {'lower' if validators.VALIDATORS[n].lower_is_better else 'higher'}"
+            for n in names
+        )
+        lines += [
+            "",
+            f"{c['pair']} seed {c['seed']} (no target labels): every candidate's scores "
+            f"(better: {better})",
+            "",
+            "| candidate | " + " | ".join(names) + " |",
+            "| --- " * (len(names) + 1) + "|",
+        ]
+        for x in c["candidates"]:
+            values = [x["scores"].get(n) for n in names]
+            cells = ["—" if v is None or not math.isfinite(v) else f"{v:.4f}" for v in values]
+            label = f"**{x['id']}**" if x["id"] == pick else x["id"]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
