@@ -47,6 +47,8 @@ class TrainedModel:
       results: the run's results (``results.json``'s contents), when there are any.
       step: the training step of the checkpoint the state was restored from (by
         `load_run`; None for a model `fit` returns).
+      choice: for a run that chose its model without target labels (``--choose``), which
+        candidate it kept, at which step, by what (``seed_<k>/choice.json``); else None.
     """
 
     model: Any
@@ -57,6 +59,7 @@ class TrainedModel:
     config: Config
     results: dict | None = None
     step: int | None = None
+    choice: dict | None = None
 
     def logits(self, images: np.ndarray, domain: str = "target") -> np.ndarray:
         """Class logits (N, classes) of uint8 images (N, H, W[, C]) of the training size

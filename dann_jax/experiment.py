@@ -156,7 +156,8 @@ def _merge_metrics(workdir: Path, per_seed: list[dict[str, Any]]) -> None:
     """``metrics.jsonl`` at the top: every seed's records, tagged with the seed."""
     merged = []
     for r in per_seed:
-        for line in (workdir / r["member"] / "metrics.jsonl").read_text().splitlines():
+        member = r.get("member", f"seed_{r['seed']}")
+        for line in (workdir / member / "metrics.jsonl").read_text().splitlines():
             merged.append(io.dumps({"seed": r["seed"], **json.loads(line)}, indent=None))
     io.write_text(workdir / "metrics.jsonl", "".join(m + "\n" for m in merged))
 
@@ -380,7 +381,10 @@ def _plot(path: Path, config: Config, data: PairData, per_seed, log) -> None:
         ramp = {"dann": "the paper's ramp", "constant": "constant"}[config.lambda2_schedule]
         title += f", lambda2 = {config.lambda2:g} ({ramp})"
     # Every record of each seed's metrics.jsonl for the training lines (one a dispatch).
-    seeds = [{**r, "metrics": _metrics(path.parent, r["member"])} for r in per_seed]
+    seeds = [
+        {**r, "metrics": _metrics(path.parent, r.get("member", f"seed_{r['seed']}"))}
+        for r in per_seed
+    ]
     try:
         plots.plot_curves(path, seeds, title)
     except ImportError as e:

@@ -45,7 +45,17 @@ def output_path(workdir: Path, folder: Path, index: dict, log=print) -> Path:
 
 
 def which_checkpoint(run) -> str:
-    """'the final checkpoint (step 3000)', or the newest one of a run still training."""
+    """'the final checkpoint (step 3000)', or the newest one of a run still training, or
+    the checkpoint a choosing run kept (`dann_jax.candidates`)."""
+    if run.choice is not None:
+        kept = f"candidate {run.choice['member']} at step {run.step}, by {run.choice['by']}"
+        if (run.choice["trained_to"] or 0) >= run.config.steps:
+            return f"the checkpoint the run kept without target labels ({kept})"
+        return (
+            f"the checkpoint kept so far ({kept}; the candidates are at step "
+            f"{run.choice['trained_to']} of {run.config.steps}): the run is not finished; "
+            "predict again once it is, for its final choice"
+        )
     if run.step is not None and run.step >= run.config.steps:
         return f"the final checkpoint (step {run.step})"
     return (

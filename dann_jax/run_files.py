@@ -169,4 +169,19 @@ def load_run(workdir: str | Path, extractor=None, seed: int | None = None):
     state = train.tree_index(restored[0], seeds.index(seed)) if len(seeds) > 1 else restored[0]
     mean = np.asarray(meta["mean"], np.float32)
     state = jax.device_get(state)
-    return TrainedModel(model, state, mean, names, shape, config, results, step_of(state))
+    choice = _choice(workdir, seed)
+    return TrainedModel(model, state, mean, names, shape, config, results, step_of(state), choice)
+
+
+def _choice(workdir: Path, seed: int) -> dict | None:
+    """What a choosing run kept for `seed` (`dann_jax.candidates`), or None; with
+    ``trained_to``: the step its candidates got to (their newest checkpoint)."""
+    folder = workdir / f"seed_{seed}"
+    try:
+        kept = json.loads((folder / "choice.json").read_text())
+    except (OSError, ValueError):
+        return None
+    steps = [int(p.name) for p in (folder / "candidates" / "checkpoint").glob("*")
+             if p.name.isdigit()]  # fmt: skip
+    return {**{k: kept.get(k) for k in ("member", "step", "by", "value")},
+            "trained_to": max(steps, default=None)}  # fmt: skip

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import dann_jax as dj
-from dann_jax import choose
+from dann_jax import choose, predicting
 from dann_jax.data.arrays import pair_from_arrays
 from tests.helpers import synthetic_images
 
@@ -55,6 +55,12 @@ def test_a_choosing_run_keeps_the_best_candidate_and_checkpoint(tmp_path):
                 best = (value, name, step, record["target_accuracy"])
     kept = json.loads((workdir / "seed_0" / "choice.json").read_text())
     assert (kept["member"], kept["step"]) == best[1:3]
+    # --predict says what predicts: the kept checkpoint, and that it was chosen.
+    loaded = dj.load_run(workdir)
+    assert predicting.which_checkpoint(loaded) == (
+        f"the checkpoint the run kept without target labels (candidate {best[1]} at step "
+        f"{best[2]}, by ensv)"
+    )
     # The model fit returns, and the one load_run (and --predict) reads, is the kept one.
     target = pair_from_arrays(xs, ys, xt, yt).target_test
     for model in (fitted, dj.load_run(workdir)):

@@ -30,7 +30,7 @@ XT = RNG.integers(0, 255, (40, 16, 16, 3), dtype=np.uint8)
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     dj.fit(XS, np.arange(60) % 3, XT, class_names=("a", "b", "c"), steps=4, eval_every=2,
-           batch_size=8, workdir=root / "w", tfds_dir=str(root / "cache"),
+           batch_size=8, workdir=root / "w", tfds_dir=str(root / "cache"), choose=False,
            log=lambda _: None)  # fmt: skip
     return root / "w"
 
