@@ -282,6 +282,47 @@ def test_target_labels_never_reach_training(tmp_path):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_the_target_is_scored_and_predicted_with_the_targets_running_averages(tmp_path):
+    # The recommended recipe keeps each domain's BatchNorm running averages; the run's
+    # target test numbers (metrics.jsonl) and model.predict normalise target images with
+    # the target's (docs/design.md, --bn-eval domain), checked against the model written
+    # out by hand in float64. The shapes of `_final_params`: its compiled programs serve.
+    import jax
+
+    from tests.helpers import float64, reference_cross_entropy, reference_logits
+
+    rng = np.random.default_rng(2)
+    xs = rng.integers(0, 255, (60, 16, 16, 3), dtype=np.uint8)
+    xt = (rng.integers(0, 100, (40, 16, 16, 3)) + np.array([150, 60, 0])).astype(np.uint8)
+    yt = np.arange(40) % 3
+    model = dj.fit(xs, np.arange(60) % 3, xt, target_labels=yt, steps=3, eval_every=3,
+                   batch_size=8, workdir=tmp_path / "w", log=QUIET)  # fmt: skip
+    assert model.config.bn_stats == "per_domain" and model.config.bn_eval == "domain"
+    lines = (tmp_path / "w" / "seed_0" / "metrics.jsonl").read_text().splitlines()
+    record = [r for r in map(json.loads, lines) if "target_loss" in r][-1]
+    assert record["step"] == 3
+    layers = model.state.batch_stats["extractor"]
+    with jax.enable_x64(True):
+        params = float64(model.state.params)
+        x = jax.numpy.asarray(xt / 255.0 - np.asarray(model.mean, np.float64))
+        logits = {}
+        for row in (0, 1):
+            stats = [float64((layers[f"BatchNorm_{i}"]["mean"][row],
+                              layers[f"BatchNorm_{i}"]["var"][row])) for i in (0, 1)]  # fmt: skip
+            logits[row] = reference_logits(params, x, stats)
+        loss = float(reference_cross_entropy(logits[1][0], yt).mean())
+        score = float(jax.nn.sigmoid(logits[1][1]).mean())
+        z = np.asarray(logits[1][0])
+    # The test can fail: the source's averages give other target logits.
+    assert np.abs(np.asarray(logits[0][0]) - z).max() > 1e-2
+    assert record["target_loss"] == pytest.approx(loss, rel=1e-5)
+    assert record["target_domain_score"] == pytest.approx(score, rel=1e-5)
+    np.testing.assert_allclose(model.logits(xt), z, rtol=1e-4, atol=1e-5)  # domain="target"
+    p = np.exp(z - z.max(1, keepdims=True))
+    np.testing.assert_allclose(model.predict(xt)[1], (p / p.sum(1, keepdims=True)).max(1),
+                               rtol=1e-4)  # fmt: skip
+
+
 def test_the_api_trains_on_arrays_loads_a_workdir_and_takes_any_extractor(tmp_path):
     import flax.linen as nn
 
