@@ -242,3 +242,49 @@ def test_tiny_selection_run_on_the_embedded_default(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     (resumed,) = json.loads((out / "selection.json").read_text())["cells"]
     assert resumed["candidates"] == cell["candidates"] and resumed["score"] == cell["score"]
+
+
+def test_reverse_dann_known_value_from_a_forward_model_that_labels_by_brightness(tmp_path):
+    # The paper's reverse validation: the forward model labels the target training
+    # images, a fresh DANN learns from them (as its source) towards the source training
+    # images, and its accuracy on the labelled source validation set is the score. Here
+    # the forward model calls dark images class 2 and bright ones class 5, the target is
+    # dark and the source bright: every pseudo-label is 2, the reverse DANN learns
+    # "always 2", and its accuracy is the share of 2s among the source validation labels,
+    # 7 of 20 (pseudo-labelling the source instead would give the share of 5s, 4 of 20).
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import dann_jax as dj
+    from dann_jax.data.pair import PairData
+
+    class Brightness(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return x.mean((1, 2, 3))[:, None]
+
+    rng = np.random.default_rng(0)
+    bright = lambda n: rng.integers(156, 256, (n, 16, 16, 3), dtype=np.uint8)
+    dark = lambda n: rng.integers(0, 100, (n, 16, 16, 3), dtype=np.uint8)
+    cycle = lambda n: (np.arange(n) % 10).astype(np.int32)
+    data = PairData(
+        source_train=bright(64), source_labels=cycle(64), target_train=dark(64),
+        source_test=bright(20), source_test_labels=cycle(20), target_test=dark(20),
+        target_test_labels=cycle(20), mean=np.full(3, 0.5, np.float32), info={},
+    )  # fmt: skip
+    val_labels = np.array([2] * 7 + [5] * 4 + [0, 1, 3, 4, 6, 7, 8, 9, 0], np.int32)
+    sets = {"source_val": (rng.integers(0, 256, (20, 16, 16, 3), dtype=np.uint8), val_labels)}
+    forward = dj.DANN(Brightness(), num_classes=10, label_head=(), domain_head=())
+    config = dj.Config(steps=5, batch_size=8, lr=0.05, eval_every=5)
+    tx = dj.make_optimizer(config)
+    state = dj.create_train_state(jax.random.key(0), forward, tx, (16, 16, 3))
+    # logit_k = w_k * (mean pixel - 0.5): class 5 above the middle grey, class 2 below.
+    w = jnp.zeros((1, 10)).at[0, 5].set(10.0).at[0, 2].set(-10.0)
+    head = {"_MLP_0": {"Dense_0": {"kernel": w, "bias": jnp.zeros(10)}}}
+    state = jax.device_get(state.replace(params={**state.params, "classifier": head}))
+    accuracy = select.reverse_dann_accuracy(
+        config, data, state, forward, sets, 5, tmp_path / "reverse", lambda _: None
+    )
+    assert accuracy == pytest.approx(7 / 20)
