@@ -341,10 +341,12 @@ def test_scanned_steps_are_the_papers_update_computed_by_hand(hand_checked):
     flat_want = jax.tree.leaves(r["ref_params"])
     flat_before = jax.tree.leaves(before[0])
     for (path, got), want, old in zip(flat_got, flat_want, flat_before, strict=True):
-        # Compare the updates (float32 parameters minus their start: exact to ~3e-8).
+        # Compare the updates (float32 parameters minus their start: exact to ~3e-8), to
+        # 3e-4 of each leaf's largest (float32 rounding reaches 3e-5 of it, through the
+        # BatchNorm scales; p of one step later moves lambda_p by 1.6%).
         delta, want_delta = np.asarray(got) - old, want - old
         scale = np.abs(want_delta).max()
-        np.testing.assert_allclose(delta, want_delta, rtol=0, atol=1e-4 * scale + 1e-8,
+        np.testing.assert_allclose(delta, want_delta, rtol=0, atol=3e-4 * scale + 1e-8,
                                    err_msg=jax.tree_util.keystr(path))  # fmt: skip
     for (mean, var), (want_mean, want_var) in zip(_bn_stats(new.batch_stats), r["ref_stats"],
                                                   strict=True):  # fmt: skip
