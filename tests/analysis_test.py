@@ -52,6 +52,63 @@ def test_pad_balances_flattens_and_caps_samples():
     assert analysis.proxy_a_distance(source, target, seed=3, max_samples=100) == out
 
 
+class _PartAwareClassifier:
+    """A stand-in for the SVM: reads the domain label from feature 0 and gets a set share
+    of a part wrong, by C and by the part's size (validation or test); records its fits."""
+
+    def __init__(self, c, mistakes, log):
+        self.c, self.mistakes, self.log = c, mistakes, log
+
+    def fit(self, x, y):
+        np.testing.assert_array_equal(x[:, 0], y)  # the labels are the domains
+        self.log.append(("fit", self.c, set(x[:, 1])))
+        return self
+
+    def predict(self, x):
+        self.log.append(("predict", self.c, set(x[:, 1])))
+        guess = x[:, 0].astype(np.int64)
+        wrong = round(self.mistakes[self.c][len(x)] * len(x))
+        guess[:wrong] = 1 - guess[:wrong]
+        return guess
+
+
+@pytest.mark.parametrize(
+    ("grid", "val_error_of_1", "chosen"), [((0.1, 1.0), 0.5, 0.1), ((1.0, 0.1), 0.0, 0.1)]
+)
+def test_pad_picks_c_on_the_validation_part_and_measures_eps_on_the_test_part(
+    monkeypatch, grid, val_error_of_1, chosen
+):
+    # 40 examples per domain: a test part of 20 (test_fraction 0.5), a validation part
+    # of 5 (a quarter of the other 20) and 15 to fit, per domain. C = 0.1 is right on the
+    # validation part and wrong on a quarter of the test part; C = 1.0 is right on the
+    # test part. The procedure of the docstring picks C on the validation part (a tie
+    # goes to the smaller C), refits on the whole training part (fit + validation) and
+    # reports the test error of that fit: eps = 0.25, PAD = 2 (1 - 2 eps) = 1.0. Picking
+    # C on the test error would give eps = 0 and PAD = 2.
+    log = []
+    mistakes = {0.1: {10: 0.0, 40: 0.25}, 1.0: {10: val_error_of_1, 40: 0.0}}
+    monkeypatch.setattr(analysis, "_linear_svm",
+                        lambda c, seed: _PartAwareClassifier(c, mistakes, log))  # fmt: skip
+    ids = np.arange(80, dtype=np.float64)
+    source = np.stack([np.zeros(40), ids[:40]], 1)
+    target = np.stack([np.ones(40), ids[40:]], 1)
+    out = analysis.proxy_a_distance(source, target, seed=0, c_grid=grid)
+    assert out["C"] == chosen
+    assert out["error"] == 0.25 and out["pad"] == pytest.approx(1.0)
+    assert (out["n_train"], out["n_test"]) == (40, 40)
+    # The parts: every C fitted on the same 30 examples and scored on the 10 others of
+    # the training part; the chosen C refitted on all 40 and scored on the 40 held out.
+    fits = [(c, seen) for kind, c, seen in log if kind == "fit"]
+    scored = [(c, seen) for kind, c, seen in log if kind == "predict"]
+    assert [c for c, _ in fits] == [c for c, _ in scored] == [0.1, 1.0, chosen]
+    fit_part, val_part = fits[0][1], scored[0][1]
+    assert len(fit_part) == 30 and fits[1][1] == fit_part and scored[1][1] == val_part
+    assert len(val_part) == 10 and not val_part & fit_part
+    train_part, test_part = fits[2][1], scored[2][1]
+    assert train_part == fit_part | val_part and len(test_part) == 40
+    assert not test_part & train_part
+
+
 def test_pad_rejects_mismatched_features():
     with pytest.raises(ValueError, match="feature sizes"):
         analysis.proxy_a_distance(np.zeros((10, 3)), np.zeros((10, 4)))

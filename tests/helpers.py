@@ -352,3 +352,125 @@ def heavy_imports(module: str) -> list[str]:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return out.stdout.split()
+
+
+# -------------------------------------------------------------- an independent DANN step
+#
+# The paper's MNIST model (optionally with per-domain BatchNorm), the DANN objective and
+# SGD with momentum written out from their definitions with plain lax / jax.numpy ops and
+# jax.grad, evaluated in float64: a reference for the train step and the evaluation that
+# shares no code with dann_jax (only the parameter names of its pytrees).
+
+
+def float64(tree):
+    """Every leaf of `tree` as a float64 jax array (call under ``jax.enable_x64``)."""
+    return jax.tree.map(lambda a: jax.numpy.asarray(np.asarray(a, np.float64)), tree)
+
+
+def reference_features(params, x, stats=None):
+    """The extractor: (conv 5x5 VALID -> [BatchNorm] -> ReLU -> 2x2 max-pool) x 2, flat.
+
+    ``stats=None``: training mode, the first and second half of the batch (source, target)
+    each normalised with its own batch mean and biased variance; else ``stats[i]`` =
+    ``(mean, var)`` of layer i, the running averages used at test time. Returns the
+    features and each layer's per-half batch (mean, var), shaped (2, C).
+    """
+    jnp, lax = jax.numpy, jax.lax
+    moments = []
+    for i in range(2):
+        conv, bn = params["extractor"][f"Conv_{i}"], params["extractor"].get(f"BatchNorm_{i}")
+        x = lax.conv_general_dilated(
+            x, conv["kernel"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=lax.Precision.HIGHEST,
+        ) + conv["bias"]  # fmt: skip
+        if bn is not None:
+            if stats is None:
+                halves = x.reshape(2, -1, *x.shape[1:])
+                mu = halves.mean((1, 2, 3), keepdims=True)
+                var = jnp.square(halves - mu).mean((1, 2, 3), keepdims=True)
+                x = ((halves - mu) / jnp.sqrt(var + 1e-5)).reshape(x.shape)
+                moments.append((mu.reshape(2, -1), var.reshape(2, -1)))
+            else:
+                mean, var = stats[i]
+                x = (x - mean) / jnp.sqrt(var + 1e-5)
+            x = x * bn["scale"] + bn["bias"]
+        x = jnp.maximum(x, 0.0)
+        n, h, w, c = x.shape
+        x = x.reshape(n, h // 2, 2, w // 2, 2, c).max((2, 4))
+    return x.reshape(len(x), -1), moments
+
+
+def reference_mlp(head, x):
+    """A head (``params["classifier"]`` or ``["discriminator"]``): Dense-ReLU ..., Dense."""
+    layers = head["_MLP_0"]
+    names = sorted(layers, key=lambda name: int(name.split("_")[1]))
+    for name in names[:-1]:
+        x = jax.numpy.maximum(x @ layers[name]["kernel"] + layers[name]["bias"], 0.0)
+    return x @ layers[names[-1]]["kernel"] + layers[names[-1]]["bias"]
+
+
+def reference_logits(params, x, stats=None):
+    """(class logits, domain logits) at test time with the running averages `stats`."""
+    features, _ = reference_features(params, x, stats)
+    return reference_mlp(params["classifier"], features), reference_mlp(
+        params["discriminator"], features
+    )[:, 0]
+
+
+def reference_cross_entropy(logits, labels, smoothing=0.0):
+    """Per-example cross-entropy against ``(1 - a) * onehot + a / K`` (Szegedy et al.)."""
+    jnp = jax.numpy
+    k, labels = logits.shape[1], jnp.asarray(labels)
+    onehot = (labels[:, None] == jnp.arange(k, dtype=labels.dtype)).astype(logits.dtype)
+    target = (1.0 - smoothing) * onehot + smoothing / k
+    log_p = logits - jax.scipy.special.logsumexp(logits, axis=1, keepdims=True)
+    return -(target * log_p).sum(1)
+
+
+def reference_dann_step(params, stats, trace, step, batch, h):
+    """One DANN update (Ganin et al. 2016, Algorithm 1 and Sec. 5.2.2) in float64.
+
+    ``loss = CE_a(G_y(f_s), y_s) + lambda3 * 0.5 * (BCE(D(f_s), 0) + BCE(D(f_t), 1))``;
+    the discriminator and label classifier descend their own gradients, the extractor the
+    label gradient minus ``lambda_p = lambda2 * (2 / (1 + exp(-gamma p)) - 1)`` times the
+    adversarial one (the reversal), with ``p = step / steps``; SGD with momentum at
+    ``mu_p = lr / (1 + alpha p)^beta``; each domain's BatchNorm running averages move as
+    ``0.9 ra + 0.1 stat``. `h` holds the Config fields by name. Jittable (`h` and
+    `step` may be traced).
+
+    Returns new (params, stats, trace) and the metrics (loss terms, lambda_p, mu_p).
+    """
+    jnp = jax.numpy
+    p = jnp.minimum(step / h["steps"], 1.0)
+    lam = h["lambda2"] * (2.0 / (1.0 + jnp.exp(-h["gamma"] * p)) - 1.0)
+    lr = h["lr"] / (1.0 + h["lr_alpha"] * p) ** h["lr_beta"]
+    xs, ys, xt = batch
+    n = len(xs)
+
+    def terms(q):
+        f, moments = reference_features(q, jnp.concatenate([xs, xt]))
+        label = reference_cross_entropy(
+            reference_mlp(q["classifier"], f[:n]), ys, h["label_smoothing"]
+        ).mean()
+        d = reference_mlp(q["discriminator"], f)[:, 0]
+        softplus = lambda z: jnp.logaddexp(0.0, z)  # BCE(z, 0); BCE(z, 1) = softplus(-z)
+        domain = 0.5 * (softplus(d[:n]).mean() + softplus(-d[n:]).mean())
+        return label, domain, moments
+
+    label, domain, moments = terms(params)
+    g_label = jax.grad(lambda q: terms(q)[0])(params)
+    g_domain = jax.grad(lambda q: terms(q)[1])(params)
+    # The reversal: the extractor gets -lambda_p times the adversarial gradient.
+    sign = {"extractor": -lam, "classifier": 1.0, "discriminator": 1.0}
+    adversarial = {part: jax.tree.map(lambda g, s=s: s * h["lambda3"] * g, g_domain[part])
+                   for part, s in sign.items()}  # fmt: skip
+    grads = jax.tree.map(jnp.add, g_label, adversarial)
+    trace = jax.tree.map(lambda g, t: g + h["momentum"] * t, grads, trace)
+    params = jax.tree.map(lambda w, t: w - lr * t, params, trace)
+    moved = zip(stats, moments, strict=True)
+    stats = [(0.9 * m + 0.1 * mu, 0.9 * v + 0.1 * var) for (m, v), (mu, var) in moved]
+    metrics = {
+        "loss": label + h["lambda3"] * domain, "label_loss": label, "domain_loss": domain,
+        "lambda2": lam, "learning_rate": lr,
+    }  # fmt: skip
+    return params, stats, trace, metrics

@@ -108,6 +108,40 @@ def test_dropout_needs_rng_only_in_training():
     np.testing.assert_array_equal(f, g)
 
 
+def test_dropout_is_inverted_and_shared_by_both_heads():
+    # Dropout (rate 0.25) on the extractor's features, in training only: each feature is
+    # 0 or 1 / 0.75 times itself (its expectation unchanged), a quarter of them 0, with
+    # the same mask for the label classifier and the discriminator, on source and target
+    # rows alike. Here 64 features of 1, a label head that copies them (identity) and a
+    # discriminator that sums them.
+    import flax.linen as nn
+
+    class Ones(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return jnp.ones((x.shape[0], 64))
+
+    model = DANN(Ones(), num_classes=64, label_head=(), domain_head=(), dropout_rate=0.25)
+    x = jnp.zeros((128, 4, 4, 3))
+
+    def head(kernel):
+        return {"_MLP_0": {"Dense_0": {"kernel": kernel, "bias": jnp.zeros(kernel.shape[1])}}}
+
+    params = {"classifier": head(jnp.eye(64)), "discriminator": head(jnp.ones((64, 1)))}
+    key = {"dropout": jax.random.key(1)}
+    out = model.apply({"params": params}, x, x, 1.0, train=True, rngs=key)
+    features = np.asarray(out["class_logits"])  # the source rows after dropout
+    kept = features != 0
+    np.testing.assert_allclose(features[kept], 1 / 0.75, rtol=1e-6)
+    assert abs(1 - kept.mean() - 0.25) < 0.03  # 8,192 draws: std 0.005
+    np.testing.assert_allclose(out["domain_logits_source"], features.sum(1), rtol=1e-6)
+    target = np.asarray(out["domain_logits_target"]) * 0.75  # features kept per target row
+    np.testing.assert_allclose(target, np.round(target), atol=1e-4)
+    assert target.min() < 64 and abs(target.mean() - 48) < 2  # dropped there too
+    test = model.apply({"params": params}, x, x, 1.0, train=False)
+    np.testing.assert_array_equal(np.asarray(test["class_logits"]), 1.0)
+
+
 def test_batchnorm_running_averages_move_once_per_step_by_both_domains():
     # Per domain: ra_g <- m * ra_g + (1 - m) * stat_g, once; so their mean moves by
     # m * mean(ra) + (1 - m) * mean(mu_source, mu_target), for the mean and the variance.

@@ -113,6 +113,32 @@ def test_images_of_several_sizes_need_image_size_which_resizes_then_crops(tmp_pa
     assert crop[:, 2:-2, 1].min() > 200 and crop[:, 2:-2, 0].max() < 60  # green, not stretched
 
 
+def test_arrays_are_split_90_10_by_class_and_centred_on_both_domains_training_mean():
+    # docs/own_data.md: the source is split 90/10, stratified, with a fixed seed; the
+    # target is used whole; grey becomes RGB; the mean subtracted is that of the source
+    # *training* images and the target images (docs/data.md), per channel.
+    from dann_jax.data.pair import pair_from_arrays
+
+    labels = np.repeat(np.arange(5), 20)  # 5 classes of 20
+    source = np.broadcast_to(np.arange(100, dtype=np.uint8)[:, None, None], (100, 4, 4))
+    target = np.full((30, 4, 4), 250, np.uint8)
+    pair = pair_from_arrays(source, labels, target)
+    assert pair.source_train.shape == (90, 4, 4, 3) and pair.source_test.shape == (10, 4, 4, 3)
+    assert (pair.source_train == pair.source_train[..., :1]).all()  # grey repeated
+    held = pair.source_test[:, 0, 0, 0].astype(int)  # each image's pixel is its index
+    kept = pair.source_train[:, 0, 0, 0].astype(int)
+    assert sorted([*held, *kept]) == list(range(100))
+    np.testing.assert_array_equal(labels[held], pair.source_test_labels)
+    np.testing.assert_array_equal(labels[kept], pair.source_labels)
+    assert np.bincount(pair.source_test_labels).tolist() == [2] * 5  # 10% of each class
+    assert np.array_equal(pair.target_train, pair.target_test) and len(pair.target_test) == 30
+    mean = (kept.sum() + 30 * 250) / (90 + 30) / 255  # every pixel of an image is the same
+    np.testing.assert_allclose(pair.mean, [mean] * 3, rtol=1e-6)
+    # A fixed seed: the same split again.
+    again = pair_from_arrays(source, labels, target)
+    np.testing.assert_array_equal(again.source_test, pair.source_test)
+
+
 def test_npz_target_without_labels_and_twenty_classes(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, (200, 16, 16), dtype=np.uint8)
@@ -123,6 +149,27 @@ def test_npz_target_without_labels_and_twenty_classes(tmp_path):
                              target=str(tmp_path / "t.npz")), 28, QUIET)  # fmt: skip
     assert data.num_classes == 20 and not data.target_labelled
     assert data.source_train.shape[1:] == (16, 16, 3)  # native: nothing resized
+
+
+def test_the_mean_is_both_domains_training_images_or_imagenets_mean_and_std(tmp_path):
+    # docs/data.md: per-channel mean subtraction with the mean of the source and target
+    # *training* images (not the test images); --normalize imagenet: (x - mean) / std
+    # with ImageNet's statistics (torchvision's).
+    import jax.numpy as jnp
+
+    grey = lambda n, v: np.full((n, 16, 16), v, np.uint8)
+    np.savez(tmp_path / "s.npz", x_train=grey(10, 40), y_train=np.arange(10) % 2,
+             x_test=grey(4, 0), y_test=np.arange(4) % 2)  # fmt: skip
+    np.savez(tmp_path / "t.npz", x_train=grey(30, 200), x_test=grey(5, 255))
+    paths = {"source": str(tmp_path / "s.npz"), "target": str(tmp_path / "t.npz")}
+    data = load_pair(_config(tmp_path, **paths), 28, QUIET)
+    np.testing.assert_allclose(data.mean, [(10 * 40 + 30 * 200) / 40 / 255] * 3, rtol=1e-6)
+    data = load_pair(_config(tmp_path, normalize="imagenet", **paths), 28, QUIET)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(data.mean, [mean, std], rtol=1e-6)
+    pixel = np.array([124, 116, 104], np.uint8)
+    got = dj.normalize(jnp.asarray(pixel.reshape(1, 1, 1, 3)), jnp.asarray(data.mean))
+    np.testing.assert_allclose(got.reshape(3), (pixel / 255 - mean) / std, rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------ bad input
@@ -280,6 +327,47 @@ def test_target_labels_never_reach_training(tmp_path):
     for other in leaves[1:]:
         for a, b in zip(leaves[0], other, strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_the_target_is_scored_and_predicted_with_the_targets_running_averages(tmp_path):
+    # The recommended recipe keeps each domain's BatchNorm running averages; the run's
+    # target test numbers (metrics.jsonl) and model.predict normalise target images with
+    # the target's (docs/design.md, --bn-eval domain), checked against the model written
+    # out by hand in float64. The shapes of `_final_params`: its compiled programs serve.
+    import jax
+
+    from tests.helpers import float64, reference_cross_entropy, reference_logits
+
+    rng = np.random.default_rng(2)
+    xs = rng.integers(0, 255, (60, 16, 16, 3), dtype=np.uint8)
+    xt = (rng.integers(0, 100, (40, 16, 16, 3)) + np.array([150, 60, 0])).astype(np.uint8)
+    yt = np.arange(40) % 3
+    model = dj.fit(xs, np.arange(60) % 3, xt, target_labels=yt, steps=3, eval_every=3,
+                   batch_size=8, workdir=tmp_path / "w", log=QUIET)  # fmt: skip
+    assert model.config.bn_stats == "per_domain" and model.config.bn_eval == "domain"
+    lines = (tmp_path / "w" / "seed_0" / "metrics.jsonl").read_text().splitlines()
+    record = [r for r in map(json.loads, lines) if "target_loss" in r][-1]
+    assert record["step"] == 3
+    layers = model.state.batch_stats["extractor"]
+    with jax.enable_x64(True):
+        params = float64(model.state.params)
+        x = jax.numpy.asarray(xt / 255.0 - np.asarray(model.mean, np.float64))
+        logits = {}
+        for row in (0, 1):
+            stats = [float64((layers[f"BatchNorm_{i}"]["mean"][row],
+                              layers[f"BatchNorm_{i}"]["var"][row])) for i in (0, 1)]  # fmt: skip
+            logits[row] = reference_logits(params, x, stats)
+        loss = float(reference_cross_entropy(logits[1][0], yt).mean())
+        score = float(jax.nn.sigmoid(logits[1][1]).mean())
+        z = np.asarray(logits[1][0])
+    # The test can fail: the source's averages give other target logits.
+    assert np.abs(np.asarray(logits[0][0]) - z).max() > 1e-2
+    assert record["target_loss"] == pytest.approx(loss, rel=1e-6)
+    assert record["target_domain_score"] == pytest.approx(score, rel=1e-6)
+    np.testing.assert_allclose(model.logits(xt), z, rtol=1e-4, atol=1e-5)  # domain="target"
+    p = np.exp(z - z.max(1, keepdims=True))
+    np.testing.assert_allclose(model.predict(xt)[1], (p / p.sum(1, keepdims=True)).max(1),
+                               rtol=1e-4)  # fmt: skip
 
 
 def test_the_api_trains_on_arrays_loads_a_workdir_and_takes_any_extractor(tmp_path):

@@ -279,3 +279,60 @@ def test_selection_takes_the_model_and_input_flags_adapt_takes():
     arm = select.grid(["office"], [1.0])[1]
     arm_config = select.arm_config(config, ("a", "b"), 0, arm, "w")
     assert arm_config.bottleneck == 256 and not arm_config.choose
+
+
+def test_reverse_dann_known_value_from_a_forward_model_that_labels_by_brightness(tmp_path):
+    # The paper's reverse validation: the forward model labels the target training
+    # images (normalised with the target's BatchNorm averages), a fresh DANN learns from
+    # them (as its source) towards the source training images, and its accuracy on the
+    # labelled source validation set is the score. Here the forward model's one feature
+    # is the mean pixel g (dark target images -0.31, bright source images +0.31, after
+    # the pools' mean 0.5) through a per-domain BatchNorm with set averages (source +1.1,
+    # target -0.3, variance 1), and its head says class 8 above 0.5, class 5 below -0.5,
+    # class 2 between. So every target image is a 2 (g - (-0.3) = 0), the reverse DANN
+    # learns "always 2", and its accuracy is the share of 2s among the source validation
+    # labels: 7 of 20. The source's averages (-1.41) or both domains' mean (-0.71) would
+    # make them 5s (4 of 20), and the source images pseudo-labelled instead would be 8s
+    # (+0.61: 2 of 20).
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import dann_jax as dj
+    from dann_jax.data.pair import PairData
+    from dann_jax.models import DomainBatchNorm
+
+    class Brightness(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return DomainBatchNorm(groups=2)(x.mean((1, 2, 3))[:, None], train)
+
+    rng = np.random.default_rng(0)
+    bright = lambda n: rng.integers(156, 256, (n, 16, 16, 3), dtype=np.uint8)
+    dark = lambda n: rng.integers(0, 100, (n, 16, 16, 3), dtype=np.uint8)
+    cycle = lambda n: (np.arange(n) % 10).astype(np.int32)
+    data = PairData(
+        source_train=bright(64), source_labels=cycle(64), target_train=dark(64),
+        source_test=bright(20), source_test_labels=cycle(20), target_test=dark(20),
+        target_test_labels=cycle(20), mean=np.full(3, 0.5, np.float32), info={},
+    )  # fmt: skip
+    val_labels = np.array([2] * 7 + [5] * 4 + [8] * 2 + [0, 1, 3, 4, 6, 7, 9], np.int32)
+    sets = {"source_val": (rng.integers(0, 256, (20, 16, 16, 3), dtype=np.uint8), val_labels)}
+    forward = dj.DANN(Brightness(), num_classes=10, label_head=(), domain_head=())
+    # Per-domain statistics (chosen at test time by --bn-eval domain) for a model of the
+    # paper's CNN without BatchNorm in the reverse run.
+    config = dj.Config(steps=5, batch_size=8, lr=0.05, eval_every=5, bn_stats="per_domain")
+    assert config.bn_domain("target") == 1
+    tx = dj.make_optimizer(config)
+    state = dj.create_train_state(jax.random.key(0), forward, tx, (16, 16, 3))
+    w = jnp.zeros((1, 10)).at[0, 8].set(10.0).at[0, 5].set(-10.0)
+    head = {"_MLP_0": {"Dense_0": {"kernel": w, "bias": jnp.zeros(10).at[2].set(5.0)}}}
+    averages = {"mean": jnp.array([[1.1], [-0.3]]), "var": jnp.full((2, 1), 1.0 - 1e-5)}
+    stats = {"extractor": {"DomainBatchNorm_0": averages}}
+    state = state.replace(params={**state.params, "classifier": head}, batch_stats=stats)
+    state = jax.device_get(state)
+    accuracy = select.reverse_dann_accuracy(
+        config, data, state, forward, sets, 5, tmp_path / "reverse", lambda _: None
+    )
+    assert accuracy == pytest.approx(7 / 20)

@@ -1,5 +1,7 @@
 """Train step: learning, the reversed gradient, pmap == one device, scan == single steps,
-vmapped seeds == separate runs."""
+vmapped seeds == separate runs; K scanned steps against a hand-written float64 DANN update
+(ramp, smoothing, lambda3, annealing, momentum, per-domain BatchNorm averages) and each
+domain evaluated with its own averages."""
 
 import chex
 import jax
@@ -10,7 +12,17 @@ import pytest
 import dann_jax as dj
 from dann_jax import build, train
 from dann_jax.models import DANN
-from tests.helpers import RECIPES, setup_run, synthetic_data, synthetic_images, unflat
+from tests.helpers import (
+    RECIPES,
+    float64,
+    reference_cross_entropy,
+    reference_dann_step,
+    reference_logits,
+    setup_run,
+    synthetic_data,
+    synthetic_images,
+    unflat,
+)
 
 
 def _batch(data, batch_size, seed):
@@ -266,3 +278,125 @@ def test_evaluate_matches_direct_computation():
     np.testing.assert_array_equal(
         np.asarray(out["predictions"]).reshape(-1)[:50], np.asarray(jnp.argmax(logits, -1))
     )
+
+
+# Every number of the objective away from its default, so that a step which ignores one
+# (or takes another in its place) cannot agree with the reference by accident.
+HAND_CHECKED = dict(
+    steps=50, batchnorm=True, bn_stats="per_domain", lambda2=0.8, lambda3=0.6, gamma=7.0,
+    label_smoothing=0.2, lr=0.03, lr_alpha=3.0, lr_beta=0.6, momentum=0.8,
+)  # fmt: skip
+HAND_FIELDS = ("steps", "lambda2", "lambda3", "gamma", "label_smoothing", "lr", "lr_alpha",
+               "lr_beta", "momentum")  # fmt: skip
+
+
+def _bn_stats(batch_stats):
+    """[(mean, var)] of the extractor's two BatchNorm layers, each (2, C): source, target."""
+    layers = batch_stats["extractor"]
+    return [(layers[f"BatchNorm_{i}"]["mean"], layers[f"BatchNorm_{i}"]["var"]) for i in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def hand_checked():
+    """Two scanned steps from step 20 of 50 (p = 0.4, 0.42) of the improved recipe's model
+    (no dropout), and the same two steps computed by `reference_dann_step` in float64."""
+    config = dj.Config(**HAND_CHECKED)
+    model, tx = dj.make_model(config), dj.make_optimizer(config)
+    start = 20
+    state = dj.create_train_state(jax.random.key(4), model, tx, (28, 28, 3))
+    state = state.replace(step=jnp.int32(start))
+    before = jax.tree.map(np.asarray, (state.params, state.batch_stats))
+    data, k, batch_size = synthetic_data(64), 2, 8
+    # Step s draws sample_batch(data key of fold_in(rng, s)) (`train_steps`' contract).
+    keys = [jax.random.split(jax.random.fold_in(state.rng, s))[0] for s in range(start, start + k)]
+    batches = [dj.sample_batch(key, data, batch_size) for key in keys]
+    run = dj.compile_train_steps(model, tx, num_steps=k, batch_size=batch_size, unroll=1)
+    new, metrics = run(state, data, dj.hyperparams(config))  # a rolled lax.scan
+    h = {f: getattr(config, f) for f in HAND_FIELDS}
+    with jax.enable_x64(True):
+        params, stats = float64(before[0]), float64(_bn_stats(before[1]))
+        trace = jax.tree.map(jnp.zeros_like, params)  # SGD's momentum starts empty
+        step = jax.jit(reference_dann_step)
+        ref_metrics = []
+        for s, b in enumerate(batches, start):
+            xs, xt = float64((b["source_images"], b["target_images"]))
+            params, stats, trace, m = step(params, stats, trace, s, (xs, b["source_labels"], xt), h)
+            ref_metrics.append(jax.tree.map(float, m))
+        ref = jax.tree.map(np.asarray, (params, stats))
+    return {
+        "config": config, "model": model, "data": data, "before": before, "k": k,
+        "state": new, "metrics": jax.tree.map(np.asarray, metrics), "ref_params": ref[0],
+        "ref_stats": ref[1], "ref_metrics": ref_metrics,
+    }  # fmt: skip
+
+
+def test_scanned_steps_are_the_papers_update_computed_by_hand(hand_checked):
+    # The README's objective: CE(label-smoothed, source) + lambda3 * domain loss, the
+    # extractor's domain gradient times -lambda2 * ramp(p) with gamma, SGD with momentum
+    # at lr / (1 + alpha p)^beta, p = step / steps from the state's step; each domain's
+    # running averages 0.9 ra + 0.1 mu_d (docs/design.md). The reference is float64.
+    r = hand_checked
+    new, before = r["state"], r["before"]
+    assert int(new.step) == 20 + r["k"]
+    flat_got = jax.tree.leaves_with_path(new.params)
+    flat_want = jax.tree.leaves(r["ref_params"])
+    flat_before = jax.tree.leaves(before[0])
+    for (path, got), want, old in zip(flat_got, flat_want, flat_before, strict=True):
+        # Compare the updates (float32 parameters minus their start: exact to ~3e-8), to
+        # 3e-4 of each leaf's largest (float32 rounding reaches 3e-5 of it, through the
+        # BatchNorm scales; p of one step later moves lambda_p by 1.6%).
+        delta, want_delta = np.asarray(got) - old, want - old
+        scale = np.abs(want_delta).max()
+        np.testing.assert_allclose(delta, want_delta, rtol=0, atol=3e-4 * scale + 1e-8,
+                                   err_msg=jax.tree_util.keystr(path))  # fmt: skip
+    for (mean, var), (want_mean, want_var) in zip(_bn_stats(new.batch_stats), r["ref_stats"],
+                                                  strict=True):  # fmt: skip
+        np.testing.assert_allclose(mean, want_mean, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(var, want_var, rtol=1e-4, atol=1e-6)
+    for i, want in enumerate(r["ref_metrics"]):
+        for key in ("loss", "label_loss", "domain_loss"):
+            np.testing.assert_allclose(r["metrics"][key][i], want[key], rtol=1e-5, err_msg=key)
+        for key in ("lambda2", "learning_rate"):
+            np.testing.assert_allclose(r["metrics"][key][i], want[key], rtol=1e-6, err_msg=key)
+
+
+def test_each_domain_is_evaluated_with_its_own_running_averages(hand_checked):
+    # docs/design.md: at test time target images are normalised with the target's running
+    # averages and source images with the source's (--bn-eval domain), or with the mean of
+    # both (--bn-eval mean).
+    r = hand_checked
+    config, model, data, state = r["config"], r["model"], r["data"], r["state"]
+    xs, ys, xt, yt = synthetic_images(24, seed=3)
+    stats = _bn_stats(state.batch_stats)
+    with jax.enable_x64(True):
+        params = float64(state.params)
+        rows = {d: [float64((m[d], v[d])) for m, v in stats] for d in (0, 1)}
+        rows[None] = [float64((m.mean(0), v.mean(0))) for m, v in stats]  # f32 mean, then f64
+        cases = [
+            (config, "target", xt, yt, 1), (config, "source", xs, ys, 0),
+            (config.replace(bn_eval="mean"), "target", xt, yt, None),
+        ]  # fmt: skip
+        expected = []
+        for _, _, images, labels, row in cases:
+            x = jnp.asarray(images / 255.0 - 0.5)  # the pools' mean, 0.5 per channel
+            logits, domain = reference_logits(params, x, rows[row])
+            other = reference_logits(params, x, rows[1 - row] if row is not None else rows[0])
+            # The test can fail: the other domain's averages give other logits.
+            assert np.abs(np.asarray(other[0] - logits)).max() > 1e-2
+            expected.append((
+                np.asarray(logits),
+                float(reference_cross_entropy(logits, labels).mean()),
+                float(jax.nn.sigmoid(domain).mean()),
+            ))  # fmt: skip
+    for (cfg, role, images, labels, _), (logits, loss, score) in zip(cases, expected, strict=True):
+        domain = cfg.bn_domain(role)
+        eval_set = dj.make_eval_set(images, labels, chunk=8)
+        out = dj.compile_evaluate(model, domain=domain)(
+            state.params, state.batch_stats, eval_set, data.mean
+        )
+        assert float(out["loss"]) == pytest.approx(loss, rel=1e-5), (role, cfg.bn_eval)
+        assert float(out["domain_score"]) == pytest.approx(score, rel=1e-5), (role, cfg.bn_eval)
+        predictions = np.asarray(out["predictions"]).reshape(-1)[:24]
+        assert float(out["accuracy"]) == pytest.approx(np.mean(predictions == labels), abs=1e-6)
+        sure = np.sort(logits, 1)[:, -1] - np.sort(logits, 1)[:, -2] > 1e-4  # no near-ties
+        np.testing.assert_array_equal(predictions[sure], logits.argmax(1)[sure])
