@@ -75,7 +75,11 @@ CANDIDATES: tuple[Candidate, ...] = (
     _c(
         "entropy", "target entropy minimisation alone (weight 0.1)", lambda2=0.0, entropy_weight=0.1
     ),
+    _c("dann_l0.1_mcc", "DANN lambda2 0.1 + MCC", lambda2=0.1, mcc=1.0),
     _c("cdan", "CDAN", lambda2=1.0, adversary="cdan"),
+    _c("cdan_l0.3", "CDAN, lambda2 0.3", lambda2=0.3, adversary="cdan"),
+    _c("cdan_l0.1", "CDAN, lambda2 0.1", lambda2=0.1, adversary="cdan"),
+    _c("cdan_mcc", "CDAN + MCC", lambda2=1.0, adversary="cdan", mcc=1.0),
     _c("cdan_e", "CDAN+E", lambda2=1.0, adversary="cdan", cdan_entropy=1.0),
     _c("dann_wide", "DANN, a 1024-1024 discriminator", lambda2=1.0, domain_head="1024,1024"),
     _c("dann_color", "DANN + colour jitter and greyscale", lambda2=1.0, color_jitter=True),

@@ -6,7 +6,8 @@ seeds, scores every model at every evaluation with the label-free validators
 (`dann_jax.choose`), and writes OUT/suite.json (every record), OUT/logits/ and
 OUT/suite.md (the tables; `dann_jax.suite_report`). Target labels are read only to
 score. With --data-dir the real digit pairs join the suite. Rerun with more --shifts
-and the same --out to add to it: finished shifts are kept.
+or --candidates and the same --out to add to it: the records of other shifts and
+candidates are kept.
 """
 
 from __future__ import annotations
@@ -60,7 +61,11 @@ def _shift_records(name, args, base, candidates, out: Path, log) -> list[dict]:
         f"{args.seeds} seeds")  # fmt: skip
     suite.train_shift(data, candidates, range(args.seeds), base, on_eval, log)
     (out / "logits").mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "logits" / f"{name}.npz", labels=hidden, **logits)
+    path = out / "logits" / f"{name}.npz"
+    if path.exists():  # other candidates of this shift from an earlier run stay
+        with np.load(path) as kept:
+            logits = {**{k: kept[k] for k in kept.files if k != "labels"}, **logits}
+    np.savez_compressed(path, labels=hidden, **logits)
     log(f"{name}: done in {time.perf_counter() - start:.0f} s")
     return records
 
@@ -78,11 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     base = suite.suite_config(args.steps, args.batch_size, args.eval_every)
     path = out / "suite.json"
     saved = json.loads(path.read_text()) if path.exists() else {"records": []}
-    records = [r for r in saved["records"] if r["shift"] not in names]
-    meta = {k: v for k, v in vars(args).items() if k != "out"}
+    # Another run's records stay unless this one trains the same shift and candidate.
+    mine = {(s, c.name) for s in names for c in candidates}
+    records = [r for r in saved["records"] if (r["shift"], r["candidate"]) not in mine]
+    # Every invocation's settings, so a suite added to in steps says how each part ran.
+    runs = [*saved.get("runs", []), {k: v for k, v in vars(args).items() if k != "out"}]
     for name in names:
         records += _shift_records(name, args, base, candidates, out, print)
-        suite.write_records(out, records, {"settings": meta})
+        suite.write_records(out, records, {"runs": runs})
         suite_report.write_report(out, records)
     return 0
 

@@ -60,3 +60,9 @@ def test_the_suite_in_miniature_writes_records_and_tables(tmp_path):
         assert {"mixval", "reverse_validation", "source_accuracy"} <= set(r["scores"])
     table = (out / "suite.md").read_text()
     assert "| source_only |" in table and "| dann_l0.3 |" in table
+    # Another candidate later, into the same folder: the earlier ones' records stay.
+    more = [a if a != "source_only,dann_l0.3" else "mcc" for a in args]
+    assert shift_suite.main(more) == 0
+    saved = json.loads((out / "suite.json").read_text())
+    assert sorted({r["candidate"] for r in saved["records"]}) == ["dann_l0.3", "mcc", "source_only"]
+    assert len(saved["runs"]) == 2 and "source_only/0/4" in np.load(out / "logits" / "invert.npz")
