@@ -97,8 +97,9 @@ def make_model(
 
 
 def _heads(model: DANN, config: Config) -> DANN:
-    """`model` with the discriminator `config` asks for (its input and widths)."""
-    changes: dict[str, Any] = {"adversary": config.adversary}
+    """`model` with the discriminator `config` asks for (its input and widths) and its
+    BatchNorm synchronisation over devices."""
+    changes: dict[str, Any] = {"adversary": config.adversary, "sync_bn": config.bn_sync}
     if config.domain_head is not None:
         changes["domain_head"] = domain_head_widths(config.domain_head)
     return model.clone(**changes)

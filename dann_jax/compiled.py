@@ -128,6 +128,7 @@ def compile_train_steps(
     mesh: jax.sharding.Mesh | None = None,
     augment: bool | tuple[str, ...] = False,
     stack: str = "vmap",
+    split_models: str | None = None,
 ) -> TrainSteps:
     """`train_steps` compiled with ``jax.jit``, optionally over a device mesh.
 
@@ -152,14 +153,24 @@ def compile_train_steps(
     the rolled loop is what removes the per-step dispatch. ``unroll=True`` or an int is
     passed to `train_steps` as is. ``augment``: the on-device augmentations
     (`dann_jax.augment.OPS`; True: crops and flips).
+
+    ``split_models`` (with a ``mesh`` and ``vmap_seeds``): instead of splitting every
+    model's batch over the devices, each device trains whole models: the stacked models
+    are split along their axis (their count a multiple of the mesh size; put the state
+    with `dann_jax.sharding.put_sharded` along axis 0) and each trains on its whole batch
+    where it lives, so no gradient or BatchNorm statistic crosses devices. ``"shared"``:
+    the hparams are replicated; ``"per_model"``: they carry the model axis and are split
+    with the state. Metrics come back split along their model axis.
     """
-    _check_split(batch_size, mesh)
+    _check_split(batch_size, None if split_models else mesh)
     per_dispatch = num_steps
     if unroll is None:
         per_dispatch, unroll = (1, True) if jax.default_backend() == "cpu" else (num_steps, 1)
+    if split_models is not None and (mesh is None or not vmap_seeds):
+        raise ValueError("split_models needs a mesh and stacked models (vmap_seeds=True)")
     program = _steps_program(
         model, tx, per_dispatch, batch_size, lambda2_schedule, unroll, vmap_seeds, mesh,
-        ops_of(augment), stack,
+        ops_of(augment), stack, split_models,
     )  # fmt: skip
     return TrainSteps(program, num_steps, per_dispatch)
 
@@ -169,14 +180,24 @@ def compile_train_steps(
 # instead of tracing and compiling a new ``jax.jit`` of a new partial.
 @functools.lru_cache(maxsize=32)
 def _steps_program(
-    model, tx, num_steps, batch_size, lambda2_schedule, unroll, vmap_seeds, mesh, augment, stack
-) -> Callable:
+    model, tx, num_steps, batch_size, lambda2_schedule, unroll, vmap_seeds, mesh, augment, stack,
+    split_models,
+) -> Callable:  # fmt: skip
     """The compiled program of `compile_train_steps` (``num_steps`` per dispatch)."""
+    split = split_models is not None
     fn = functools.partial(
         train.train_steps, model=model, tx=tx, num_steps=num_steps, batch_size=batch_size,
-        lambda2_schedule=lambda2_schedule, axis_name=None if mesh is None else AXIS,
+        lambda2_schedule=lambda2_schedule, axis_name=None if mesh is None or split else AXIS,
         unroll=unroll, vmap_seeds=vmap_seeds, augment=augment, stack=stack,
     )  # fmt: skip
-    if mesh is not None:
+    if split:
+        # Whole models per device: the state (and per-model hparams) split along the
+        # model axis, the pools whole everywhere; nothing to average across devices.
+        hp = P(AXIS) if split_models == "per_model" else P()
+        fn = jax.shard_map(
+            fn, mesh=mesh, in_specs=(P(AXIS), P(), hp), out_specs=(P(AXIS), P(None, AXIS)),
+            check_vma=False,
+        )  # fmt: skip
+    elif mesh is not None:
         fn = _per_device(fn, mesh, P())  # all replicated; each device gathers its block
     return jax.jit(fn, donate_argnums=(0,))

@@ -211,6 +211,13 @@ class Config:
         "BatchNorm statistics over the joint source + target batch or per domain",
         BN_STATS,
     )
+    bn_sync: bool = _setting(
+        True,
+        "over several devices, synchronise BatchNorm statistics (SyncBN: the result equals "
+        "one device's on the whole batch); --no-bn-sync: each device normalises its own "
+        "share, as DDP without SyncBN (fewer all-reduces; the result depends on the device "
+        "count)",
+    )
     bn_eval: str = _setting(
         "domain",
         "with per-domain BatchNorm, which running statistics normalise a domain's images at "
@@ -433,7 +440,8 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
         "image_size", "resize",
     ),
     "model": (
-        "arch", "pretrained", "bottleneck", "batchnorm", "bn_stats", "bn_eval", "dropout",
+        "arch", "pretrained", "bottleneck", "batchnorm", "bn_stats", "bn_sync", "bn_eval",
+        "dropout",
         "domain_head", "precision", "augment", "rotate", "color_jitter", "normalize",
     ),
     "optimisation": (

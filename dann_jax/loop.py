@@ -161,8 +161,16 @@ def _evaluate(evaluate, state, eval_sets, mean, names, labelled) -> list[dict[st
     None for its accuracy and loss; its domain score needs no labels.
     """
     out: list[dict[str, Any]] = [{} for _ in names]
+    # Models split over the devices (whole models per device) are evaluated replicated,
+    # each device taking its share of every test set: one copy of the weights moves.
+    mesh = getattr(mean.sharding, "mesh", None)
+    params, stats = state.params, state.batch_stats
+    if mesh is not None and not all(
+        x.sharding.is_fully_replicated for x in jax.tree.leaves(params)
+    ):
+        params, stats = jax.device_put((params, stats), sharding.replicated(mesh))
     for name, es in eval_sets.items():
-        r = evaluate[name](state.params, state.batch_stats, es, mean)
+        r = evaluate[name](params, stats, es, mean)
         r = sharding.fetch({k: r[k] for k in ("accuracy", "loss", "domain_score")})
         for i in range(len(names)):
             for key, value in r.items():
@@ -182,15 +190,20 @@ def _log_eval(log, names, step: int, total: int, records) -> None:
         )
 
 
-def _mesh_for(config: Config):
-    """All devices as one mesh; the batch must split evenly over them."""
+def _mesh_for(config: Config, models: int, members: bool):
+    """(all devices as one mesh, how stacked models go on it: None when every model's
+    batch is split over the devices, which it must divide; ``"shared"`` or
+    ``"per_model"`` hparams when each device trains whole models: their count a multiple
+    of the device count, so no gradient crosses devices)."""
     mesh = sharding.make_mesh()
+    if models > 1 and mesh.size > 1 and models % mesh.size == 0:
+        return mesh, "per_model" if members else "shared"
     if config.batch_size % mesh.size:
         raise ConfigError(
             f"--batch-size {config.batch_size} does not split over {mesh.size} devices; "
             f"use a multiple of {mesh.size}."
         )
-    return mesh
+    return mesh, None
 
 
 class _Queue:
@@ -267,12 +280,16 @@ def _pretrained(config: Config, log):
     return pretrained.load(config, log)
 
 
-def _place(state, data: PairData, hparams, mesh):
-    """State, pools, hparams and mean replicated over the mesh; test sets split along it."""
+def _place(state, data: PairData, hparams, mesh, split):
+    """State, pools, hparams and mean replicated over the mesh (the state, and per-model
+    hparams, split along the model axis when each device trains whole models); test
+    sets split along it."""
     put = lambda tree: sharding.put_replicated(tree, mesh)
     tests = {k: sharding.put_sharded(v, mesh, axis=1) for k, v in data.eval_sets(mesh.size).items()}
     mean = put(data.mean.astype(np.float32))
-    return put(state), put(data.train_data()), put(hparams), tests, mean
+    models = (lambda t: sharding.put_sharded(t, mesh, axis=0)) if split else put
+    hp = models(hparams) if split == "per_model" else put(hparams)
+    return models(state), put(data.train_data()), hp, tests, mean
 
 
 def _prepare(config: Config, data: PairData, workdir: Path, keys, folder, model, log):
@@ -332,12 +349,13 @@ def train_and_evaluate(
     names, keys, folder, hparams = _layout(config, seeds, members)
     if len(names) > 1 and on_eval is not None and members is None:
         raise ValueError("on_eval hooks need one seed at a time")
-    start, mesh = time.perf_counter(), _mesh_for(config)
+    start = time.perf_counter()
+    mesh, split = _mesh_for(config, len(names), members is not None)
     model, tx, state, curves, ckpt_dir, weights = _prepare(
         config, data, workdir, keys, folder, model, log
     )
     step, stacked = step_of(state), len(names) > 1
-    state, pools, hp, tests, mean = _place(state, data, hparams, mesh)
+    state, pools, hp, tests, mean = _place(state, data, hparams, mesh, split)
     evaluate = {  # each test set with its own domain's BatchNorm statistics (config.bn_eval)
         name: compile_evaluate(model, stacked, mesh, config.bn_domain(name))
         for name in ("target", "source")
@@ -356,7 +374,7 @@ def train_and_evaluate(
             run = compiled.compile_train_steps(
                 model, tx, num_steps=n, batch_size=config.batch_size,
                 lambda2_schedule=config.lambda2_schedule, vmap_seeds=stacked, mesh=mesh,
-                augment=config.augment_ops, stack=how,
+                augment=config.augment_ops, stack=how, split_models=split,
             )  # fmt: skip
             state, metrics = run(state, pools, hp)  # queued: runs while the host reads on
             queue.push(step, n, metrics)

@@ -176,6 +176,10 @@ class DANN(nn.Module):
         heads (the standard layer on pretrained backbones, e.g. 256); 0: none.
       bn_groups: domains stacked in the batch that the bottleneck's BatchNorm
         normalises separately (2 = per domain; the extractor has its own setting).
+      sync_bn: synchronise BatchNorm statistics over the data-parallel axis (SyncBN: N
+        devices normalise as one device on the whole batch, one all-reduce per layer
+        forward and backward); False: each device normalises its own share (what DDP
+        without SyncBN does). Dropout masks and gradients are global either way.
       adversary: ``"dann"`` (the discriminator sees the features) or ``"cdan"`` (it sees
         the multilinear map ``f (x) softmax(G_y(f))``, the predictions without gradient:
         Long et al., NeurIPS 2018).
@@ -194,6 +198,7 @@ class DANN(nn.Module):
     dropout_rate: float = 0.0
     bottleneck: int = 0
     bn_groups: int = 1
+    sync_bn: bool = True
     adversary: str = "dann"
     axis_name: str | None = None
     dtype: Any = jnp.float32
@@ -213,8 +218,9 @@ class DANN(nn.Module):
                 self.bottleneck, dtype=self.dtype, precision=self.precision
             )
             self.bottleneck_bn = DomainBatchNorm(
-                self.bn_groups, axis_name=self.axis_name, dtype=self.dtype
-            )
+                self.bn_groups, axis_name=self.axis_name if self.sync_bn else None,
+                dtype=self.dtype,
+            )  # fmt: skip
 
     def _embed(self, x: jax.Array, train: bool) -> jax.Array:
         """Extractor features, through the bottleneck layer when there is one."""
@@ -305,7 +311,8 @@ def select_domain(batch_stats, domain: int | None):
 
 
 def with_axis(model: DANN, axis_name: str | None) -> DANN:
-    """`model` for a per-device step over `axis_name`: synchronised BatchNorm, global dropout.
+    """`model` for a per-device step over `axis_name`: synchronised BatchNorm (unless
+    ``model.sync_bn`` is False), global dropout.
 
     The extractor gets the axis too when it has an ``axis_name`` attribute (the modules of
     this package do); an extractor without one computes its own statistics per device.
@@ -313,6 +320,6 @@ def with_axis(model: DANN, axis_name: str | None) -> DANN:
     if axis_name is None:
         return model
     extractor = model.extractor
-    if "axis_name" in {f.name for f in dataclasses.fields(extractor)}:
+    if model.sync_bn and "axis_name" in {f.name for f in dataclasses.fields(extractor)}:
         extractor = extractor.clone(axis_name=axis_name)
     return model.clone(axis_name=axis_name, extractor=extractor)

@@ -88,3 +88,15 @@ def test_an_interrupted_choosing_run_resumes_to_the_same_choice(tmp_path):
     leaves = lambda m: jax.tree.leaves((m.state.params, m.state.batch_stats, m.state.step))
     for a, b in zip(leaves(full), leaves(resumed), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_eight_candidates_on_eight_devices_train_whole_models_per_device(tmp_path):
+    # The tests' 8 CPU devices: 8 candidates split over them whole (no gradient crosses
+    # devices), a batch of 12 that could not be split over 8 devices.
+    assert jax.device_count() == 8
+    xs, ys, xt, _ = synthetic_images(64, size=28, seed=5)
+    lines = []
+    dj.fit(xs, ys, xt, steps=2, eval_every=2, batch_size=12, workdir=tmp_path / "w",
+           choose_lambdas="0.05,0.1,0.2,0.3,0.5,0.7,1", log=lines.append)  # fmt: skip
+    kept = json.loads((tmp_path / "w" / "seed_0" / "choice.json").read_text())
+    assert kept["step"] == 2 and any("training 8 candidates together" in x for x in lines)

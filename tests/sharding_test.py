@@ -2,6 +2,8 @@
 batch (the CPU and the accelerator model, both recipes, one seed and vmapped seeds), the
 pmap form agrees with it, and nothing recompiles."""
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -149,3 +151,41 @@ def test_a_batch_that_does_not_split_over_the_mesh_is_refused():
     _, model, tx, _ = setup_run()
     with pytest.raises(ValueError, match="does not split over 8 devices"):
         dj.compile_train_steps(model, tx, num_steps=1, batch_size=12, mesh=dj.make_mesh())
+
+
+def test_whole_models_per_device_train_as_on_one_device_with_no_collective():
+    # 8 stacked models (candidates with their own lambda2) on 8 devices: each device
+    # trains one whole model on its whole batch; the result is one device's, and the
+    # program moves nothing between devices.
+    mesh = dj.make_mesh()
+    config, model, tx, _ = setup_run("gpu", steps=20, **RECIPES["improved"])
+    states = [
+        dj.create_train_state(jax.random.key(s % 2), model, tx, (28, 28, 3)) for s in range(8)
+    ]
+    hp = train.stack_trees([dj.hyperparams(config.replace(lambda2=0.1 * s)) for s in range(8)])
+    data = synthetic_data(64)
+    kwargs = dict(num_steps=2, batch_size=12, vmap_seeds=True)  # 12: does not split over 8
+    one, m1 = dj.compile_train_steps(model, tx, **kwargs)(dj.stack_trees(states), data, hp)
+    run = dj.compile_train_steps(model, tx, mesh=mesh, split_models="per_model", **kwargs)
+    split = lambda t: sharding.put_sharded(t, mesh, axis=0)
+    args = (split(dj.stack_trees(states)), dj.put_replicated(data, mesh), split(hp))
+    text = run.lower(*args).compile().as_text()
+    assert not re.search(r"\b(all-reduce|all-gather|collective-permute|all-to-all)\b", text)
+    sm, mm = run(*args)
+    assert sm.params["classifier"]["_MLP_0"]["Dense_0"]["kernel"].sharding.spec[0] == "batch"
+    _close(dj.fetch(sm).params, one.params)
+    np.testing.assert_allclose(np.asarray(mm["loss"]), np.asarray(m1["loss"]), rtol=1e-5)
+
+
+def test_per_device_batchnorm_statistics_leave_one_all_reduce():
+    # --no-bn-sync (DDP without SyncBN): each device normalises its own share, and the
+    # step's only collective is the gradient all-reduce.
+    from benchmarks.xla_cost import collectives
+
+    mesh = dj.make_mesh()
+    config, model, tx, state = setup_run("gpu", bn_sync=False, **RECIPES["improved"])
+    data, hp = synthetic_data(64), dj.hyperparams(config)
+    run = dj.compile_train_steps(model, tx, num_steps=1, batch_size=64, mesh=mesh, unroll=True)
+    put = lambda t: dj.put_replicated(t, mesh)
+    counts = collectives(run.lower(put(state), put(data), put(hp)).compile().as_text())
+    assert counts["all-reduce"]["count"] == 1, counts  # 5 with synchronised BatchNorm
