@@ -3,12 +3,14 @@
 `guarded` runs a job and maps every failure a user can act on to a message: bad input
 and a refused workdir, a diverged loss, out of memory (however the backend words it), no
 space left on a disk, an environment JAX cannot start with, and a stop by Ctrl-C,
-SIGTERM or SIGHUP (the checkpoints so far are kept: the same command resumes). Nothing
+SIGTERM or SIGHUP (the checkpoints so far are kept, and a training loop saves the step
+it got to before it stops: the same command resumes). Nothing
 of a run that stops is left looking complete: ``results.json`` is written last.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -20,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Stopped", "fail", "guarded"]
+__all__ = ["Stopped", "deferred_stops", "fail", "guarded"]
 
 _OOM = re.compile(r"RESOURCE_EXHAUSTED|out of memory|\bOOM\b", re.IGNORECASE)
 _NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
@@ -107,8 +109,37 @@ def platform_problem() -> str | None:
     return None
 
 
+class _Deferral:
+    """Whether a training loop is running that saves before it stops (`deferred_stops`),
+    and the stop it was asked for."""
+
+    active = False
+    asked: str | None = None
+
+
+_DEFERRAL = _Deferral()  # the process's signal disposition: one per process, like signals
+
+
 def _on_signal(signum, frame) -> None:
-    raise Stopped(signal.Signals(signum).name)
+    name = signal.Signals(signum).name
+    if _DEFERRAL.active:  # the loop saves a checkpoint at its next chunk, then stops
+        _DEFERRAL.asked = name
+        return
+    raise Stopped(name)
+
+
+@contextlib.contextmanager
+def deferred_stops():
+    """Inside, SIGTERM and SIGHUP (a preempted VM's notice) only ask for a stop: the
+    training loop checks ``asked()`` after each chunk, saves a checkpoint of the step it
+    got to, and raises `Stopped`, so the same command resumes with nothing lost. Yields
+    ``asked``: the signal's name once one came, else None."""
+    before = (_DEFERRAL.active, _DEFERRAL.asked)
+    _DEFERRAL.active, _DEFERRAL.asked = True, None
+    try:
+        yield lambda: _DEFERRAL.asked
+    finally:
+        _DEFERRAL.active, _DEFERRAL.asked = before
 
 
 def _stop_in(error: BaseException) -> BaseException | None:

@@ -1,15 +1,21 @@
 """The training loop of the main job: `train_and_evaluate`, in the style of flax's examples.
 
-One function trains a run's seeds (one seed, or several stacked in one vmapped program)
-to ``config.steps``, resuming from the newest intact checkpoint:
+One function trains a run's seeds (one seed, or several stacked in one program), or one
+seed's candidates (`Members`, each with its own hparams), to ``config.steps``, resuming
+from the newest intact checkpoint:
 
-* the state, the training pools and the hparams are replicated over the device mesh,
+* the state, the training pools and the hparams are replicated over the device mesh
+  (stacked models whose count is a multiple of the device count: split over it whole),
   the test sets split along it, once;
 * chunks of up to ``config.call_steps`` steps are dispatched back to back: chunk i+1 is
   queued before the host reads chunk i's metrics (NaN check, ``metrics.jsonl``), so the
   device never waits for the host between evaluations;
 * at every evaluation the queue is drained (every chunk checked for NaN first), both
-  test sets are evaluated and a checkpoint is written.
+  test sets are evaluated and a checkpoint is written; a SIGTERM (a preempted VM) saves
+  the step reached at the next chunk and stops (`dann_jax.failures.deferred_stops`).
+
+What it writes and says as it goes (``metrics.jsonl``, TensorBoard, progress) is in
+`dann_jax.run_log`.
 
 Batches depend only on the seed and the step, so a resumed run ends in the same state as
 an uninterrupted one. Only process 0 writes files; on several hosts process 0 restores
@@ -21,8 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,7 +35,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from dann_jax import checkpoint, compiled, io, sharding, train
+from dann_jax import checkpoint, compiled, failures, io, run_log, sharding, train
 from dann_jax.config import (
     Config,
     ConfigError,
@@ -69,90 +73,6 @@ def _pick(tree: Any, names: Sequence[str], i: int) -> Any:
     return train.tree_index(tree, i) if len(names) > 1 else tree
 
 
-def _progress(total: int, initial: int, desc: str):
-    """A tqdm bar on a terminal; None when stderr is a log file or tqdm is missing."""
-    if not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr)
-
-
-def _records(path: Path, log) -> list[dict]:
-    """The records of a metrics.jsonl; a partial last line (an append cut by a kill or a
-    full disk) is dropped with a note, damage anywhere else names --restart."""
-    lines = path.read_text().splitlines() if path.exists() else []
-    records = []
-    for i, line in enumerate(lines):
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            if i < len(lines) - 1:
-                raise checkpoint.CheckpointError(
-                    f"{path} is damaged at line {i + 1} of {len(lines)}. Add --restart to "
-                    "start the run over, or use another --workdir."
-                ) from None
-            log(f"note: dropped a partial last line of {path} (cut by a kill or a full disk)")
-    return records
-
-
-def _open_metrics(stack: contextlib.ExitStack, workdir: Path, names, step: int, log) -> list:
-    """Each model's metrics.jsonl cut back to `step` and opened for appending (process 0)."""
-    if not is_writer():
-        return []
-    files = []
-    for name in names:
-        path = workdir / name / "metrics.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        kept = [r for r in _records(path, log) if r.get("step", step + 1) <= step]
-        io.write_text(path, "".join(io.dumps(r, indent=None) + "\n" for r in kept))
-        files.append(stack.enter_context(path.open("a")))
-    return files
-
-
-class _Eta:
-    """Says once, early, how long the rest of the run should take (from its step time).
-
-    The first chunk is left out of the estimate: it includes compilation.
-    """
-
-    def __init__(self, remaining: int, log, name: str):
-        self.remaining, self.log, self.name = remaining, log, name
-        self.chunks, self.start, self.steps, self.said = 0, 0.0, 0, False
-
-    def chunk_done(self, n: int) -> None:
-        self.chunks += 1
-        self.remaining -= n
-        if self.said or self.chunks == 1:
-            self.start = time.perf_counter()
-            return
-        self.steps += n
-        seconds = time.perf_counter() - self.start
-        if seconds > 2.0 or self.remaining == 0:
-            per_step = seconds / self.steps
-            self.log(
-                f"{self.name}: {1e3 * per_step:.0f} ms per step; about "
-                f"{per_step * self.remaining / 60:.1f} min of training left (evaluations extra)"
-            )
-            self.said = True
-
-
-def _read_chunk(metrics, names, first_step: int) -> list[dict[str, float]]:
-    """Each model's mean metrics over one chunk, after the NaN check (host sync)."""
-    metrics = sharding.fetch(metrics)
-    out = []
-    for i, name in enumerate(names):
-        mine = {k: v[:, i] if len(names) > 1 else v for k, v in metrics.items()}
-        try:
-            train.check_finite(mine, first_step=first_step)
-        except train.NonFiniteLossError as e:
-            raise train.NonFiniteLossError(f"{name.replace('_', ' ')}: {e}") from None
-        out.append({k: float(np.mean(v)) for k, v in mine.items()})
-    return out
-
-
 def _evaluate(evaluate, state, eval_sets, mean, names, labelled) -> list[dict[str, Any]]:
     """Accuracy, loss and mean domain score on both test sets, one dict per seed
     (``evaluate``: the compiled evaluation of each set, by name).
@@ -179,17 +99,6 @@ def _evaluate(evaluate, state, eval_sets, mean, names, labelled) -> list[dict[st
     return out
 
 
-def _log_eval(log, names, step: int, total: int, records) -> None:
-    """One plain line per model and evaluation (when no progress bar is shown)."""
-    for name, r in zip(names, records, strict=True):
-        target = r["target_accuracy"]
-        log(
-            f"{name.replace('_', ' ', 1)} step {step}/{total}: loss {r['train_loss']:.4f} "
-            f"domain_acc {r['train_domain_accuracy']:.3f} source_acc {r['source_accuracy']:.4f} "
-            f"target_acc {'n/a (no labels)' if target is None else f'{target:.4f}'}"
-        )
-
-
 def _mesh_for(config: Config, models: int, members: bool):
     """(all devices as one mesh, how stacked models go on it: None when every model's
     batch is split over the devices, which it must divide; ``"shared"`` or
@@ -204,62 +113,6 @@ def _mesh_for(config: Config, models: int, members: bool):
             f"use a multiple of {mesh.size}."
         )
     return mesh, None
-
-
-class _Queue:
-    """The chunk dispatched last, read (NaN check, records written) once the next is queued.
-
-    ``push`` queues a chunk's metrics and reads the one before it, so the host's work on
-    chunk i overlaps the device's on chunk i+1; ``drain`` reads the queued chunk now
-    (before an evaluation and a checkpoint, which must follow the NaN check).
-    """
-
-    def __init__(self, names, files, bar, eta, boards=()):
-        self.names, self.files, self.bar, self.eta, self.pending = names, files, bar, eta, None
-        self.boards = boards  # one TensorBoard writer per seed (--tensorboard), or none
-        self.last = [{} for _ in names]  # each model's mean metrics over the last chunk read
-
-    def push(self, first_step: int, n: int, metrics) -> None:
-        if self.pending is not None:
-            self.write(self.drain())
-        self.pending = (first_step, n, metrics)
-
-    def drain(self) -> list[dict[str, Any]]:
-        """The queued chunk's records (one per seed), after its NaN check."""
-        first, n, metrics = self.pending
-        self.pending = None
-        self.last = _read_chunk(metrics, self.names, first)
-        self.eta.chunk_done(n)
-        if self.bar is not None:
-            self.bar.update(n)
-        return [{"step": first + n, **{f"train_{k}": v for k, v in m.items()}} for m in self.last]
-
-    def write(self, records) -> None:
-        for f, record in zip(self.files, records, strict=bool(self.files)):  # none off process 0
-            f.write(io.dumps(record, indent=None) + "\n")
-            f.flush()
-        for board, record in zip(self.boards, records, strict=bool(self.boards)):
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    board.add_scalar(key.replace("_", "/", 1), value, record["step"])
-
-
-def _open_boards(stack: contextlib.ExitStack, config: Config, workdir: Path, names, step: int):
-    """One TensorBoard writer per model with ``--tensorboard`` (process 0), else none.
-
-    ``purge_step``: after a resume, TensorBoard drops what the stopped run wrote past the
-    checkpoint, so the curves show each step once.
-    """
-    if not config.tensorboard or not is_writer():
-        return ()
-    from tensorboardX import SummaryWriter
-
-    return tuple(
-        stack.enter_context(
-            SummaryWriter(str(workdir / name / "tensorboard"), purge_step=step or None)
-        )
-        for name in names
-    )
 
 
 def _run_info(data: PairData) -> dict[str, Any]:
@@ -361,14 +214,17 @@ def train_and_evaluate(
         for name in ("target", "source")
     }
     labelled = {"source": True, "target": data.target_labelled}
-    every, bar = config.eval_interval, _progress(config.steps, step, folder)
+    every, bar = config.eval_interval, run_log.progress(config.steps, step, folder)
     # On CPU a vmapped convolution becomes a grouped one, several times slower per model:
     # stacked models are computed one after another inside the program there.
     how = "loop" if jax.default_backend() == "cpu" else "vmap"
     with contextlib.ExitStack() as stack:
-        files = _open_metrics(stack, workdir, names, step, log)
-        boards = _open_boards(stack, config, workdir, names, step)
-        queue = _Queue(names, files, bar, _Eta(config.steps - step, log, folder), boards)
+        stop_asked = stack.enter_context(failures.deferred_stops())
+        files = run_log.open_metrics(stack, workdir, names, step, log)
+        boards = run_log.open_boards(stack, config, workdir, names, step)
+        queue = run_log.Queue(
+            names, files, bar, run_log.Eta(config.steps - step, log, folder), boards
+        )
         while step < config.steps:
             n = min(config.call_steps, config.steps - step, every - step % every)
             run = compiled.compile_train_steps(
@@ -379,6 +235,8 @@ def train_and_evaluate(
             state, metrics = run(state, pools, hp)  # queued: runs while the host reads on
             queue.push(step, n, metrics)
             step += n
+            if stop_asked():  # SIGTERM (a preempted VM): save this step, then stop
+                _save_and_stop(queue, state, ckpt_dir, config, curves, stop_asked(), log)
             if step % every and step < config.steps:
                 continue
             records, host = queue.drain(), sharding.fetch(state)
@@ -391,7 +249,7 @@ def train_and_evaluate(
             for i, r in enumerate(records):
                 curves[i].append(r)
             if bar is None:
-                _log_eval(log, names, step, config.steps, records)
+                run_log.log_eval(log, names, step, config.steps, records)
             if is_writer():
                 checkpoint.save(ckpt_dir, host, bookkeeping(config, curves))
             queue.write(records)
@@ -400,6 +258,17 @@ def train_and_evaluate(
     args = (evaluate, tests, mean, labelled, curves, queue.last, model, start)
     results = _results(config, seeds, names, keys, state, *args)
     return [{**r, "pretrained": weights} for r in results]
+
+
+def _save_and_stop(queue, state, ckpt_dir, config, curves, signal_name: str, log):
+    """A checkpoint of the step training got to (after the NaN check of its chunks),
+    then `dann_jax.failures.Stopped`: the same command resumes from there."""
+    records, host = queue.drain(), sharding.fetch(state)
+    if is_writer():
+        checkpoint.save(ckpt_dir, host, bookkeeping(config, curves))
+    queue.write(records)
+    log(f"{signal_name}: saved step {records[0]['step']} ({ckpt_dir}) before stopping")
+    raise failures.Stopped(signal_name)
 
 
 def _results(

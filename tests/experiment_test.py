@@ -235,3 +235,43 @@ def test_curves_title_names_lambda_only_where_it_acts(tmp_path, monkeypatch):
         "dann: mnist → photos (full data), lambda2 = 0.3 (the paper's ramp)",
         "source_only: mnist → photos (full data)",  # lambda is 0 there: not named
     ]
+
+
+def test_sigterm_saves_the_step_reached_and_the_same_command_resumes(tmp_path, monkeypatch):
+    # A preempted VM's SIGTERM: the loop finishes its chunk, saves that step (not only
+    # the last evaluation's) and stops with 143; the same command resumes from there and
+    # ends where an uninterrupted run ends.
+    import os
+    import signal
+
+    from dann_jax.cli import run_cli
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no_tfds_here"))
+    config = Config(steps=12, steps_per_call=1, eval_every=6, batch_size=8)
+    full = config.replace(workdir=str(tmp_path / "full"))
+    experiment.run(full, log=lambda s: None)
+
+    def term_at_step_6(line):
+        if " step 6/" in line:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    part = config.replace(workdir=str(tmp_path / "part"))
+    monkeypatch.setattr(experiment, "run", lambda c, log=print: _real_run(c, term_at_step_6))
+    assert run_cli(part) == 143
+    saved = sorted(int(p.name) for p in (tmp_path / "part" / "seed_0" / "checkpoint").iterdir()
+                   if p.name.isdigit())  # fmt: skip
+    assert saved[-1] == 7  # the chunk after the signal, past the step-6 evaluation
+    monkeypatch.setattr(experiment, "run", _real_run)
+    lines = []
+    _real_run(part, lines.append)
+    assert any("resuming from step 7" in x for x in lines)
+    a = json.loads((tmp_path / "full" / "results.json").read_text())
+    b = json.loads((tmp_path / "part" / "results.json").read_text())
+    assert a["target_accuracy"] == b["target_accuracy"]
+    assert a["seeds"][0]["curves"] == b["seeds"][0]["curves"]
+    assert (tmp_path / "full" / "metrics.jsonl").read_text() == (
+        tmp_path / "part" / "metrics.jsonl"
+    ).read_text()
+
+
+_real_run = experiment.run

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dann_jax import checkpoint, cli, experiment, loop
+from dann_jax import checkpoint, cli, experiment, run_log
 from dann_jax import io as dj_io
 from dann_jax.config import Config
 from tests.helpers import REPO_ROOT
@@ -117,7 +117,7 @@ def test_a_full_disk_names_the_path_and_says_a_rerun_resumes(
     if where == "checkpoint":
         monkeypatch.setattr(checkpoint, "save", no_space)
     elif where == "metrics":
-        monkeypatch.setattr(loop._Queue, "write", no_space)
+        monkeypatch.setattr(run_log.Queue, "write", no_space)
     else:
         monkeypatch.setattr(dj_io, "write_json", no_space)
     code, err = _cli(config)

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from dann_jax import checkpoint, compiled, loop, memory, train
+from dann_jax import checkpoint, compiled, loop, memory, run_log, train
 from dann_jax.config import Config
 from dann_jax.data.pair import PairData
 from tests.helpers import synthetic_images
@@ -25,7 +25,7 @@ CONFIG = Config(steps=12, steps_per_call=2, eval_every=6, batch_size=8)
 
 def test_each_chunk_is_read_after_the_next_is_queued(tmp_path, monkeypatch):
     events = []
-    dispatch, read = compiled.TrainSteps.__call__, loop._read_chunk
+    dispatch, read = compiled.TrainSteps.__call__, run_log.read_chunk
 
     def traced_dispatch(self, state, data, hparams):
         events.append(("dispatch", int(np.asarray(state.step).reshape(-1)[0])))
@@ -41,7 +41,7 @@ def test_each_chunk_is_read_after_the_next_is_queued(tmp_path, monkeypatch):
 
     save = checkpoint.save
     monkeypatch.setattr(compiled.TrainSteps, "__call__", traced_dispatch)
-    monkeypatch.setattr(loop, "_read_chunk", traced_read)
+    monkeypatch.setattr(run_log, "read_chunk", traced_read)
     monkeypatch.setattr(checkpoint, "save", traced_save)
     loop.train_and_evaluate(CONFIG, _pair(), tmp_path, (0,), log=lambda _: None)
     # Within an evaluation interval chunk i is read once chunk i+1 is queued; at an
