@@ -55,7 +55,7 @@ _EXPORTS = {
     "compile_train_steps": "dann_jax.compiled",
     "Config": "dann_jax.config",
     "ConfigError": "dann_jax.config",
-    "hyperparams": "dann_jax.config",
+    "hyperparams": "dann_jax.build",
     "EvalSet": "dann_jax.evaluate",
     "compile_evaluate": "dann_jax.evaluate",
     "compile_predict": "dann_jax.evaluate",

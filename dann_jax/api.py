@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from dann_jax.config import RECIPES, Config
+from dann_jax.cli import RECIPES
+from dann_jax.config import Config
 from dann_jax.run_files import load_run
 
 __all__ = ["RECOMMENDED", "TrainedModel", "fit", "load_run"]

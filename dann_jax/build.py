@@ -17,11 +17,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dann_jax.config import RESNETS, Config, domain_head_widths, resolved_precision
+from dann_jax.config import RESNETS, Config, ConfigError, domain_head_widths, resolved_precision
 from dann_jax.models import DANN
 from dann_jax.paper_models import paper_model
 
-__all__ = ["PRECISION", "TrainState", "create_train_state", "make_model", "make_optimizer"]
+__all__ = [
+    "PRECISION",
+    "TrainState",
+    "create_train_state",
+    "hyperparams",
+    "make_model",
+    "make_optimizer",
+]
 
 
 @flax.struct.dataclass
@@ -202,3 +209,35 @@ def _init_state(rng: jax.Array, model: DANN, tx, image_shape: tuple[int, ...]) -
         opt_state=tx.init(params),
         rng=state_rng,
     )
+
+
+def hyperparams(config: Config) -> dict:
+    """The traced numeric hyperparameters of the train step (float32 scalars).
+
+    Passed to the step as an argument, never closed over, so one compiled step serves
+    every value (a lambda2 sweep, a different learning rate or length).
+    """
+    # source_only: lambda2 = 0 makes the GRL pass zero gradient to the extractor, so the
+    # extractor is trained on the label loss alone while the discriminator still learns
+    # (a probe of how separable the domains are).
+    if config.steps is None:
+        raise ConfigError("steps is not set: the schedules need the total number of steps.")
+    # The target terms (MCC, entropy) are adaptation too: off outside dann mode.
+    adapt = config.mode == "dann"
+    values = {
+        "lambda2": config.lambda2 if adapt else 0.0,
+        "lambda3": config.lambda3,
+        "gamma": config.gamma,
+        "label_smoothing": config.label_smoothing,
+        "lr": config.lr,
+        "lr_alpha": config.lr_alpha,
+        "lr_beta": config.lr_beta,
+        "total_steps": float(config.steps),
+        "mcc": config.mcc if adapt else 0.0,
+        "mcc_temperature": config.mcc_temperature,
+        "entropy_weight": config.entropy_weight if adapt else 0.0,
+        "cdan_entropy": config.cdan_entropy,
+        "backbone_lr_mult": config.backbone_lr_mult,
+        "discriminator_lr_mult": config.discriminator_lr_mult,
+    }
+    return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}

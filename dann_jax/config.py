@@ -23,19 +23,16 @@ __all__ = [
     "ARCHS",
     "BN_STATS",
     "CHOOSE_BY",
-    "HELP_GROUPS",
     "LAMBDA2_SCHEDULES",
     "MODES",
     "NORMALIZATIONS",
     "OPTIMIZERS",
     "PRECISIONS",
-    "RECIPES",
     "RESIZES",
     "RESNETS",
     "Config",
     "ConfigError",
     "flag",
-    "hyperparams",
 ]
 
 MODES = ("dann", "source_only", "target_only")
@@ -433,68 +430,6 @@ class Config:
         return self
 
 
-# The fields by theme, in --help's order (every field in exactly one group; a test checks).
-HELP_GROUPS: dict[str, tuple[str, ...]] = {
-    "data": (
-        "source", "target", "target_unlabelled", "data_dir", "tfds_dir", "bsds_dir",
-        "image_size", "resize",
-    ),
-    "model": (
-        "arch", "pretrained", "bottleneck", "batchnorm", "bn_stats", "bn_sync", "bn_eval",
-        "dropout",
-        "domain_head", "precision", "augment", "rotate", "color_jitter", "normalize",
-    ),
-    "optimisation": (
-        "mode", "lambda2", "lambda3", "label_smoothing", "optimizer", "lr", "momentum",
-        "nesterov", "weight_decay", "backbone_lr_mult", "discriminator_lr_mult", "batch_size",
-    ),
-    "adaptation": ("adversary", "cdan_entropy", "mcc", "mcc_temperature", "entropy_weight"),
-    "choice without target labels": ("choose", "choose_lambdas", "choose_by", "choose_margin"),
-    "schedule": ("steps", "lambda2_schedule", "gamma", "lr_alpha", "lr_beta"),
-    "run and output": (
-        "seed", "seeds", "vmap_seeds", "eval_every", "steps_per_call", "workdir", "restart",
-        "tensorboard", "multihost",
-    ),
-    "analysis": ("analyze",),
-}  # fmt: skip
-
-
-# Named settings (``--recipe NAME``: its values become the defaults, so any flag still
-# overrides a part of it). Each names its extractor settings in full, so that a recipe
-# replaces whatever recipe a script defaults to (adapt.py's is the improved one) rather
-# than adding to it: `--recipe paper` there is the paper's model, `--recipe office` has no
-# dropout.
-RECIPES: dict[str, dict[str, Any]] = {
-    "paper": {"batchnorm": False, "bn_stats": "joint", "dropout": 0.0},
-    # Not the paper: BatchNorm in the extractor with per-domain batch statistics and
-    # dropout 0.5 on the features; the paper's optimizer (SGD momentum 0.9, mu0 = 0.01
-    # annealed), lambda ramp and length stay (docs/results.md).
-    "improved": {"batchnorm": True, "bn_stats": "per_domain", "dropout": 0.5},
-    # The standard recipe for real images (Office-31, Office-Home): an ImageNet ResNet-50,
-    # a 256-wide bottleneck, the DANN paper's 1024-1024 domain head for Office, the
-    # backbone at 0.1x the heads' learning rate, Nesterov SGD with weight decay, random
-    # resized crops and flips at 224 x 224, ImageNet normalisation, 32 + 32 images a step;
-    # the backbone's BatchNorm in training mode with per-domain statistics
-    # (docs/real_images.md says why).
-    "office": {
-        "arch": "resnet50", "pretrained": "imagenet", "bottleneck": 256, "batchnorm": True,
-        "bn_stats": "per_domain", "dropout": 0.0, "backbone_lr_mult": 0.1, "nesterov": True,
-        "weight_decay": 1e-3, "augment": True, "normalize": "imagenet", "image_size": 224,
-        "batch_size": 32, "steps": 20_000,
-    },
-}  # fmt: skip
-
-
-# Fields that may differ between a run and its resumption (how it is run, not what).
-RESUMABLE_FIELDS = (
-    "workdir", "eval_every", "steps_per_call", "analyze", "tfds_dir", "multihost", "restart",
-    "tensorboard",
-)  # fmt: skip
-# Behaviour of runs whose saved config predates a field, where it differs from today's
-# default (resize="auto" came later; before it, every domain was resampled bilinearly).
-DEFAULTS_BEFORE_THE_FIELD = {"resize": "bilinear"}
-
-
 def resolved_precision(precision: str, backend: str) -> str:
     """The precision a run uses on `backend` (``cpu``, ``gpu``, ``tpu``): ``auto`` is fp32 on
     CPU (where TF32 does not exist) and tf32 elsewhere (what the ecosystem's users get:
@@ -532,26 +467,6 @@ def domain_head_widths(text: str) -> tuple[int, ...]:
     return widths
 
 
-def config_differences(saved: dict, config: Config) -> dict[str, tuple[Any, Any]]:
-    """{field: (saved value, this config's value)} of the fields a resumption must keep.
-
-    A field the saved config lacks was written before the field existed: the run then had
-    that field's default of the time.
-    """
-    defaults = {**dataclasses.asdict(Config()), **DEFAULTS_BEFORE_THE_FIELD}
-    theirs = {**defaults, **saved}
-    return {
-        k: (theirs.get(k), v)
-        for k, v in dataclasses.asdict(config).items()
-        if k not in RESUMABLE_FIELDS and theirs.get(k) != v
-    }
-
-
-def describe_differences(diff: dict[str, tuple[Any, Any]]) -> str:
-    """``lr: 0.01 there, 0.1 now, ...``"""
-    return ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in sorted(diff.items()))
-
-
 def _attributes_doc(cls: type) -> str:
     """`cls`'s docstring followed by an ``Attributes:`` list of its fields' help texts."""
     items = [
@@ -569,37 +484,3 @@ def _attributes_doc(cls: type) -> str:
 
 # Generated so that `help(Config)` documents every field from the same text as `--help`.
 Config.__doc__ = _attributes_doc(Config)
-
-
-def hyperparams(config: Config) -> dict:
-    """The traced numeric hyperparameters of the train step (float32 scalars).
-
-    Passed to the step as an argument, never closed over, so one compiled step serves
-    every value (a lambda2 sweep, a different learning rate or length).
-    """
-    import jax.numpy as jnp  # local: keep `import dann_jax.config` free of JAX start-up
-
-    # source_only: lambda2 = 0 makes the GRL pass zero gradient to the extractor, so the
-    # extractor is trained on the label loss alone while the discriminator still learns
-    # (a probe of how separable the domains are).
-    if config.steps is None:
-        raise ConfigError("steps is not set: the schedules need the total number of steps.")
-    # The target terms (MCC, entropy) are adaptation too: off outside dann mode.
-    adapt = config.mode == "dann"
-    values = {
-        "lambda2": config.lambda2 if adapt else 0.0,
-        "lambda3": config.lambda3,
-        "gamma": config.gamma,
-        "label_smoothing": config.label_smoothing,
-        "lr": config.lr,
-        "lr_alpha": config.lr_alpha,
-        "lr_beta": config.lr_beta,
-        "total_steps": float(config.steps),
-        "mcc": config.mcc if adapt else 0.0,
-        "mcc_temperature": config.mcc_temperature,
-        "entropy_weight": config.entropy_weight if adapt else 0.0,
-        "cdan_entropy": config.cdan_entropy,
-        "backbone_lr_mult": config.backbone_lr_mult,
-        "discriminator_lr_mult": config.discriminator_lr_mult,
-    }
-    return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}

@@ -36,11 +36,8 @@ import jax
 import numpy as np
 
 from dann_jax import checkpoint, compiled, failures, io, run_log, sharding, train
-from dann_jax.config import (
-    Config,
-    ConfigError,
-    hyperparams,
-)
+from dann_jax.build import hyperparams
+from dann_jax.config import Config, ConfigError
 from dann_jax.data.pair import PairData
 from dann_jax.evaluate import compile_evaluate
 from dann_jax.memory import check_memory

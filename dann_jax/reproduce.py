@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dann_jax.config import RECIPES as CONFIG_RECIPES
+from dann_jax.cli import RECIPES as CONFIG_RECIPES
 from dann_jax.config import Config
 from dann_jax.io import write_json, write_text
 
@@ -54,7 +54,7 @@ PAPER: dict[tuple[str, str], dict[str, tuple[float, str]]] = {
     },
 }
 
-# The table's recipes: the digits ones of `dann_jax.config.RECIPES`.
+# The table's recipes: the digits ones of `dann_jax.cli.RECIPES`.
 RECIPES = {k: v for k, v in CONFIG_RECIPES.items() if k in ("paper", "improved")}
 
 MODES = ("source_only", "dann", "target_only")

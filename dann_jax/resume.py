@@ -18,7 +18,8 @@ import jax
 import numpy as np
 
 from dann_jax import checkpoint, train
-from dann_jax.config import Config, config_differences, describe_differences
+from dann_jax.config import Config
+from dann_jax.workdir import config_differences, describe_differences
 
 __all__ = ["bookkeeping", "jax_settings", "restore_or_init", "step_of"]
 

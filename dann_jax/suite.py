@@ -29,8 +29,10 @@ import jax
 import numpy as np
 
 from dann_jax import io, train
+from dann_jax.build import hyperparams
+from dann_jax.cli import RECIPES
 from dann_jax.compiled import compile_train_steps
-from dann_jax.config import RECIPES, Config, hyperparams
+from dann_jax.config import Config
 
 __all__ = ["CANDIDATES", "Candidate", "suite_config", "train_shift"]
 

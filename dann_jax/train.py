@@ -6,7 +6,7 @@ device mesh, or ``pmap``).
 State is a plain pytree (`TrainState`); `train_step` maps ``(state, batch, hparams)`` to
 ``(state, metrics)``. Everything numeric that a schedule or a sweep changes (lambda2,
 lambda3, label smoothing, learning rate, total steps) lives in ``hparams`` (traced
-float32 scalars, see `dann_jax.config.hyperparams`), so one compiled program serves
+float32 scalars, see `dann_jax.build.hyperparams`), so one compiled program serves
 every value. Progress ``p = state.step / total_steps`` comes from the global step, so
 schedules survive a resume and agree across data-parallel devices.
 
@@ -187,7 +187,7 @@ def train_step(
         lr_beta, total_steps`` and the adaptation terms' weights and learning-rate
         multiples (``mcc, mcc_temperature, entropy_weight, cdan_entropy,
         backbone_lr_mult, discriminator_lr_mult``; absent ones are off) (see
-        `dann_jax.config.hyperparams`).
+        `dann_jax.build.hyperparams`).
       model: the `DANN` module.
       tx: optimizer from `make_optimizer` (an ``inject_hyperparams`` transformation).
       lambda2_schedule: ``"dann"`` ramp or ``"constant"`` (selects code, so static).

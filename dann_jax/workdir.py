@@ -15,12 +15,43 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from dann_jax import io
-from dann_jax.config import Config, config_differences, describe_differences
+from dann_jax.config import Config
 from dann_jax.data import fingerprint
 
 __all__ = ["RESTART", "RunError", "check_workdir", "clear_run", "usable_workdir"]
+
+# Fields that may differ between a run and its resumption (how it is run, not what).
+RESUMABLE_FIELDS = (
+    "workdir", "eval_every", "steps_per_call", "analyze", "tfds_dir", "multihost", "restart",
+    "tensorboard",
+)  # fmt: skip
+# Behaviour of runs whose saved config predates a field, where it differs from today's
+# default (resize="auto" came later; before it, every domain was resampled bilinearly).
+DEFAULTS_BEFORE_THE_FIELD = {"resize": "bilinear"}
+
+
+def config_differences(saved: dict, config: Config) -> dict[str, tuple[Any, Any]]:
+    """{field: (saved value, this config's value)} of the fields a resumption must keep.
+
+    A field the saved config lacks was written before the field existed: the run then had
+    that field's default of the time.
+    """
+    defaults = {**dataclasses.asdict(Config()), **DEFAULTS_BEFORE_THE_FIELD}
+    theirs = {**defaults, **saved}
+    return {
+        k: (theirs.get(k), v)
+        for k, v in dataclasses.asdict(config).items()
+        if k not in RESUMABLE_FIELDS and theirs.get(k) != v
+    }
+
+
+def describe_differences(diff: dict[str, tuple[Any, Any]]) -> str:
+    """``lr: 0.01 there, 0.1 now, ...``"""
+    return ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in sorted(diff.items()))
+
 
 # The fix every refusal names: the flag, and its spelling in the Python API.
 RESTART = (

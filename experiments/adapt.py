@@ -20,8 +20,15 @@ import argparse
 import dataclasses
 import sys
 
-from dann_jax.cli import config_from_args, make_parser, recipe_defaults, run_cli, run_predict
-from dann_jax.config import RECIPES, Config, flag
+from dann_jax.cli import (
+    RECIPES,
+    config_from_args,
+    make_parser,
+    recipe_defaults,
+    run_cli,
+    run_predict,
+)
+from dann_jax.config import Config, flag
 from dann_jax.failures import fail
 
 # The defaults of this script where they differ from `dann_jax.config.Config`'s.

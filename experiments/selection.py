@@ -24,13 +24,13 @@ import sys
 
 from dann_jax import reproduce, validators
 from dann_jax.cli import (
+    RECIPES,
     add_config_arguments,
     config_from_args,
     parse_pairs,
     recipe_defaults,
     run_cli,
 )
-from dann_jax.config import RECIPES
 from dann_jax.failures import fail
 
 DEFAULT_PAIRS = "mnist:mnist_m,mnist:usps,usps:mnist"

@@ -53,7 +53,7 @@ def test_config_errors_name_the_flag():
 def test_every_field_is_a_flag_of_digits_and_every_flag_a_field():
     options = _options(_script("digits.py").parser())
     fields = [f.name for f in dataclasses.fields(dj.Config)]
-    grouped = [name for group in config.HELP_GROUPS.values() for name in group]
+    grouped = [name for group in cli.HELP_GROUPS.values() for name in group]
     assert sorted(grouped) == sorted(fields) and len(set(grouped)) == len(grouped)
     assert list(options) == ["recipe", *grouped]  # --recipe, then by group, in order
     hints = typing.get_type_hints(dj.Config)
@@ -74,7 +74,7 @@ def test_choices_of_the_flags_are_the_config_tuples():
     options = _options(cli.make_parser())
     for name, allowed in ENUMERATIONS.items():
         assert tuple(options[name].choices) == allowed, name
-    assert options.pop("recipe").choices == list(config.RECIPES)  # the scripts' own flag
+    assert options.pop("recipe").choices == list(cli.RECIPES)  # the scripts' own flag
     assert all(a.choices is None for n, a in options.items() if n not in ENUMERATIONS)
 
 
@@ -132,14 +132,14 @@ def test_each_recipe_is_the_flags_its_help_names(script):
     # The help writes a recipe out as flags (--no-batchnorm for the paper's): each must
     # exist in every script, whatever that script's defaults, and mean the recipe.
     module = _script(script)
-    for name in config.RECIPES:
+    for name in cli.RECIPES:
         flags = cli.recipe_flags(name)
         written = cli.config_from_args(module.parser(flags).parse_args(flags))
         named = cli.config_from_args(
             module.parser(["--recipe", name]).parse_args(["--recipe", name])
         )
         assert written == named
-        for key, value in config.RECIPES[name].items():
+        for key, value in cli.RECIPES[name].items():
             assert getattr(written, key) == value, (script, name, key)
 
 

@@ -2,7 +2,7 @@
 
 Behind ``experiments/selection.py``. For every source/target pair and seed, the candidates
 are the checkpoints (every ``eval_every`` steps) of a few training runs ("arms"): for
-each recipe of `dann_jax.config.RECIPES` (``--recipes``), a source-only run and a DANN run per
+each recipe of `dann_jax.cli.RECIPES` (``--recipes``), a source-only run and a DANN run per
 ``lambda2`` of a small grid. At every checkpoint a hook computes every label-free
 validator of `dann_jax.validators` on fixed subsets, the same for every candidate of a
 pair and seed:
@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from dann_jax import experiment, loop, validators
-from dann_jax.config import RECIPES, Config
+from dann_jax.cli import RECIPES
+from dann_jax.config import Config
 from dann_jax.data.pair import PairData
 from dann_jax.outputs import predict_host, set_domains, validation_sets
 from dann_jax.select.keep import PickKeeper, kept_pick
@@ -271,7 +272,7 @@ def select(
       base: shared settings (steps, eval_every, batch size, data dir, ``seed`` and
         ``seeds``: the seeds are ``seed, ..., seed + seeds - 1``).
       pairs: (source, target) domain names.
-      recipes: names in `dann_jax.config.RECIPES`; the first is the default's.
+      recipes: names in `dann_jax.cli.RECIPES`; the first is the default's.
       lambda2_grid: the DANN arms' lambda2 values.
       out: output folder.
       picker: the validator whose choice is reported as "the pick".
