@@ -15,95 +15,21 @@ the heads and the train step are unchanged.
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from dann_jax.cli import RECIPES
 from dann_jax.config import Config
-from dann_jax.run_files import load_run
+from dann_jax.run_files import TrainedModel, load_run
 
 __all__ = ["RECOMMENDED", "TrainedModel", "fit", "load_run"]
 
 # The recipe for data nobody tuned for (docs/own_data.md): the improved recipe, above the
 # paper recipe on each of the three digit pairs (docs/results.md).
 RECOMMENDED = {**RECIPES["improved"], "choose": True}
-
-
-@dataclasses.dataclass
-class TrainedModel:
-    """A trained DANN and what it needs to predict: the normalisation mean, the classes.
-
-    Attributes:
-      model: the `dann_jax.DANN` module.
-      state: the host `dann_jax.TrainState` (params, batch_stats, ...).
-      mean: (C,) float32 subtracted from images scaled to [0, 1].
-      class_names: the name of each class index.
-      image_shape: (H, W, C) the model was trained on.
-      config: the run's `dann_jax.Config`.
-      results: the run's results (``results.json``'s contents), when there are any.
-      step: the training step of the checkpoint the state was restored from (by
-        `load_run`; None for a model `fit` returns).
-      choice: for a run that chose its model without target labels (``--choose``), which
-        candidate it kept, at which step, by what (``seed_<k>/choice.json``); else None.
-    """
-
-    model: Any
-    state: Any
-    mean: np.ndarray
-    class_names: tuple[str, ...]
-    image_shape: tuple[int, int, int]
-    config: Config
-    results: dict | None = None
-    step: int | None = None
-    choice: dict | None = None
-
-    def logits(self, images: np.ndarray, domain: str = "target") -> np.ndarray:
-        """Class logits (N, classes) of uint8 images (N, H, W[, C]) of the training size
-        (no images: an empty (0, classes) array).
-
-        ``domain``: whose images they are (``"target"``: new images of the domain adapted
-        to; ``"source"``), for per-domain BatchNorm statistics (`dann_jax.Config.bn_eval`).
-        """
-        from dann_jax.data.arrays import rgb
-        from dann_jax.outputs import predict_host
-
-        if domain not in ("target", "source"):
-            raise ValueError(
-                f"domain must be 'target' or 'source' (whose BatchNorm statistics normalise "
-                f"the images), got {domain!r}."
-            )
-        x = rgb(images, "input")
-        if x.shape[1:] != tuple(self.image_shape):
-            (h, w, _), (mh, mw, _) = x.shape[1:], self.image_shape
-            how = (
-                f"dann_jax.read_images(folder, image_size={mh}) resizes (shorter side) and "
-                "centre-crops image files"
-                if mh == mw
-                else "the model is not square, so bring them to its size exactly"
-            )
-            raise ValueError(
-                f"the images are {w}x{h}, the model takes {mw}x{mh} (what it was trained on). "
-                f"Resize them first: {how}."
-            )
-        if not len(x):
-            return np.zeros((0, len(self.class_names)), np.float32)
-        out = predict_host(
-            self.model, self.state, x, self.mean, domain=self.config.bn_domain(domain)
-        )
-        return out["class_logits"]
-
-    def predict(self, images: np.ndarray, domain: str = "target") -> tuple[np.ndarray, np.ndarray]:
-        """(class index, its softmax probability) of each image (``domain`` as in `logits`)."""
-        z = self.logits(images, domain)
-        p = np.exp(z - z.max(1, keepdims=True, initial=-np.inf))
-        p /= p.sum(1, keepdims=True)
-        best = p.argmax(1)
-        return best, p[np.arange(len(best)), best]
 
 
 def fit(

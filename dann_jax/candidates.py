@@ -23,7 +23,8 @@ import numpy as np
 
 from dann_jax import checkpoint, choose, io, loop, train
 from dann_jax.config import Config, parse_floats
-from dann_jax.resume import bookkeeping, is_writer
+from dann_jax.resume import bookkeeping
+from dann_jax.workdir import is_writer
 
 __all__ = ["Keeper", "candidate_configs", "train_choosing"]
 

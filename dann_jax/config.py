@@ -18,6 +18,8 @@ import math
 import textwrap
 from typing import Any
 
+from dann_jax.schedules import LAMBDA_SCHEDULES
+
 __all__ = [
     "ADVERSARIES",
     "ARCHS",
@@ -50,7 +52,7 @@ CHOOSE_BY = (
     "ensv", "mixval", "information_maximization", "bnm", "snd", "reverse_validation",
     "source_accuracy",
 )  # fmt: skip
-LAMBDA2_SCHEDULES = ("dann", "constant")
+LAMBDA2_SCHEDULES = LAMBDA_SCHEDULES  # defined once, with the schedules
 
 
 class ConfigError(ValueError):

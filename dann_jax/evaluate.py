@@ -23,6 +23,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from dann_jax.models import DANN, select_domain
+from dann_jax.sharding import BATCH_AXIS as AXIS  # also the train step's axis name
 
 __all__ = [
     "EvalSet",
@@ -220,8 +221,6 @@ def compile_evaluate(
     chunk. ``domain`` picks per-domain BatchNorm statistics (see `evaluate`). Equal
     arguments get the same compiled function.
     """
-    from dann_jax.train import AXIS  # the mesh's axis name (train imports this module)
-
     fn = functools.partial(
         evaluate, model=model, axis_name=None if mesh is None else AXIS, domain=domain
     )

@@ -218,16 +218,16 @@ def _run(config, runner: Callable[[Any], Any]) -> int:
     """`guarded`'s work: each failure a user can act on mapped to its paragraph."""
     import jax
 
-    from dann_jax import experiment
     from dann_jax.checkpoint import CheckpointError
     from dann_jax.config import ConfigError
     from dann_jax.data import DataError
     from dann_jax.io import Busy, NotWritable
     from dann_jax.train import NonFiniteLossError
+    from dann_jax.workdir import RunError
 
     try:
         runner(config)
-    except (ConfigError, DataError, experiment.RunError, CheckpointError, Busy, NotWritable) as e:
+    except (ConfigError, DataError, RunError, CheckpointError, Busy, NotWritable) as e:
         return fail(str(e))
     except NonFiniteLossError as e:
         return fail(f"training diverged: {e} No results.json was written.")

@@ -41,7 +41,8 @@ from dann_jax.config import Config, ConfigError
 from dann_jax.data.pair import PairData
 from dann_jax.evaluate import compile_evaluate
 from dann_jax.memory import check_memory
-from dann_jax.resume import bookkeeping, is_writer, jax_settings, restore_or_init, run_name, step_of
+from dann_jax.resume import bookkeeping, jax_settings, restore_or_init, run_name, step_of
+from dann_jax.workdir import is_writer
 
 __all__ = ["Members", "is_writer", "run_name", "train_and_evaluate"]
 

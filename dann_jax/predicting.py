@@ -72,9 +72,9 @@ def predict_folder(
     return its path. Raises `dann_jax.data.DataError`, `CheckpointError`, `ValueError`,
     `dann_jax.io.NotWritable` naming the problem."""
     from dann_jax import io, outputs
-    from dann_jax.api import load_run
     from dann_jax.data import DataError
     from dann_jax.data.folders import MixedSizes, read_images
+    from dann_jax.run_files import load_run
 
     workdir, folder = Path(workdir), Path(images).expanduser().resolve()
     index = _index(workdir)

@@ -19,14 +19,9 @@ import numpy as np
 
 from dann_jax import checkpoint, train
 from dann_jax.config import Config
-from dann_jax.workdir import config_differences, describe_differences
+from dann_jax.workdir import config_differences, describe_differences, is_writer
 
 __all__ = ["bookkeeping", "jax_settings", "restore_or_init", "step_of"]
-
-
-def is_writer() -> bool:
-    """Whether this process writes files (process 0 of a multi-host run)."""
-    return jax.process_index() == 0
 
 
 def run_name(seeds) -> str:

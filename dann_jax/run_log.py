@@ -18,7 +18,7 @@ import numpy as np
 
 from dann_jax import checkpoint, io, sharding, train
 from dann_jax.config import Config
-from dann_jax.resume import is_writer
+from dann_jax.workdir import is_writer
 
 __all__ = ["Eta", "Queue", "log_eval", "open_boards", "open_metrics", "progress", "read_chunk"]
 

@@ -13,8 +13,6 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from dann_jax.config import LAMBDA2_SCHEDULES
-
 __all__ = [
     "LAMBDA_SCHEDULES",
     "annealed_learning_rate",
@@ -24,7 +22,8 @@ __all__ = [
     "progress",
 ]
 
-LAMBDA_SCHEDULES = LAMBDA2_SCHEDULES  # defined once, in dann_jax.config
+# The lambda2 schedules by name (`dann_jax.Config.lambda2_schedule` takes one).
+LAMBDA_SCHEDULES = ("dann", "constant")
 
 
 def progress(step: jax.Array | int, total_steps: jax.Array | int) -> jax.Array:

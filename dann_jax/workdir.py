@@ -17,11 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
+
 from dann_jax import io
 from dann_jax.config import Config
 from dann_jax.data import fingerprint
 
-__all__ = ["RESTART", "RunError", "check_workdir", "clear_run", "usable_workdir"]
+__all__ = ["RESTART", "RunError", "check_workdir", "clear_run", "is_writer", "usable_workdir"]
 
 # Fields that may differ between a run and its resumption (how it is run, not what).
 RESUMABLE_FIELDS = (
@@ -31,6 +33,11 @@ RESUMABLE_FIELDS = (
 # Behaviour of runs whose saved config predates a field, where it differs from today's
 # default (resize="auto" came later; before it, every domain was resampled bilinearly).
 DEFAULTS_BEFORE_THE_FIELD = {"resize": "bilinear"}
+
+
+def is_writer() -> bool:
+    """Whether this process writes files (process 0 of a multi-host run)."""
+    return jax.process_index() == 0
 
 
 def config_differences(saved: dict, config: Config) -> dict[str, tuple[Any, Any]]:
@@ -112,7 +119,6 @@ def check_workdir(
     A run that failed before its first checkpoint (a NaN or out-of-memory at the start)
     pins nothing: a new config or new data replace its record, with a note.
     """
-    from dann_jax.resume import is_writer
 
     pinned = has_checkpoint(workdir)
     _check_config(config, workdir, log, pinned)
