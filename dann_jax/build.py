@@ -170,7 +170,7 @@ def create_train_state(
       tx: an optax transformation from `make_optimizer`.
       image_shape: (H, W, C) of one input image.
       extractor: the extractor's own variables (``params`` and ``batch_stats``, e.g.
-        pretrained weights from `dann_jax.backbones.resnet`) in place of fresh ones.
+        pretrained weights from `dann_jax.pretrained.resnet`) in place of fresh ones.
 
     Returns:
       A `TrainState` at step 0.

@@ -17,7 +17,7 @@ import pytest
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from dann_jax import backbones
+from dann_jax import backbones, pretrained
 from dann_jax.models import DANN, with_axis
 
 WIDTH = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
@@ -83,7 +83,7 @@ def test_matches_torchvision_from_pth_and_safetensors(torch_reference, name):
     assert want.shape == (2, WIDTH[name])
     loaded = []
     for path in (pth, st):
-        module, variables = backbones.resnet(
+        module, variables = pretrained.resnet(
             name, path, dtype=jnp.float32, precision=jax.lax.Precision.HIGHEST
         )
         got = np.asarray(_features(module, variables, jnp.asarray(x)))
@@ -104,7 +104,7 @@ def test_layout_and_parameter_counts_match_torchvision(name):
         model = getattr(torchvision.models, name)(weights=None)
     keep = lambda k: not (k.startswith("fc.") or k.endswith("num_batches_tracked"))
     want = {k: tuple(v.shape) for k, v in model.state_dict().items() if keep(k)}
-    got = backbones.expected_state_dict_shapes(name)
+    got = pretrained.expected_state_dict_shapes(name)
     assert list(got) == list(want)  # same keys in torch's order
     assert got == want
     module = backbones.ResNet(arch=name)
@@ -137,7 +137,7 @@ def test_pooled_feature_shapes_bfloat16_and_strict_promotion(name):
 
 
 def test_fresh_variables_are_torchvision_initialisation():
-    module, variables = backbones.resnet("resnet50", rng=jax.random.key(3))
+    module, variables = pretrained.resnet("resnet50", rng=jax.random.key(3))
     assert module.arch == "resnet50" and module.bn_groups == 1 and module.axis_name is None
     shapes = jax.eval_shape(
         functools.partial(module.init, train=False), jax.random.key(0), jnp.zeros((1, 32, 32, 3))
@@ -153,12 +153,12 @@ def test_fresh_variables_are_torchvision_initialisation():
     stats = variables["batch_stats"]["layer4_0"]["downsample_1"]
     assert np.all(bn["scale"] == 1) and np.all(bn["bias"] == 0)
     assert np.all(stats["mean"] == 0) and np.all(stats["var"] == 1)
-    other = backbones.resnet("resnet50", rng=jax.random.key(4))[1]
+    other = pretrained.resnet("resnet50", rng=jax.random.key(4))[1]
     assert not np.array_equal(k, other["params"]["layer3_2"]["conv2"]["kernel"])
 
 
 def test_per_domain_batchnorm_in_training():
-    module, variables = backbones.resnet("resnet18", bn_groups=2)
+    module, variables = pretrained.resnet("resnet18", bn_groups=2)
     rng = np.random.default_rng(0)
     source = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
     target = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
@@ -185,7 +185,7 @@ def test_per_domain_batchnorm_in_training():
 
 
 def test_with_axis_synchronises_batchnorm_over_devices():
-    module, variables = backbones.resnet("resnet18", bn_groups=2)
+    module, variables = pretrained.resnet("resnet18", bn_groups=2)
     model = with_axis(DANN(module), "batch")
     assert model.extractor.axis_name == "batch" and model.extractor.bn_groups == 2
     rng = np.random.default_rng(1)
@@ -206,14 +206,14 @@ def test_with_axis_synchronises_batchnorm_over_devices():
 
 
 def _zeros_state_dict(name: str) -> dict[str, np.ndarray]:
-    shapes = backbones.expected_state_dict_shapes(name)
+    shapes = pretrained.expected_state_dict_shapes(name)
     return {k: np.zeros(s, np.float32) for k, s in shapes.items()}
 
 
 def test_mismatching_state_dicts_name_the_keys():
     r18 = _zeros_state_dict("resnet18")
-    with pytest.raises(backbones.StateDictError) as e:
-        backbones.variables_from_state_dict(r18, "resnet50")
+    with pytest.raises(pretrained.StateDictError) as e:
+        pretrained.variables_from_state_dict(r18, "resnet50")
     msg = str(e.value)
     assert "resnet50" in msg and "missing: layer1.0.conv3.weight" in msg
     assert "shape: layer1.0.conv1.weight (64, 64, 3, 3) (want (64, 64, 1, 1))" in msg
@@ -221,17 +221,17 @@ def test_mismatching_state_dicts_name_the_keys():
     del broken["layer2.0.downsample.1.running_var"]
     broken["layer5.0.conv1.weight"] = np.zeros((1,), np.float32)
     with pytest.raises(
-        backbones.StateDictError, match=r"1 missing: layer2\.0\.downsample\.1\.running_var"
+        pretrained.StateDictError, match=r"1 missing: layer2\.0\.downsample\.1\.running_var"
     ):
-        backbones.variables_from_state_dict(broken, "resnet18")
-    with pytest.raises(backbones.StateDictError, match=r"1 unexpected: layer5\.0\.conv1\.weight"):
-        backbones.variables_from_state_dict(broken, "resnet18")
+        pretrained.variables_from_state_dict(broken, "resnet18")
+    with pytest.raises(pretrained.StateDictError, match=r"1 unexpected: layer5\.0\.conv1\.weight"):
+        pretrained.variables_from_state_dict(broken, "resnet18")
     # fc and num_batches_tracked are ignored; the rest maps (OIHW -> HWIO).
     r18["fc.weight"] = np.zeros((1000, 512), np.float32)
     r18["bn1.num_batches_tracked"] = np.zeros((), np.int64)
     r18["conv1.weight"] = np.arange(64 * 3 * 7 * 7, dtype=np.float32).reshape(64, 3, 7, 7)
     r18["layer1.1.bn2.running_var"] = np.full(64, 2.0, np.float32)
-    v = backbones.variables_from_state_dict(r18, "resnet18")
+    v = pretrained.variables_from_state_dict(r18, "resnet18")
     np.testing.assert_array_equal(
         v["params"]["conv1"]["kernel"][2, 5, 1, 7], r18["conv1.weight"][7, 1, 2, 5]
     )
@@ -240,20 +240,20 @@ def test_mismatching_state_dicts_name_the_keys():
 
 def test_mismatching_torch_file_names_the_keys(torch_reference):
     pth = torch_reference["resnet18"][0]
-    with pytest.raises(backbones.StateDictError, match=r"does not match resnet50: \d+ missing"):
-        backbones.resnet("resnet50", pth)
+    with pytest.raises(pretrained.StateDictError, match=r"does not match resnet50: \d+ missing"):
+        pretrained.resnet("resnet50", pth)
 
 
 def test_unknown_names_formats_and_missing_torch(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"resnet152.*'resnet101', 'resnet18'"):
-        backbones.resnet("resnet152")
+        pretrained.resnet("resnet152")
     with pytest.raises(ValueError, match=r"unknown weights format '\.npz'"):
-        backbones.resnet("resnet18", tmp_path / "w.npz")
+        pretrained.resnet("resnet18", tmp_path / "w.npz")
     pth = tmp_path / "w.pth"
     pth.write_bytes(b"not read")
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails
     with pytest.raises(ImportError, match=r"needs torch: pip install torch.*\.safetensors"):
-        backbones.resnet("resnet18", pth)
+        pretrained.resnet("resnet18", pth)
 
 
 def test_weights_sha256_streams(tmp_path):
@@ -261,5 +261,5 @@ def test_weights_sha256_streams(tmp_path):
     data = np.random.default_rng(0).bytes(3 * 1000 + 7)
     path.write_bytes(data)
     want = hashlib.sha256(data).hexdigest()
-    assert backbones.weights_sha256(path) == want
-    assert backbones.weights_sha256(str(path), chunk_size=1000) == want
+    assert pretrained.weights_sha256(path) == want
+    assert pretrained.weights_sha256(str(path), chunk_size=1000) == want

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import dann_jax as dj
-from dann_jax import augment, backbones, experiment, memory, pretrained
+from dann_jax import augment, experiment, memory, pretrained
 from dann_jax.cli import config_from_args
 from dann_jax.data import DataError
 from tests.helpers import REPO_ROOT, setup_run, synthetic_data
@@ -112,7 +112,7 @@ def _fake_state_dict(name: str) -> dict[str, np.ndarray]:
     """Random weights with torchvision's keys and shapes (positive running variances)."""
     rng = np.random.default_rng(0)
     out = {}
-    for key, shape in backbones.expected_state_dict_shapes(name).items():
+    for key, shape in pretrained.expected_state_dict_shapes(name).items():
         value = rng.normal(0, 0.05, shape).astype(np.float32)
         out[key] = np.abs(value) + 0.5 if key.endswith("running_var") else value
     return out
