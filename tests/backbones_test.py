@@ -2,8 +2,9 @@
 from .pth and .safetensors), shapes and parameter counts, per-domain BatchNorm in
 training, synchronised BatchNorm under shard_map, state-dict errors.
 
-The torchvision tests skip where torch/torchvision (or safetensors) are not installed;
-the rest needs neither.
+The live torchvision tests skip where torch/torchvision (or safetensors) are not
+installed; the frozen ones (`tests.torchvision_fixture`: torchvision's keys, shapes and
+features, saved) and the rest need neither, so parity is checked without torch too.
 """
 
 import functools
@@ -19,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 from dann_jax import backbones, pretrained
 from dann_jax.models import DANN, with_axis
+from tests import torchvision_fixture
 
 WIDTH = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
 
@@ -94,6 +96,21 @@ def test_matches_torchvision_from_pth_and_safetensors(torch_reference, name):
         loaded.append(variables)
     # Both formats give the same variables, bit for bit.
     jax.tree.map(np.testing.assert_array_equal, *loaded)
+
+
+@pytest.mark.parametrize("name", sorted(torchvision_fixture.CASES))
+def test_matches_frozen_torchvision_keys_and_features(name):
+    frozen = torchvision_fixture.load()[name]
+    shapes = pretrained.expected_state_dict_shapes(name)
+    assert list(shapes.items()) == list(frozen["shapes"].items())  # keys in torch's order
+    weights = torchvision_fixture.state_dict(frozen["shapes"], frozen["seed"])
+    module, _ = pretrained.resnet(name, dtype=jnp.float32, precision=jax.lax.Precision.HIGHEST)
+    variables = pretrained.variables_from_state_dict(weights, name)
+    got = np.asarray(_features(module, variables, jnp.asarray(frozen["x"])))
+    want = frozen["features"]
+    assert got.dtype == np.float32 and got.shape == want.shape == (2, WIDTH[name])
+    scale = np.max(np.abs(want))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale)
 
 
 @pytest.mark.parametrize("name", sorted(WIDTH))
