@@ -57,21 +57,16 @@ def installed(root: str | os.PathLike):
 
     one = lambda orig, path, *a, **kw: orig(local(path), *a, **kw)
     two = lambda orig, src, dst, *a, **kw: orig(local(src), local(dst), *a, **kw)
+    ops = {name: one for name in ("exists", "isdir", "listdir", "makedirs", "mkdir", "rmtree",
+                                  "remove", "stat")}  # fmt: skip
+    ops.update(rename=two, replace=two, copy=two, open=open_, glob=glob, walk=walk)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(
-            testing.mock_epath(
-                open=open_, glob=glob, walk=walk, exists=one, isdir=one, listdir=one,
-                makedirs=one, mkdir=one, rmtree=one, remove=one, stat=one,
-                rename=two, replace=two, copy=two,
-            )  # fmt: skip
-        )
+        stack.enter_context(testing.mock_epath(**ops))
         # With TensorFlow installed epath would take gfile's backend for gs://.
         stack.enter_context(mock.patch.object(gpath, "_is_tf_installed", lambda: False))
         kvstore = lambda path: {"driver": "file", "path": local(path).rstrip("/") + "/"}
         stack.enter_context(mock.patch.object(gcs_utils, "get_kvstore_for_gcs", kvstore))
         flat = lambda path: False  # a plain bucket (no hierarchical namespace)
-        stack.enter_context(
-            mock.patch.object(gcs_utils, "is_hierarchical_namespace_enabled", flat)
-        )
+        stack.enter_context(mock.patch.object(gcs_utils, "is_hierarchical_namespace_enabled", flat))
         stack.enter_context(mock.patch.object(storage, "_missing_clients", lambda: []))
         yield root
