@@ -75,7 +75,7 @@ def fit(
       dann_jax.config.ConfigError: a bad setting. dann_jax.workdir.RunError: a workdir
         holding another run. dann_jax.io.Busy: another process training in the workdir.
     """
-    from dann_jax import io, loop
+    from dann_jax import io, loop, storage
     from dann_jax import workdir as workdir_module
     from dann_jax.data.arrays import pair_from_arrays
 
@@ -96,7 +96,7 @@ def fit(
         if joint:
             log(extractors.joint_batchnorm_warning(joint))
     with tempfile.TemporaryDirectory() if workdir is None else _nothing() as tmp:
-        path = Path(workdir or tmp)
+        path = storage.as_path(workdir or tmp)  # a folder, or gs://bucket/run
         config = config.replace(workdir=str(path))
         workdir_module.usable_workdir(path)
         with io.exclusive(path, "the workdir"):  # a second process on it: refused at once

@@ -8,6 +8,12 @@ fails loudly instead of silently assigning same-shaped arrays to the wrong field
 with a SHA-256 of its bytes, so a damaged file is detected: `restore_latest` then falls
 back to the previous complete checkpoint and says so, and stops with `CheckpointError`
 when none is intact.
+
+Where the checkpoints go decides who saves them. On a bucket (a ``gs://`` workdir, shared
+by every host) every process calls orbax's save, as orbax's multi-process protocol
+expects (barriers; process 0 writes the replicated arrays and finalises the step). On
+local disks (one per host on TPU VMs) only process 0 saves, as its own primary host.
+Reading is always one process's own (process 0 restores and sends the state on).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import flax
 import jax
 import numpy as np
 
+from dann_jax import storage
+
 __all__ = [
     "KEEP",
     "CheckpointError",
@@ -29,6 +37,7 @@ __all__ = [
     "latest_bookkeeping",
     "restore_latest",
     "save",
+    "saves_here",
     "state_digest",
     "to_tree",
 ]
@@ -89,38 +98,55 @@ def state_digest(tree: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def _manager(directory: Path):
-    """An orbax CheckpointManager over an existing `directory` (synchronous saves).
+def saves_here(directory: Path) -> bool:
+    """Whether this process takes part in saving to `directory`: every process for a
+    bucket (shared: orbax's multi-process save), process 0 for a local folder."""
+    return storage.is_url(directory) or jax.process_index() == 0
 
-    With several processes (multi-host) only process 0 writes, and every process reads
-    on its own: each is then its own primary host.
+
+def _manager(directory: Path, together: bool = False):
+    """An orbax CheckpointManager over `directory` (synchronous saves).
+
+    ``together``: every process calls it (a shared bucket; orbax's default multi-process
+    options, process 0 primary, orbax creating the folder). Otherwise, with several
+    processes each uses it on its own, as its own primary host: process 0 writing to its
+    disk, or any process reading.
     """
     import orbax.checkpoint as ocp
 
     extra = {}
-    if jax.process_count() > 1:
+    if jax.process_count() > 1 and not together:
         me = jax.process_index()
         extra["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
             primary_host=me, active_processes={me}
         )
     options = ocp.CheckpointManagerOptions(
         max_to_keep=KEEP,
-        create=False,  # made by `save` (orbax cannot create it for a subset of processes)
+        # Alone, made by `save` (orbax cannot create it for a subset of processes).
+        create=together,
         enable_async_checkpointing=False,  # the loop waits for the save anyway
         **extra,
     )
-    return ocp.CheckpointManager(directory.absolute(), options=options)
+    directory = storage.as_path(directory)
+    return ocp.CheckpointManager(
+        directory if storage.is_url(directory) else directory.absolute(), options=options
+    )
 
 
 def save(directory: Path, state: Any, loop: dict[str, Any]) -> None:
-    """Save a host `state` and the loop's bookkeeping as checkpoint number ``state.step``."""
+    """Save a host `state` and the loop's bookkeeping as checkpoint number ``state.step``.
+
+    Called by every process that `saves_here` (with the same replicated `state`).
+    """
     import orbax.checkpoint as ocp
 
     tree = to_tree(state)
     step = int(np.asarray(state.step).reshape(-1)[0])
     meta = {**loop, "sha256": state_digest(tree)}
-    directory.mkdir(parents=True, exist_ok=True)
-    with _manager(directory) as mngr:
+    together = storage.is_url(directory)
+    if not together:
+        storage.as_path(directory).mkdir(parents=True, exist_ok=True)
+    with _manager(directory, together) as mngr:
         if step in mngr.all_steps():
             # Left by a damaged checkpoint that `restore_latest` skipped: this run has
             # retrained to the same step (deterministically), so it replaces it.
@@ -160,6 +186,7 @@ def latest_bookkeeping(directory: Path) -> dict[str, Any] | None:
     """The bookkeeping (curves, config, ...) of the newest readable checkpoint, or None."""
     import orbax.checkpoint as ocp
 
+    directory = storage.as_path(directory)
     if not directory.is_dir():
         return None
     with _manager(directory) as mngr:
@@ -183,6 +210,7 @@ def restore_latest(
     unreadable checkpoint is skipped with a message, and the previous one is used; when
     every checkpoint there is damaged, raises `CheckpointError`.
     """
+    directory = storage.as_path(directory)
     if not directory.exists():
         return None
     if (directory / "loop.json").exists():

@@ -298,8 +298,8 @@ class Config:
     )
     workdir: str = _setting(
         "runs/digits",
-        "output folder (results.json, metrics.jsonl, curves.png, checkpoints); rerun with "
-        "the same workdir to resume",
+        "output folder (results.json, metrics.jsonl, curves.png, checkpoints), or a bucket "
+        "(gs://bucket/run, with the gcs extra); rerun with the same workdir to resume",
     )
     tensorboard: bool = _setting(
         False,

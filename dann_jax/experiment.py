@@ -20,8 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import re
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from dann_jax import diagnose, io, loop, memory
+from dann_jax import diagnose, io, loop, memory, storage
 from dann_jax.config import Config, resolved_precision
 from dann_jax.data.pair import PairData, load_pair
 from dann_jax.paper_models import ARCHITECTURES
@@ -104,13 +102,7 @@ def check_request(config: Config, log: Callable[[str], None]) -> None:
             "subfolder per class, or a flat folder for an unlabelled target) or an "
             "image-list file."
         )
-    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", config.workdir):
-        raise RunError(
-            f"--workdir {config.workdir} is a URL; runs are written to a local folder only "
-            "(checkpoints, metrics and results). Use a path on this machine's disk or on a "
-            "mounted bucket (e.g. gcsfuse), and copy the finished run where it should go."
-        )
-    usable_workdir(Path(config.workdir))
+    usable_workdir(config.workdir)  # a local folder, or a gs:// bucket (dann_jax.storage)
     if config.tensorboard:
         try:
             import tensorboardX  # noqa: F401
@@ -176,7 +168,7 @@ def _target_outputs(config: Config, data: PairData, per_seed, workdir: Path, log
                 data.target_paths, data.class_names, config.bn_domain("target"),
             )  # fmt: skip
             if r is per_seed[0]:
-                shutil.copyfile(path, workdir / "predictions.csv")
+                io.write_text(workdir / "predictions.csv", path.read_text(encoding="utf-8"))
         if not data.target_labelled:
             domains = outputs.set_domains(config)
             scores = outputs.label_free_scores(
@@ -282,7 +274,7 @@ def run(
     """
     config.validate()
     start = time.perf_counter()
-    workdir = Path(config.workdir)
+    workdir = storage.as_path(config.workdir)  # keeps the // of gs://bucket/run
     check_request(config, log)
     data = load_data(config, log) if data is None else data
     config = _resolve_steps(config, data, log)

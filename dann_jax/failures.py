@@ -19,7 +19,6 @@ import signal
 import sys
 import textwrap
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 __all__ = ["Stopped", "deferred_stops", "fail", "guarded"]
@@ -49,9 +48,11 @@ def fail(message: str) -> int:
 
 def last_checkpoint(workdir: str | os.PathLike) -> int | None:
     """The newest step checkpointed in a workdir (any seed), or None."""
+    from dann_jax import storage
+
     steps = [
         int(p.name)
-        for ckpt in Path(workdir).glob("seed*/checkpoint")
+        for ckpt in storage.as_path(workdir).glob("seed*/checkpoint")
         for p in ckpt.iterdir()
         if p.name.isdigit()
     ]

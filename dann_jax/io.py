@@ -66,8 +66,13 @@ def _write_atomically(
     """Call ``write(f)`` on a temporary file beside `path`, then move it onto `path`.
 
     On any error (also KeyboardInterrupt) the temporary file is removed and `path` keeps
-    its previous content, or stays absent.
+    its previous content, or stays absent. A URL (a bucket) is written by
+    `dann_jax.storage.write_atomically`: the same rule, without fsync or ``os.replace``.
     """
+    from dann_jax import storage
+
+    if storage.is_url(path):
+        return storage.write_atomically(path, write, binary=binary, make_parents=make_parents)
     target = Path(path)
     if make_parents:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -132,11 +137,16 @@ def exclusive(folder: str | os.PathLike, flag: str = "the folder"):
     this process writes there; a second process asking for it gets `Busy` at once.
 
     An advisory ``fcntl`` lock: the kernel drops it when the process ends, however it
-    ends, so a killed run never leaves its folder locked.
+    ends, so a killed run never leaves its folder locked. A bucket (a URL) has no such
+    locks: two runs started in one ``gs://`` workdir are not told apart.
     """
+    from dann_jax import storage
+
     try:
         import fcntl
     except ImportError:  # no advisory locks (Windows): not guarded
+        fcntl = None
+    if fcntl is None or storage.is_url(folder):
         yield
         return
     folder = Path(folder)

@@ -18,7 +18,8 @@ What it writes and says as it goes (``metrics.jsonl``, TensorBoard, progress) is
 `dann_jax.run_log`.
 
 Batches depend only on the seed and the step, so a resumed run ends in the same state as
-an uninterrupted one. Only process 0 writes files; on several hosts process 0 restores
+an uninterrupted one. Only process 0 writes files, but on a bucket (a ``gs://``
+workdir) every process takes part in orbax's save; on several hosts process 0 restores
 the checkpoint and sends it to the others, so every process resumes at the same step
 whatever each host's disk holds.
 """
@@ -248,9 +249,9 @@ def train_and_evaluate(
                 curves[i].append(r)
             if bar is None:
                 run_log.log_eval(log, names, step, config.steps, records)
-            if is_writer():
+            if checkpoint.saves_here(ckpt_dir):  # on a bucket every process, as orbax expects
                 checkpoint.save(ckpt_dir, host, bookkeeping(config, curves))
-            queue.write(records)
+            queue.write(records, durable=True)
     if bar is not None:
         bar.close()
     args = (evaluate, tests, mean, labelled, curves, queue.last, model, start)
@@ -262,9 +263,9 @@ def _save_and_stop(queue, state, ckpt_dir, config, curves, signal_name: str, log
     """A checkpoint of the step training got to (after the NaN check of its chunks),
     then `dann_jax.failures.Stopped`: the same command resumes from there."""
     records, host = queue.drain(), sharding.fetch(state)
-    if is_writer():
+    if checkpoint.saves_here(ckpt_dir):
         checkpoint.save(ckpt_dir, host, bookkeeping(config, curves))
-    queue.write(records)
+    queue.write(records, durable=True)
     log(f"{signal_name}: saved step {records[0]['step']} ({ckpt_dir}) before stopping")
     raise failures.Stopped(signal_name)
 

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from dann_jax import storage
 from dann_jax.config import Config
 from dann_jax.data.domain import DataError
 
@@ -212,7 +213,7 @@ def load_run(workdir: str | Path, extractor=None, seed: int | None = None):
     from dann_jax import checkpoint, train
     from dann_jax.resume import run_name, step_of
 
-    workdir = Path(workdir)
+    workdir = storage.as_path(workdir)  # a folder, or gs://bucket/run
     config, meta, results = _read_run(workdir)
     seed = config.seed if seed is None else seed
     names, shape = tuple(meta["classes"]), tuple(meta["input_shape"])

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from dann_jax import checkpoint, io, sharding, train
+from dann_jax import checkpoint, io, sharding, storage, train
 from dann_jax.config import Config
 from dann_jax.workdir import is_writer
 
@@ -53,16 +53,21 @@ def _records(path: Path, log) -> list[dict]:
 
 
 def open_metrics(stack: contextlib.ExitStack, workdir: Path, names, step: int, log) -> list:
-    """Each model's metrics.jsonl cut back to `step` and opened for appending (process 0)."""
+    """Each model's metrics.jsonl cut back to `step` and opened for appending (process 0;
+    on a bucket, whose objects cannot be appended to, a `dann_jax.storage.ObjectLog`)."""
     if not is_writer():
         return []
     files = []
     for name in names:
-        path = workdir / name / "metrics.jsonl"
+        path = storage.as_path(workdir) / name / "metrics.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         kept = [r for r in _records(path, log) if r.get("step", step + 1) <= step]
-        io.write_text(path, "".join(io.dumps(r, indent=None) + "\n" for r in kept))
-        files.append(stack.enter_context(path.open("a")))
+        text = "".join(io.dumps(r, indent=None) + "\n" for r in kept)
+        io.write_text(path, text)
+        if storage.is_url(path):
+            files.append(stack.enter_context(storage.ObjectLog(path, text)))
+        else:
+            files.append(stack.enter_context(path.open("a")))
     return files
 
 
@@ -146,10 +151,14 @@ class Queue:
             self.bar.update(n)
         return [{"step": first + n, **{f"train_{k}": v for k, v in m.items()}} for m in self.last]
 
-    def write(self, records) -> None:
+    def write(self, records, durable: bool = False) -> None:
+        """Append `records` to each model's metrics.jsonl (``durable``: a checkpoint was
+        just saved; on a bucket the file is then written out at once)."""
         for f, record in zip(self.files, records, strict=bool(self.files)):  # none off process 0
             f.write(io.dumps(record, indent=None) + "\n")
             f.flush()
+            if durable and isinstance(f, storage.ObjectLog):
+                f.sync()
         for board, record in zip(self.boards, records, strict=bool(self.boards)):
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):

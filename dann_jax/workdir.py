@@ -6,6 +6,9 @@ prepared images, labels, class names and file names). A rerun or a resume with a
 config or other data is refused, naming what differs, unless the earlier run saved no
 checkpoint (then nothing is pinned and the new run's record replaces it, with a note);
 ``--restart`` deletes the earlier run's outputs (only those) first.
+
+A workdir is a local folder or a ``gs://`` URL (`dann_jax.storage`): an `etils.epath.Path`
+either way, so the same code reads and writes both.
 """
 
 from __future__ import annotations
@@ -14,12 +17,12 @@ import dataclasses
 import json
 import shutil
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
+from etils import epath
 
-from dann_jax import io
+from dann_jax import io, storage
 from dann_jax.config import Config
 from dann_jax.data import fingerprint
 
@@ -79,29 +82,40 @@ _RUN_OUTPUTS = (
 _RUN_FOLDERS = ("seed_*", "seeds_*", "analysis_source_only")
 
 
-def usable_workdir(workdir: Path) -> None:
+def usable_workdir(workdir: epath.Path) -> None:
     """Refuse a --workdir that is a file, lies under a file, or cannot be written.
 
-    Checked before any data is loaded, so a bad path fails in a second, not minutes.
+    Checked before any data is loaded, so a bad path fails in a second, not minutes. A
+    URL must be a bucket this machine can reach (`dann_jax.storage.check_url`).
     """
     try:
-        io.check_writable(workdir, "--workdir")
-    except io.NotWritable as e:
+        if storage.is_url(workdir):
+            storage.check_url(workdir, "--workdir")
+        else:
+            io.check_writable(workdir, "--workdir")
+    except (io.NotWritable, storage.UnusableURL) as e:
         raise RunError(str(e)) from None
 
 
-def clear_run(workdir: Path, log: Callable[[str], None]) -> None:
+def clear_run(workdir: epath.Path, log: Callable[[str], None]) -> None:
     """--restart: delete an earlier run's outputs in `workdir` (only those)."""
+    workdir = storage.as_path(workdir)
     removed = [workdir / name for name in _RUN_OUTPUTS if (workdir / name).exists()]
     removed += [p for pattern in _RUN_FOLDERS for p in workdir.glob(pattern) if p.is_dir()]
     for path in removed:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if not path.is_dir():
+            path.unlink()
+        elif storage.is_url(path):
+            path.rmtree()
+        else:
+            shutil.rmtree(path)
     if removed:
         log(f"--restart: deleted the earlier run in {workdir} ({len(removed)} entries)")
 
 
-def has_checkpoint(workdir: Path) -> bool:
+def has_checkpoint(workdir: epath.Path) -> bool:
     """Whether any seed of the run in `workdir` got as far as a saved checkpoint."""
+    workdir = storage.as_path(workdir)
     return any(
         any(p.name.isdigit() for p in ckpt.iterdir())
         for pattern in ("seed_*/checkpoint", "seeds_*/checkpoint")
@@ -111,7 +125,7 @@ def has_checkpoint(workdir: Path) -> bool:
 
 
 def check_workdir(
-    config: Config, workdir: Path, log: Callable[[str], None] = print, data=None
+    config: Config, workdir: epath.Path, log: Callable[[str], None] = print, data=None
 ) -> None:
     """Refuse a workdir that holds a run with a different config or (given the pair
     `data`, a `dann_jax.data.pair.PairData`) other data; record this run's.
@@ -119,7 +133,7 @@ def check_workdir(
     A run that failed before its first checkpoint (a NaN or out-of-memory at the start)
     pins nothing: a new config or new data replace its record, with a note.
     """
-
+    workdir = storage.as_path(workdir)
     pinned = has_checkpoint(workdir)
     _check_config(config, workdir, log, pinned)
     mine = None if data is None else fingerprint.pair_fingerprint(data)
@@ -132,7 +146,7 @@ def check_workdir(
             io.write_json(workdir / "data.json", mine)
 
 
-def _check_config(config: Config, workdir: Path, log, pinned: bool) -> None:
+def _check_config(config: Config, workdir: epath.Path, log, pinned: bool) -> None:
     """Refuse another config's run (from config.json, or its checkpoints' own copy)."""
     theirs = _read_json(
         workdir / "config.json", log, "the config saved inside the checkpoints is checked instead"
@@ -151,7 +165,7 @@ def _check_config(config: Config, workdir: Path, log, pinned: bool) -> None:
         log(f"the run in {workdir} saved no checkpoint; replacing its config ({what})")
 
 
-def _check_data(mine: dict, workdir: Path, log, pinned: bool) -> None:
+def _check_data(mine: dict, workdir: epath.Path, log, pinned: bool) -> None:
     """Refuse a run in `workdir` that was trained on other data (data.json)."""
     path = workdir / "data.json"
     theirs = _read_json(path, log, "the data cannot be checked against the run's")
@@ -175,7 +189,7 @@ def _check_data(mine: dict, workdir: Path, log, pinned: bool) -> None:
         log(f"the run in {workdir} saved no checkpoint; replacing its data record ({changes})")
 
 
-def _checkpointed_config(workdir: Path) -> dict | None:
+def _checkpointed_config(workdir: epath.Path) -> dict | None:
     """The config saved with the newest checkpoint of any seed in `workdir`, or None."""
     from dann_jax import checkpoint
 
@@ -186,7 +200,7 @@ def _checkpointed_config(workdir: Path) -> dict | None:
     return None
 
 
-def _read_json(path: Path, log, instead: str) -> dict | None:
+def _read_json(path: epath.Path, log, instead: str) -> dict | None:
     """A saved JSON object, or None when there is none or it is damaged (said in the log,
     with what is checked `instead`; the file is then written again)."""
     if not path.exists():

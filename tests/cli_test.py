@@ -1,6 +1,7 @@
 """Bad input on the command line (experiments/digits.py, dann_jax.cli): exit status 2,
 one paragraph naming the fix, no traceback, no results.json."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -65,10 +66,21 @@ def test_unknown_choice_is_an_argparse_error(tmp_path):
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
 
 
-def test_a_cloud_workdir_is_refused_before_anything_is_written(tmp_path):
+@pytest.mark.skipif(
+    importlib.util.find_spec("gcsfs") is not None
+    or importlib.util.find_spec("google.cloud.storage") is not None,
+    reason="the gcs extra is installed here: a gs:// workdir would reach for the bucket",
+)
+def test_a_bucket_workdir_without_its_clients_is_refused_before_anything_is_written(tmp_path):
     proc = _cli("--workdir", "gs://bucket/run", "--steps", "5", cwd=tmp_path, timeout=120)
-    _assert_clean_failure(proc, "is a URL", "mounted bucket")
+    _assert_clean_failure(proc, "gs://bucket/run needs", "pip install 'dann_jax[gcs]'")
     assert not (tmp_path / "gs:").exists()
+
+
+def test_a_url_orbax_cannot_write_is_refused_before_anything_is_written(tmp_path):
+    proc = _cli("--workdir", "s3://bucket/run", "--steps", "5", cwd=tmp_path, timeout=120)
+    _assert_clean_failure(proc, "s3://bucket/run", "Mount the bucket")
+    assert not (tmp_path / "s3:").exists()
 
 
 def test_an_eval_interval_below_the_default_steps_per_call_just_works(tmp_path):

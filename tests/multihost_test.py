@@ -1,7 +1,8 @@
 """Multi-host on CPU: two processes on 127.0.0.1 with 2 devices each train like one
 process with 4 devices on the same global batch, only process 0 writes files, and a run
 resumed on per-host disks (checkpoints on process 0's only, as on TPU VMs) resumes at the
-same step on both processes and ends as an uninterrupted run."""
+same step on both processes and ends as an uninterrupted run; with one bucket for both
+(a gs:// workdir) both take part in orbax's saves and resume from the bucket."""
 
 import json
 import os
@@ -22,8 +23,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(workdir: Path, num_processes: int, process_id: int, port: int, cwd: Path, *extra):
-    env = dict(os.environ, TFDS_DATA_DIR=str(cwd / "no_tfds_here"), PYTHONPATH=os.getcwd())
+def _start(workdir, num_processes: int, process_id: int, port: int, cwd: Path, *extra, env=()):
+    env = dict(os.environ, TFDS_DATA_DIR=str(cwd / "no_tfds_here"), PYTHONPATH=os.getcwd(),
+               **dict(env))  # fmt: skip
     env.pop("XLA_FLAGS", None)  # the worker sets its own device count
     args = [str(workdir), str(num_processes), str(process_id), str(port), *map(str, extra)]
     return subprocess.Popen(
@@ -80,3 +82,28 @@ def test_two_processes_equal_one_process_and_resume_together(tmp_path):
     assert (tmp_path / "run_0" / "results.json").exists()
     assert (tmp_path / "run_0" / "seed_0" / "checkpoint" / "6").is_dir()
     assert not (tmp_path / "run_1").exists()
+
+
+def test_two_processes_sharing_a_bucket_both_save_and_resume_from_it(tmp_path):
+    # A gs:// workdir is one bucket for every host: every process calls orbax's save (one
+    # that did not would leave the other waiting at orbax's barriers until the timeout).
+    bucket = {"FAKE_GCS_ROOT": str(tmp_path / "gcs")}
+    run = tmp_path / "gcs" / "bucket" / "run"
+
+    def pair(*extra):
+        port = _free_port()
+        return _results(
+            [_start("gs://bucket/run", 2, i, port, tmp_path, *extra, env=bucket) for i in range(2)]
+        )
+
+    assert all(r["interrupted"] for r in pair(4))
+    assert (run / "seed_0" / "checkpoint" / "2" / "commit_success.txt").is_file()
+    assert not (run / "seed_0" / "checkpoint" / "4").exists()
+    two = pair()
+    for r in two:
+        assert any("resuming from step 2" in line for line in r["log"]), r["log"]
+    a, b = (r["seeds"][0]["curves"] for r in two)
+    assert [c["step"] for c in a] == [2, 4, 6] and a == b
+    assert (run / "seed_0" / "checkpoint" / "6" / "commit_success.txt").is_file()
+    assert json.loads((run / "results.json").read_text())["seeds"][0]["curves"] == a
+    assert not (tmp_path / "gs:").exists()

@@ -4,7 +4,8 @@
 
 Runs the main job on the embedded default (6 steps), on 2 CPU devices per process (4 for
 a single process), and prints the curves it returns and the lines it logged as one JSON
-line. With STOP_AT it stops as a Ctrl-C would when training reaches that step.
+line. With STOP_AT it stops as a Ctrl-C would when training reaches that step. With
+$FAKE_GCS_ROOT, a gs:// WORKDIR is kept in that folder (`tests.fake_bucket`).
 """
 
 import json
@@ -41,7 +42,13 @@ def log(line):
 
 config = Config(steps=6, steps_per_call=2, eval_every=2, batch_size=8, workdir=workdir)
 try:
-    results = experiment.run(config, log=log)
+    if "FAKE_GCS_ROOT" in os.environ:  # gs:// workdirs live in this folder (one for all)
+        from tests import fake_bucket
+
+        with fake_bucket.installed(os.environ["FAKE_GCS_ROOT"]):
+            results = experiment.run(config, log=log)
+    else:
+        results = experiment.run(config, log=log)
 except KeyboardInterrupt:
     print("RESULT " + json.dumps({"interrupted": True, "log": lines}))
     sys.exit(0)
