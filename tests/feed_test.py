@@ -121,3 +121,13 @@ def test_pools_that_do_not_fit_name_the_host_path(monkeypatch):
     monkeypatch.setattr(memory, "_device_memory", lambda: 100_000)
     with pytest.raises(DataError, match=r"do not fit in device memory.*add --input host"):
         memory.check_memory(_pair(), _state(), 8, 8)
+
+
+def test_models_split_over_the_devices_train_alike_on_both_paths(tmp_path):
+    # 8 stacked seeds on 8 devices: each device trains whole models, its positions with it.
+    config = CONFIG.replace(vmap_seeds=True, seeds=8, steps=2, steps_per_call=2, eval_every=2)
+    seeds = tuple(range(8))
+    device = _train(tmp_path / "device", config.replace(input="device"), seeds=seeds)
+    host = _train(tmp_path / "host", config.replace(input="host"), seeds=seeds)
+    for d, h in zip(device, host, strict=True):
+        _assert_equal(d.params, h.params)
