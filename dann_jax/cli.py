@@ -49,8 +49,8 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "choice without target labels": ("choose", "choose_lambdas", "choose_by", "choose_margin"),
     "schedule": ("steps", "lambda2_schedule", "gamma", "lr_alpha", "lr_beta"),
     "run and output": (
-        "seed", "seeds", "vmap_seeds", "eval_every", "steps_per_call", "workdir", "restart",
-        "tensorboard", "multihost",
+        "seed", "seeds", "vmap_seeds", "eval_every", "steps_per_call", "input", "workdir",
+        "restart", "tensorboard", "multihost",
     ),
     "analysis": ("analyze",),
 }  # fmt: skip

@@ -28,6 +28,7 @@ from jax.sharding import PartitionSpec as P
 from dann_jax import train
 from dann_jax.augment import ops_of
 from dann_jax.models import DANN
+from dann_jax.pools import Fed
 from dann_jax.train import AXIS, Batch, Metrics, TrainState
 
 __all__ = ["TrainSteps", "compile_train_step", "compile_train_steps"]
@@ -90,7 +91,8 @@ class TrainSteps:
 
     Call as ``run(state, data, hparams) -> (state, metrics)``, metrics stacked along a
     leading step axis. One call dispatches ``program`` (a compiled function of
-    ``steps_per_dispatch`` steps) ``num_steps / steps_per_dispatch`` times;
+    ``steps_per_dispatch`` steps) ``num_steps / steps_per_dispatch`` times (host-fed
+    ``data``, a `Fed` of ``num_steps`` steps, gives each dispatch its steps' batches);
     ``lower(state, data, hparams)`` lowers ``program`` (its FLOPs are those of
     ``steps_per_dispatch`` steps).
     """
@@ -104,9 +106,10 @@ class TrainSteps:
         return self.num_steps // self.steps_per_dispatch
 
     def __call__(self, state, data, hparams):
-        chunks = []
-        for _ in range(self.dispatches):
-            state, metrics = self.program(state, data, hparams)
+        chunks, k = [], self.steps_per_dispatch
+        for d in range(self.dispatches):
+            part = data.steps(d * k, (d + 1) * k) if isinstance(data, Fed) else data
+            state, metrics = self.program(state, part, hparams)
             chunks.append(metrics)
         if len(chunks) == 1:
             return state, chunks[0]
@@ -129,6 +132,7 @@ def compile_train_steps(
     augment: bool | tuple[str, ...] = False,
     stack: str = "vmap",
     split_models: str | None = None,
+    host_fed: bool = False,
 ) -> TrainSteps:
     """`train_steps` compiled with ``jax.jit``, optionally over a device mesh.
 
@@ -161,6 +165,10 @@ def compile_train_steps(
     where it lives, so no gradient or BatchNorm statistic crosses devices. ``"shared"``:
     the hparams are replicated; ``"per_model"``: they carry the model axis and are split
     with the state. Metrics come back split along their model axis.
+
+    ``host_fed``: the data are `dann_jax.pools.Fed` chunks (`dann_jax.feed`) rather than
+    resident pools; only models split over the devices need to know (their batch
+    positions are split with them).
     """
     _check_split(batch_size, None if split_models else mesh)
     per_dispatch = num_steps
@@ -170,7 +178,7 @@ def compile_train_steps(
         raise ValueError("split_models needs a mesh and stacked models (vmap_seeds=True)")
     program = _steps_program(
         model, tx, per_dispatch, batch_size, lambda2_schedule, unroll, vmap_seeds, mesh,
-        ops_of(augment), stack, split_models,
+        ops_of(augment), stack, split_models, host_fed,
     )  # fmt: skip
     return TrainSteps(program, num_steps, per_dispatch)
 
@@ -181,7 +189,7 @@ def compile_train_steps(
 @functools.lru_cache(maxsize=32)
 def _steps_program(
     model, tx, num_steps, batch_size, lambda2_schedule, unroll, vmap_seeds, mesh, augment, stack,
-    split_models,
+    split_models, host_fed,
 ) -> Callable:  # fmt: skip
     """The compiled program of `compile_train_steps` (``num_steps`` per dispatch)."""
     split = split_models is not None
@@ -194,8 +202,11 @@ def _steps_program(
         # Whole models per device: the state (and per-model hparams) split along the
         # model axis, the pools whole everywhere; nothing to average across devices.
         hp = P(AXIS) if split_models == "per_model" else P()
+        data = P()
+        if host_fed:  # each model's batch positions go with it: (steps, models, batch)
+            data = Fed(P(), P(None, AXIS), P(None, AXIS))
         fn = jax.shard_map(
-            fn, mesh=mesh, in_specs=(P(AXIS), P(), hp), out_specs=(P(AXIS), P(None, AXIS)),
+            fn, mesh=mesh, in_specs=(P(AXIS), data, hp), out_specs=(P(AXIS), P(None, AXIS)),
             check_vma=False,
         )  # fmt: skip
     elif mesh is not None:

@@ -25,6 +25,7 @@ __all__ = [
     "ARCHS",
     "BN_STATS",
     "CHOOSE_BY",
+    "INPUTS",
     "LAMBDA2_SCHEDULES",
     "MODES",
     "NORMALIZATIONS",
@@ -53,6 +54,7 @@ CHOOSE_BY = (
     "source_accuracy",
 )  # fmt: skip
 LAMBDA2_SCHEDULES = LAMBDA_SCHEDULES  # defined once, with the schedules
+INPUTS = ("auto", "host", "device")  # dann_jax.feed
 
 
 class ConfigError(ValueError):
@@ -295,6 +297,14 @@ class Config:
         None,
         "training steps per device dispatch (lax.scan); unset: the largest divisor of "
         "--eval-every up to 50",
+    )
+    input: str = _setting(
+        "auto",
+        "where the training images live: device (every device holds them all and draws "
+        "its batches itself), host (they stay in host memory, memory-mapped where cached, "
+        "and a background thread gathers each dispatch's batches: the same batches), or "
+        "auto: device when they fit in its memory, host otherwise",
+        INPUTS,
     )
     workdir: str = _setting(
         "runs/digits",

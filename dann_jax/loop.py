@@ -9,7 +9,9 @@ from the newest intact checkpoint:
   the test sets split along it, once;
 * chunks of up to ``config.call_steps`` steps are dispatched back to back: chunk i+1 is
   queued before the host reads chunk i's metrics (NaN check, ``metrics.jsonl``), so the
-  device never waits for the host between evaluations;
+  device never waits for the host between evaluations; on the host-fed path
+  (`dann_jax.feed`: ``--input host``, or ``auto`` when the pools do not fit) a thread
+  gathers each chunk's batches ahead;
 * at every evaluation the queue is drained (every chunk checked for NaN first), both
   test sets are evaluated and a checkpoint is written; a SIGTERM (a preempted VM) saves
   the step reached at the next chunk and stops (`dann_jax.failures.deferred_stops`).
@@ -36,7 +38,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from dann_jax import checkpoint, compiled, failures, io, run_log, sharding, train
+from dann_jax import checkpoint, compiled, failures, feed, io, run_log, sharding, train
 from dann_jax.build import hyperparams
 from dann_jax.config import Config, ConfigError
 from dann_jax.data.pair import PairData
@@ -132,21 +134,33 @@ def _pretrained(config: Config, log):
     return pretrained.load(config, log)
 
 
-def _place(state, data: PairData, hparams, mesh, split):
-    """State, pools, hparams and mean replicated over the mesh (the state, and per-model
-    hparams, split along the model axis when each device trains whole models); test
-    sets split along it."""
+def _place(state, data: PairData, hparams, mesh, split, how: str):
+    """State, pools (``how == "device"``; the host path: their host arrays), hparams and
+    mean replicated over the mesh (the state, and per-model hparams, split along the
+    model axis when each device trains whole models); test sets split along it."""
     put = lambda tree: sharding.put_replicated(tree, mesh)
     tests = {k: sharding.put_sharded(v, mesh, axis=1) for k, v in data.eval_sets(mesh.size).items()}
     mean = put(data.mean.astype(np.float32))
     models = (lambda t: sharding.put_sharded(t, mesh, axis=0)) if split else put
     hp = models(hparams) if split == "per_model" else put(hparams)
-    return models(state), put(data.train_data()), hp, tests, mean
+    pools = data.train_data()
+    return models(state), put(pools) if how == "device" else pools, hp, tests, mean
+
+
+def _schedule(config: Config, step: int):
+    """(first step, steps) of each dispatch from `step` on: up to ``config.call_steps``,
+    ending at every evaluation and at the last step."""
+    every = config.eval_interval
+    while step < config.steps:
+        n = min(config.call_steps, config.steps - step, every - step % every)
+        yield step, n
+        step += n
 
 
 def _prepare(config: Config, data: PairData, workdir: Path, keys, folder, model, log):
-    """(model, optimizer, state, curves, checkpoint folder, pretrained weights' info):
-    the model (``config``'s unless given), restored or fresh, checked to fit in memory."""
+    """(model, optimizer, state, curves, checkpoint folder, pretrained weights' info,
+    input path): the model (``config``'s unless given), restored or fresh, checked to
+    fit in memory (which, for ``--input auto``, chooses the input path)."""
     if model is None:
         model = train.make_model(config, num_classes=data.num_classes)
     tx = train.make_optimizer(config)
@@ -154,14 +168,20 @@ def _prepare(config: Config, data: PairData, workdir: Path, keys, folder, model,
     shape = tuple(data.source_train.shape[1:])
     extractor, weights = _pretrained(config, log)
     state, curves = restore_or_init(keys, model, tx, shape, ckpt_dir, log, extractor, config)
-    check_memory(data, state, sharding.make_mesh().size, config.batch_size)
+    fed = feed.chunk_bytes(data.train_data(), config.call_steps, len(keys), config.batch_size)
+    how, why = check_memory(
+        data, state, sharding.make_mesh().size, config.batch_size, config.input, fed
+    )
+    if how == "host":
+        feed.check_supported()
+    log(why)
     if is_writer():  # what a checkpoint needs to be used: `dann_jax.load_run` reads it
         from dann_jax.extractors import describe
 
         info = {**_run_info(data), "pretrained": weights, "jax": jax_settings(),
                 "extractor": describe(model.extractor)}  # fmt: skip
         io.write_json(workdir / "run.json", info, make_parents=True)
-    return model, tx, state, curves, ckpt_dir, weights
+    return model, tx, state, curves, ckpt_dir, weights, how
 
 
 def _layout(config: Config, seeds: tuple[int, ...], members: Members | None):
@@ -203,11 +223,11 @@ def train_and_evaluate(
         raise ValueError("on_eval hooks need one seed at a time")
     start = time.perf_counter()
     mesh, split = _mesh_for(config, len(names), members is not None)
-    model, tx, state, curves, ckpt_dir, weights = _prepare(
+    model, tx, state, curves, ckpt_dir, weights, how = _prepare(
         config, data, workdir, keys, folder, model, log
     )
-    step, stacked = step_of(state), len(names) > 1
-    state, pools, hp, tests, mean = _place(state, data, hparams, mesh, split)
+    step, stacked, rng = step_of(state), len(names) > 1, state.rng
+    state, pools, hp, tests, mean = _place(state, data, hparams, mesh, split, how)
     evaluate = {  # each test set with its own domain's BatchNorm statistics (config.bn_eval)
         name: compile_evaluate(model, stacked, mesh, config.bn_domain(name))
         for name in ("target", "source")
@@ -216,7 +236,7 @@ def train_and_evaluate(
     every, bar = config.eval_interval, run_log.progress(config.steps, step, folder)
     # On CPU a vmapped convolution becomes a grouped one, several times slower per model:
     # stacked models are computed one after another inside the program there.
-    how = "loop" if jax.default_backend() == "cpu" else "vmap"
+    stacked_as = "loop" if jax.default_backend() == "cpu" else "vmap"
     with contextlib.ExitStack() as stack:
         stop_asked = stack.enter_context(failures.deferred_stops())
         files = run_log.open_metrics(stack, workdir, names, step, log)
@@ -224,16 +244,20 @@ def train_and_evaluate(
         queue = run_log.Queue(
             names, files, bar, run_log.Eta(config.steps - step, log, folder), boards
         )
-        while step < config.steps:
-            n = min(config.call_steps, config.steps - step, every - step % every)
+        chunks = stack.enter_context(
+            feed.inputs(how, pools, _schedule(config, step), rng=rng,
+                        batch_size=config.batch_size, mesh=mesh, split=split is not None)
+        )  # fmt: skip
+        for first, n, batches in chunks:
             run = compiled.compile_train_steps(
                 model, tx, num_steps=n, batch_size=config.batch_size,
                 lambda2_schedule=config.lambda2_schedule, vmap_seeds=stacked, mesh=mesh,
-                augment=config.augment_ops, stack=how, split_models=split,
+                augment=config.augment_ops, stack=stacked_as, split_models=split,
+                host_fed=how == "host",
             )  # fmt: skip
-            state, metrics = run(state, pools, hp)  # queued: runs while the host reads on
-            queue.push(step, n, metrics)
-            step += n
+            state, metrics = run(state, batches, hp)  # queued: runs while the host reads on
+            queue.push(first, n, metrics)
+            step = first + n
             if stop_asked():  # SIGTERM (a preempted VM): save this step, then stop
                 _save_and_stop(queue, state, ckpt_dir, config, curves, stop_asked(), log)
             if step % every and step < config.steps:

@@ -1,9 +1,14 @@
-"""Device-resident training pools and the batches drawn from them on the device.
+"""Training pools and the batches drawn from them on the device.
 
 `TrainData` holds both domains' training images as flat uint8 rows (plus the source
 labels and the normalisation mean); `sample_batch` draws a batch from it inside the
 compiled step, so no batch ever crosses from the host. Under data parallelism every
 device draws the same global indices and gathers only its own block.
+
+When the pools do not fit on the device, `Fed` carries instead the rows a chunk of K
+steps draws (gathered on the host by `dann_jax.feed`) and each step's positions in
+them: the indices are those `draw_indices` gives the resident path, so both paths
+train on the same batches, augmented on the device with the same keys.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dann_jax.augment import augment as apply_augment
 from dann_jax.augment import ops_of
 from dann_jax.evaluate import normalize
 
-__all__ = ["Batch", "TrainData", "make_train_data", "sample_batch"]
+__all__ = ["Batch", "Fed", "TrainData", "draw_indices", "make_train_data", "sample_batch"]
 
 Batch = dict[str, jax.Array]
 
@@ -84,6 +89,38 @@ def make_train_data(
     )
 
 
+@flax.struct.dataclass
+class Fed:
+    """The batches of K steps, gathered on the host, in place of the whole pools.
+
+    Attributes:
+      pool: a `TrainData` of just the rows the K steps draw (every seed's), in draw order.
+      source_index, target_index: (K, B) int32, or (K, S, B) for S stacked seeds: each
+        step's global batch as positions in ``pool`` (what `draw_indices` drew, remapped).
+    """
+
+    pool: TrainData
+    source_index: jax.Array
+    target_index: jax.Array
+
+    def steps(self, start: int, stop: int) -> Fed:
+        """Steps ``start:stop`` of the chunk (one dispatch of several); the pool is shared."""
+        return self.replace(
+            source_index=self.source_index[start:stop], target_index=self.target_index[start:stop]
+        )
+
+
+def draw_indices(key: jax.Array, sizes: tuple[int, int], batch_size: int):
+    """(source, target) indices of one global batch: uniform with replacement from pools
+    of ``sizes`` images. The one draw both input paths use (the host path runs it on the
+    host CPU: the same keys give the same integers on every backend)."""
+    ks, kt, _ = jax.random.split(key, 3)  # the third key augments (`sample_batch`)
+    # int32 indices: the same batches whether or not JAX_ENABLE_X64 is set.
+    i_s = jax.random.randint(ks, (batch_size,), 0, sizes[0], jnp.int32)
+    i_t = jax.random.randint(kt, (batch_size,), 0, sizes[1], jnp.int32)
+    return i_s, i_t
+
+
 def _rows(pool: jax.Array, idx: jax.Array, data: TrainData, key, ops, rows) -> jax.Array:
     """Gathered flat rows as normalised float32 images (n, H, W, C), augmented or not."""
     images = pool[idx].reshape(len(idx), *data.image_shape)
@@ -99,6 +136,7 @@ def sample_batch(
     batch_size: int,
     axis_name: str | None = None,
     augment: bool | tuple[str, ...] = False,
+    indices: tuple[jax.Array, jax.Array] | None = None,
 ) -> Batch:
     """Draw one training batch on the device from device-resident pools.
 
@@ -114,14 +152,17 @@ def sample_batch(
       axis_name: the data-parallel axis, or None for the whole batch.
       augment: the augmentations (`dann_jax.augment.OPS`; True: random resized crops
         and flips), each example's drawn from its row in the global batch.
+      indices: the global batch's (source, target) positions in ``data`` (the host path:
+        `Fed`), or None to draw them (`draw_indices`).
 
     Returns:
       ``source_images``, ``source_labels``, ``target_images`` (normalised float32).
     """
-    ks, kt, ka = jax.random.split(key, 3)
-    # int32 indices: the same batches whether or not JAX_ENABLE_X64 is set.
-    i_s = jax.random.randint(ks, (batch_size,), 0, data.source_images.shape[0], jnp.int32)
-    i_t = jax.random.randint(kt, (batch_size,), 0, data.target_images.shape[0], jnp.int32)
+    ka = jax.random.split(key, 3)[2]
+    if indices is None:
+        sizes = (data.source_images.shape[0], data.target_images.shape[0])
+        indices = draw_indices(key, sizes, batch_size)
+    i_s, i_t = indices
     per, start = batch_size, jnp.zeros((), jnp.int32)
     if axis_name is not None:
         per = batch_size // jax.lax.axis_size(axis_name)

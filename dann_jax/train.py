@@ -28,7 +28,6 @@ all-reduce at all.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -45,7 +44,7 @@ from dann_jax.build import (
     make_optimizer,
 )
 from dann_jax.models import DANN, with_axis
-from dann_jax.pools import Batch, TrainData, make_train_data, sample_batch
+from dann_jax.pools import Batch, Fed, TrainData, make_train_data, sample_batch
 
 # `TrainState`, `make_model`, `make_optimizer` and `create_train_state` live in
 # `dann_jax.build` (what a config builds); named here too, where the step's users look.
@@ -276,7 +275,8 @@ def train_steps(
 
     Args:
       state: current `TrainState` (with ``vmap_seeds``, one per seed stacked on axis 0).
-      data: device-resident pools, see `TrainData`.
+      data: device-resident pools, see `TrainData`, or the host-fed batches of these
+        ``num_steps`` steps (`Fed`: each step's drawn rows, the same batches).
       hparams: traced hyperparameters, see `train_step`. With ``vmap_seeds`` they are
         shared by every seed when their values are scalars, or each seed's own when they
         carry the seed axis first (`stack_trees` of one dict per seed: the candidates of
@@ -302,42 +302,52 @@ def train_steps(
       (num_steps, num_seeds) with ``vmap_seeds``: the step axis always comes first.
     """
 
-    def one(state, hparams):
+    pool, xs = data, None  # xs: each step's batch positions in a host-fed chunk
+    if isinstance(data, Fed):
+        pool, xs = data.pool, (data.source_index, data.target_index)
+
+    def one(state, hparams, indices):
         data_key, _ = _step_keys(state.rng, state.step)
-        batch = sample_batch(data_key, data, batch_size, axis_name, augment)
+        batch = sample_batch(data_key, pool, batch_size, axis_name, augment, indices)
         return train_step(
             state, batch, hparams, model=model, tx=tx,
             lambda2_schedule=lambda2_schedule, axis_name=axis_name,
         )  # fmt: skip
 
-    step = functools.partial(one, hparams=hparams)
+    step = lambda state, indices: one(state, hparams, indices)
     if vmap_seeds:
         step = _stacked(one, hparams, stack)
     if unroll is True or (not isinstance(unroll, bool) and unroll >= num_steps):
         # Fully unrolled: a Python loop, so that no XLA while-loop is left at all (a
         # length-1 scan still emits one).
         stacked = []
-        for _ in range(num_steps):
-            state, metrics = step(state)
+        for k in range(num_steps):
+            state, metrics = step(state, None if xs is None else tree_index(xs, k))
             stacked.append(metrics)
         return state, stack_trees(stacked)
-    return jax.lax.scan(lambda s, _: step(s), state, None, length=num_steps, unroll=unroll)
+    return jax.lax.scan(step, state, xs, length=num_steps, unroll=unroll)
 
 
 def _stacked(one, hparams: dict[str, jax.Array], stack: str):
-    """``one(state, hparams)`` over a stacked state (and stacked or shared hparams)."""
+    """``one(state, hparams, indices)`` over a stacked state (and stacked or shared
+    hparams; host-fed indices carry the seed axis first)."""
     per_seed = jnp.ndim(next(iter(hparams.values()))) > 0
     if stack == "vmap":
-        return lambda state: jax.vmap(one, (0, 0 if per_seed else None))(state, hparams)
+        return lambda state, indices: jax.vmap(
+            one, (0, 0 if per_seed else None, None if indices is None else 0)
+        )(state, hparams, indices)
     if stack != "loop":
         raise ValueError(f"stack must be 'vmap' or 'loop', got {stack!r}")
 
-    def looped(state):
+    def looped(state, indices):
         n = jax.tree.leaves(state.step)[0].shape[0]
         outs = [
-            one(tree_index(state, i), tree_index(hparams, i) if per_seed else hparams)
+            one(
+                tree_index(state, i), tree_index(hparams, i) if per_seed else hparams,
+                None if indices is None else tree_index(indices, i),
+            )
             for i in range(n)
-        ]
+        ]  # fmt: skip
         return stack_trees([o[0] for o in outs]), stack_trees([o[1] for o in outs])
 
     return looped

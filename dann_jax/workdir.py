@@ -31,7 +31,7 @@ __all__ = ["RESTART", "RunError", "check_workdir", "clear_run", "is_writer", "us
 # Fields that may differ between a run and its resumption (how it is run, not what).
 RESUMABLE_FIELDS = (
     "workdir", "eval_every", "steps_per_call", "analyze", "tfds_dir", "multihost", "restart",
-    "tensorboard",
+    "tensorboard", "input",
 )  # fmt: skip
 # Behaviour of runs whose saved config predates a field, where it differs from today's
 # default (resize="auto" came later; before it, every domain was resampled bilinearly).

@@ -25,6 +25,7 @@ ENUMERATIONS = {
     "normalize": config.NORMALIZATIONS,
     "adversary": config.ADVERSARIES,
     "choose_by": config.CHOOSE_BY,
+    "input": config.INPUTS,
 }
 
 

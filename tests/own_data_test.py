@@ -398,3 +398,22 @@ def test_the_api_trains_on_arrays_loads_a_workdir_and_takes_any_extractor(tmp_pa
                     batch_size=8, log=QUIET)  # fmt: skip
     assert "Dense_0" in custom.state.params["extractor"]
     assert custom.predict(xt)[0].shape == (40,)
+
+
+def test_folders_decode_straight_into_the_cache_file_and_skipped_rows_are_cut(
+    tmp_path, monkeypatch
+):
+    write_folder(tmp_path / "src", ["a", "b"], per_class=3, size=(16, 16))
+    (tmp_path / "src" / "a" / "broken.png").write_bytes(b"not a png at all")
+    expected = folders.read_images(tmp_path / "src", cache_dir=tmp_path / "ref", log=print)
+
+    def no_stack(*args, **kwargs):  # a list of images stacked would hold the domain twice
+        raise AssertionError("np.stack")
+
+    monkeypatch.setattr(np, "stack", no_stack)
+    images = folders.read_images(tmp_path / "src", cache_dir=tmp_path / "c", log=print)
+    np.testing.assert_array_equal(images.images, expected.images)
+    assert images.images.shape == (6, 16, 16, 3) and images.skipped == ("a/broken.png",)
+    (entry,) = (tmp_path / "c" / "dann_images").iterdir()  # no temporary folder left
+    assert sorted(p.name for p in entry.iterdir()) == ["images.npy", "labels.npy", "meta.json"]
+    assert np.load(entry / "images.npy", mmap_mode="r").shape == (6, 16, 16, 3)  # 7 rows cut

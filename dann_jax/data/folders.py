@@ -19,15 +19,17 @@ Decoded images are cached (`dann_jax.data.image_cache`) under
 ``<cache_dir>/dann_images/<key>``, keyed by a SHA-256 of every file's path and bytes and
 the decode settings: a changed folder is read again, an unchanged one is loaded in a
 fraction of a second. Plain ``.npy`` rather than array_record (which the digits use
-through TFDS): a domain is one dense uint8 array that the training loop holds whole in
-device memory, so random access per record buys nothing. While decoding, the bytes are
-hashed again: a folder that changed during the read is refused.
+through TFDS): a domain is one dense uint8 array, decoded straight into the entry's
+memory-mapped file (one copy of the domain at the peak, never a list of images and a
+stacked copy). While decoding, the bytes are hashed again: a folder that changed during
+the read is refused.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -205,20 +207,36 @@ def _decode(data: bytes, image_size: int | None):
 
 @dataclasses.dataclass
 class _Decoded:
-    """What decoding a domain's files gave: images with their labels and paths, the
-    files skipped (undecodable) or refused (no faithful 8-bit form), how often each
+    """What decoding a domain's files gave: the images (written in order into one array
+    with a row for every file, allocated at the first image; its first ``count`` rows
+    filled) with their labels and paths, how many images had each size, the files
+    skipped (undecodable) or refused (no faithful 8-bit form), how often each
     `decode.NOTES` applied."""
 
-    images: list = dataclasses.field(default_factory=list)
+    files: int
+    images: np.ndarray | None = None
+    count: int = 0
+    sizes: dict = dataclasses.field(default_factory=dict)
     labels: list = dataclasses.field(default_factory=list)
     paths: list = dataclasses.field(default_factory=list)
     skipped: list = dataclasses.field(default_factory=list)
     refused: list = dataclasses.field(default_factory=list)
     notes: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(decode.NOTES, 0))
 
+    def add(self, image: np.ndarray, allocate: Callable) -> None:
+        """One image into its row. The first image's size is the domain's; an image of
+        another size is only counted (`_check_sizes` refuses the domain)."""
+        self.sizes[image.shape[:2]] = self.sizes.get(image.shape[:2], 0) + 1
+        if self.images is None:
+            self.images = allocate((self.files, *image.shape))
+        if image.shape == self.images.shape[1:]:
+            self.images[self.count] = image
+            self.count += 1
 
-def _decode_all(entries, root: Path, settings: dict, digest: str) -> _Decoded:
-    """Decode every file (in parallel threads), hashing the bytes again as they are read."""
+
+def _decode_all(entries, root: Path, settings: dict, digest: str, allocate) -> _Decoded:
+    """Decode every file (in parallel threads) into one array that ``allocate(shape)``
+    gives (no list of images, no stacked copy), hashing the bytes again as they are read."""
     h = hashlib.sha256(json.dumps({**settings, "version": _CACHE_VERSION}).encode())
     image_size = settings["image_size"]
 
@@ -231,7 +249,7 @@ def _decode_all(entries, root: Path, settings: dict, digest: str) -> _Decoded:
         except Exception:  # Pillow raises many kinds on damaged files (OSError, SyntaxError...)
             return data, None
 
-    out = _Decoded()
+    out = _Decoded(len(entries))
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
         for (path, label), (data, got) in zip(entries, pool.map(one, entries), strict=True):
             h.update(_entry_key(path, root, label))
@@ -241,7 +259,7 @@ def _decode_all(entries, root: Path, settings: dict, digest: str) -> _Decoded:
                 (out.skipped if got is None else out.refused).append((rel, got))
                 continue
             image, notes = got
-            out.images.append(image)
+            out.add(image, allocate)
             out.labels.append(label)
             out.paths.append(rel)
             for key in notes:
@@ -261,11 +279,8 @@ def _decode_all(entries, root: Path, settings: dict, digest: str) -> _Decoded:
     return out
 
 
-def _stack(images: list[np.ndarray], root: Path, paths) -> np.ndarray:
-    """One (N, H, W, 3) array; images of several sizes are an error naming the fix."""
-    sizes: dict[tuple[int, int], int] = {}
-    for img in images:
-        sizes[img.shape[:2]] = sizes.get(img.shape[:2], 0) + 1
+def _check_sizes(sizes: dict[tuple[int, int], int], root: Path) -> None:
+    """Images of several sizes are an error naming the fix."""
     if len(sizes) > 1:
         common = sorted(sizes.items(), key=lambda kv: -kv[1])
         listed = ", ".join(f"{w}x{h}: {n}" for (h, w), n in common[:4])
@@ -275,14 +290,26 @@ def _stack(images: list[np.ndarray], root: Path, paths) -> np.ndarray:
             "Pass --image-size N (image_size=N) to resize every image's shorter side to N and "
             "centre-crop it to N x N.",
         )
-    return np.stack(images)
 
 
-def _save(directory: Path, images: Images) -> None:
-    """Cache `images` (`image_cache.save`: atomically)."""
-    keys = ("class_names", "paths", "skipped", "ignored", "notes")
-    meta = {k: getattr(images, k) for k in keys}
-    image_cache.save(directory, images.images, images.labels, meta)
+def _meta(images: Images) -> dict:
+    """What a cache entry keeps beside the images and labels."""
+    return {k: getattr(images, k) for k in ("class_names", "paths", "skipped", "ignored", "notes")}
+
+
+def _into_cache(entry: Path, decode_into, log, root: Path) -> Images:
+    """``decode_into(allocate)``'s `Images`, decoded straight into the cache entry's
+    memory-mapped images (`image_cache.decode_into`: never a list of images and a
+    stacked copy, twice the domain in memory). A cache that cannot be written costs a
+    decode next time (the images then go straight into memory)."""
+    try:
+        result = image_cache.decode_into(entry, decode_into, _meta)
+    except OSError as e:
+        log(f"warning: could not cache the decoded images of {root} in {entry.parent} ({e})")
+        return decode_into(lambda shape: np.empty(shape, np.uint8))
+    # Read back into memory (the cached domain's form): the map's pages were the page
+    # cache's, so the peak is one copy of the domain, not two.
+    return dataclasses.replace(result, images=np.load(entry / "images.npy"))
 
 
 def _cached(directory: Path, root: Path, log) -> Images | None:
@@ -347,29 +374,29 @@ def read_images(
     digest = _digest(entries, root, settings)
     cache = Path(cache_dir).expanduser() if cache_dir else default_data_dir()
     entry_dir = cache / "dann_images" / digest
-    cached = _cached(entry_dir, root, log)
-    if cached is None:
-        result = _decoded_images(entries, root, class_names, ignored, settings, digest)
-        try:
-            _save(entry_dir, result)
-        except OSError as e:  # a read-only cache costs a decode next time, nothing else
-            log(f"warning: could not cache the decoded images of {root} in {cache} ({e})")
-    else:
-        result = cached
+    result = _cached(entry_dir, root, log)
+    if result is None:
+        decode_into = functools.partial(
+            _decoded_images, entries, root, class_names, ignored, settings, digest
+        )
+        result = _into_cache(entry_dir, decode_into, log, root)
     decode.report(result, log)
     return result
 
 
-def _decoded_images(entries, root: Path, class_names, ignored: int, settings, digest) -> Images:
-    """The domain's `Images`, decoded from its files."""
-    out = _decode_all(entries, root, settings, digest)
-    if not out.images:
+def _decoded_images(
+    entries, root: Path, class_names, ignored: int, settings, digest, allocate
+) -> Images:
+    """The domain's `Images`, decoded from its files into ``allocate(shape)``."""
+    out = _decode_all(entries, root, settings, digest, allocate)
+    if not out.count:
         raise DataError(
             f"None of the {len(entries)} image files in {root} could be "
             f"decoded (e.g. {printable(out.skipped[0][0])}): are they images?"
         )
+    _check_sizes(out.sizes, root)
     return Images(
-        _stack(out.images, root, out.paths),
+        out.images[: out.count],
         None if class_names is None else np.asarray(out.labels, np.int32),
         class_names,
         tuple(out.paths),

@@ -2,46 +2,121 @@
 
 An entry is ``images.npy`` (uint8 (N, H, W, 3)), ``labels.npy`` (int (N,), labelled
 domains only) and ``meta.json`` (class names, paths, skipped files, notes). It is written
-to a temporary folder renamed when complete, so a kill leaves no half entry; and every
+to a temporary folder renamed when complete, so a kill leaves no half entry (the images
+are decoded straight into that folder's memory-mapped ``images.npy``); and every
 entry read is checked (each file there and readable, the lengths agreeing, the labels
 within the classes), so a damaged one (an emptied ``meta.json``, a cut ``images.npy``, a
 missing ``labels.npy``: a full disk, a copy cut short) is said, deleted and decoded
-again, never trusted.
+again, never trusted. Entries are read into memory, not memory-mapped: a cache file cut
+or rewritten under a live memory map kills the process that reads it (SIGBUS; a test
+damages an entry whose images are still in use).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Damaged", "load", "remove", "save"]
+__all__ = [
+    "Damaged",
+    "decode_into",
+    "images_file",
+    "load",
+    "remove",
+    "save",
+    "write_rest",
+    "writing",
+]
 
 
 class Damaged(Exception):
     """A cache entry that cannot be trusted; the message says what is wrong with it."""
 
 
-def save(directory: Path, images: np.ndarray, labels: np.ndarray | None, meta: dict) -> None:
-    """Write an entry atomically (a temporary folder renamed when complete); on any
-    failure, also an interrupt, nothing is left but what was there."""
+@contextlib.contextmanager
+def writing(directory: Path) -> Iterator[Path]:
+    """A temporary folder beside ``directory`` to write an entry into, renamed to it when
+    the block completes; on any failure, also an interrupt, it is removed and nothing is
+    left but what was there."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory.parent))
     try:
-        np.save(tmp / "images.npy", images)
-        if labels is not None:
-            np.save(tmp / "labels.npy", labels)
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        os.replace(tmp, directory)
+        yield tmp
     except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        os.replace(tmp, directory)
+    except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         if not directory.is_dir():  # else another process stored the same entry first
             raise
+
+
+def write_rest(folder: Path, labels: np.ndarray | None, meta: dict) -> None:
+    """An entry's labels (labelled domains) and ``meta.json``, beside its images."""
+    if labels is not None:
+        np.save(folder / "labels.npy", labels)
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def save(directory: Path, images: np.ndarray, labels: np.ndarray | None, meta: dict) -> None:
+    """Write an entry atomically (`writing`)."""
+    with writing(directory) as tmp:
+        np.save(tmp / "images.npy", images)
+        write_rest(tmp, labels, meta)
+
+
+def images_file(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A writable memory-mapped ``.npy`` of uint8 ``shape`` at ``path``, its disk space
+    reserved (a full disk is an `OSError` here, not a crash at a write to a page)."""
+    out = np.lib.format.open_memmap(path, "w+", np.uint8, shape)
+    if hasattr(os, "posix_fallocate"):
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, out.offset + out.nbytes)
+    return out
+
+
+def decode_into(directory: Path, decode: Callable, meta: Callable[[Any], dict]) -> Any:
+    """Store what ``decode(allocate)`` decodes as an entry, atomically (`writing`).
+
+    ``decode`` writes its images into ``allocate(shape)``: this entry's ``images.npy``,
+    memory-mapped, of room for every file; it returns a result whose ``images`` are the
+    rows it filled, ``labels`` its labels, and ``meta(result)`` the entry's meta. Rows
+    left by skipped files are cut off before the entry is renamed into place.
+    """
+    with writing(directory) as tmp:
+        path, mapped = tmp / "images.npy", []
+
+        def allocate(shape):
+            mapped.append(images_file(path, shape))
+            return mapped[0]
+
+        result = decode(allocate)
+        mapped[0].flush()
+        if len(result.images) < len(mapped[0]):
+            _truncate(path, result.images)
+        write_rest(tmp, result.labels, meta(result))
+    return result
+
+
+def _truncate(path: Path, images: np.ndarray) -> None:
+    """Rewrite ``path`` as ``images`` (the filled rows of its memory map), block by block."""
+    part = path.with_name("images.part.npy")
+    out = images_file(part, images.shape)
+    for i in range(0, len(images), 1024):
+        out[i : i + 1024] = images[i : i + 1024]
+    out.flush()
+    del out
+    os.replace(part, path)
 
 
 def _array(path: Path) -> np.ndarray:
