@@ -12,7 +12,7 @@ import numpy as np
 
 from dann_jax import io
 
-__all__ = ["last_step_table", "write_report"]
+__all__ = ["choice_rows", "choice_table", "last_step_table", "simulate_choice", "write_report"]
 
 
 def _last(records: list[dict]) -> dict[tuple[str, str], list[float]]:
@@ -30,29 +30,52 @@ def _last(records: list[dict]) -> dict[tuple[str, str], list[float]]:
 
 def last_step_table(records: list[dict]) -> list[str]:
     """Markdown: target accuracy at the last step, mean +- std over seeds, per shift and
-    candidate, with the mean over shifts and its gain over source-only."""
+    candidate, with the mean over shifts and its gain over source-only (the mean only for
+    a candidate run on every shift; the gains over the shifts it was run on, counted)."""
     acc = _last(records)
     shifts = list(dict.fromkeys(s for s, _ in acc))
     cands = list(dict.fromkeys(c for _, c in acc))
-    head = ["candidate", *shifts, "mean", "vs source-only", "worst vs source-only"]
+    head = ["candidate", *shifts, "mean", "shifts", "vs source-only", "worst vs source-only"]
     lines = ["| " + " | ".join(head) + " |", "| --- " * len(head) + "|"]
     base = {s: np.mean(acc.get((s, "source_only"), [np.nan])) for s in shifts}
     for c in cands:
-        means = [np.mean(acc[s, c]) if (s, c) in acc else np.nan for s in shifts]
+        means = np.asarray([np.mean(acc[s, c]) if (s, c) in acc else np.nan for s in shifts])
         cells = [
             f"{np.mean(acc[s, c]):.3f} ± {np.std(acc[s, c]):.3f}" if (s, c) in acc else "–"
             for s in shifts
         ]
-        gains = np.asarray(means) - np.asarray([base[s] for s in shifts])
-        lines.append(f"| {c} | " + " | ".join(cells) + f" | {np.nanmean(means):.3f} | "
+        gains = means - np.asarray([base[s] for s in shifts])
+        ran = int(np.sum(~np.isnan(means)))
+        mean = f"{np.mean(means):.3f}" if ran == len(shifts) else "–"
+        lines.append(f"| {c} | " + " | ".join(cells) + f" | {mean} | {ran} | "
                      f"{np.nanmean(gains):+.3f} | {np.nanmin(gains):+.3f} |")  # fmt: skip
     return lines
 
 
-def write_report(out: Path, records: list[dict[str, Any]]) -> None:
-    """``suite.md``."""
+def choice_table(rows: list[dict]) -> list[str]:
+    """Markdown of `choice_rows`: per candidate set, validator and margin, the kept
+    model's mean regret, its mean and worst gain over source-only, and each shift's gain."""
+    if not rows:
+        return []
+    shifts = list(rows[0]["per_shift"])
+    head = ["set", "chosen by", "margin", "regret", "gain", "worst", *shifts]
+    lines = ["| " + " | ".join(head) + " |", "| --- " * len(head) + "|"]
+    for r in rows:
+        cells = [f"{r['per_shift'].get(s, math.nan):+.3f}" for s in shifts]
+        first = [r["set"], r["validator"], str(r["margin"])]
+        first += [f"{r[k]:+.3f}" for k in ("regret", "gain", "worst")]
+        lines.append("| " + " | ".join(first + cells) + " |")
+    return lines
+
+
+def write_report(out: Path, records: list[dict[str, Any]], choices: list[dict] = ()) -> None:
+    """``suite.md``: the last-step table, and `choice_table` of `choices` when given."""
     intro = "Target accuracy at the last step (hidden labels, reporting only), mean ± std:"
     text = ["# Shift suite", "", intro, "", *last_step_table(records), ""]
+    if choices:
+        what = ("The kept model against the set's best candidate at the last step (regret) "
+                "and against source-only (gain, worst; per shift), means over seeds:")  # fmt: skip
+        text += ["## Choosing without target labels", "", what, "", *choice_table(choices), ""]
     io.write_text(out / "suite.md", "\n".join(text))
 
 

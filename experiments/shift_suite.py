@@ -92,7 +92,23 @@ def main(argv: list[str] | None = None) -> int:
         records += _shift_records(name, args, base, candidates, out, print)
         suite.write_records(out, records, {"runs": runs})
         suite_report.write_report(out, records)
+    suite_report.write_report(out, records, _choices(out, records))
     return 0
+
+
+# The label-free scores whose choices the report measures, at two harm margins.
+CHOOSERS = ("information_maximization", "bnm", "ensv", "mixval", "snd", "source_accuracy")
+MARGINS = (0.02, 0.05)
+
+
+def _choices(out: Path, records: list[dict]) -> list[dict]:
+    """`suite_report.choice_rows` of the candidate sets a choosing run trains, on every
+    shift where the whole set was run (none: no table)."""
+    logits = {}
+    for shift in dict.fromkeys(r["shift"] for r in records):
+        with np.load(out / "logits" / f"{shift}.npz") as f:
+            logits[shift] = {k: f[k] for k in f.files if k != "labels"}
+    return suite_report.choice_rows(records, logits, suite_report.CHOICE_SETS, CHOOSERS, MARGINS)
 
 
 if __name__ == "__main__":

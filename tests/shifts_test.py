@@ -66,3 +66,31 @@ def test_the_suite_in_miniature_writes_records_and_tables(tmp_path):
     saved = json.loads((out / "suite.json").read_text())
     assert sorted({r["candidate"] for r in saved["records"]}) == ["dann_l0.3", "mcc", "source_only"]
     assert len(saved["runs"]) == 2 and "source_only/0/4" in np.load(out / "logits" / "invert.npz")
+
+
+def test_the_suite_measures_a_choice_on_its_own_records(tmp_path):
+    from dann_jax import suite_report
+    from experiments import shift_suite
+
+    out = tmp_path / "suite"
+    args = ["--shifts", "invert", "--candidates", "source_only,dann_l0.3", "--seeds", "1",
+            "--steps", "4", "--eval-every", "2", "--batch-size", "8", "--n", "100",
+            "--out", str(out)]  # fmt: skip
+    assert shift_suite.main(args) == 0
+    records = json.loads((out / "suite.json").read_text())["records"]
+    with np.load(out / "logits" / "invert.npz") as f:
+        logits = {k: f[k] for k in f.files if k != "labels"}
+    members = ("source_only", "dann_l0.3")
+    (row,) = suite_report.choice_rows(
+        records, {"invert": logits}, {"pair": members}, ["source_accuracy"], [1.0]
+    )
+    pick = suite_report.simulate_choice(
+        records, logits, "invert", 0, members, "source_accuracy", 1.0
+    )
+    acc = {(r["candidate"], r["step"]): r["target_accuracy"] for r in records}
+    assert pick in acc
+    best = max(acc[m, 4] for m in members)
+    assert row["gain"] == pytest.approx(acc[pick] - acc["source_only", 4])
+    assert row["regret"] == pytest.approx(best - acc[pick])
+    assert row["worst"] == row["gain"] and row["shifts"] == 1
+    assert "| pair | source_accuracy | 1.0 |" in "\n".join(suite_report.choice_table([row]))
