@@ -7,8 +7,9 @@
 # On the shared H200 (at most 10 minutes per command, 15 minutes of device time in all,
 # the machine's start included) as two calls, the second right after the first:
 #
-#   PYTHONPATH=. bash benchmarks/device_check.sh $OUT step_mnist step_svhn step_resnet50 tta  # <= 470 s
-#   PYTHONPATH=. bash benchmarks/device_check.sh $OUT reproduce                               # <= 330 s
+#   PYTHONPATH=. bash benchmarks/device_check.sh $OUT \
+#     step_mnist step_svhn step_resnet50 tta  # <= 470 s
+#   PYTHONPATH=. bash benchmarks/device_check.sh $OUT reproduce host_input  # <= 350 s
 #
 # PARTs (default: all of them, in this order); expected and capped seconds on the H200:
 #   step_mnist    155 / 170  benchmarks.step_time, MNIST model, 64 then 1024 images per
@@ -23,6 +24,8 @@
 #   reproduce     280 / 300  experiments/reproduce.py: MNIST -> MNIST-M, MNIST -> USPS,
 #                            USPS -> MNIST; DANN, then source only, then oracle cells; paper
 #                            and improved recipes; 3 seeds (vmapped) x 12,000 steps
+#   host_input     15 /  20  benchmarks.host_input: the host-fed input path's images/s against
+#                            the MNIST model's consumption, resident and host-fed (--input)
 # (The expected times are estimates: no part has been timed on the H200 yet.) A part may
 # use what earlier parts left of the deadline, never what the later parts need.
 #
@@ -30,12 +33,13 @@
 # PAIRS (reproduce's pairs, default mnist:mnist_m,mnist:usps,usps:mnist), PLATFORM (the
 # JAX platform the preflight insists on, default gpu), DEADLINE_S (default: 30 s of
 # preflight plus the caps of the parts asked for), CAP_<part> (one part's cap, seconds),
-# PYTHON (default python3), and REPRODUCE_ARGS, TTA_ARGS, STEP_ARGS, RESNET_ARGS appended to
+# PYTHON (default python3), and REPRODUCE_ARGS, TTA_ARGS, STEP_ARGS, RESNET_ARGS, HOST_ARGS
+# appended to
 # the parts' commands (later flags win: the CPU test shrinks every part with them).
 #
 # Writes to OUT: env.txt (the preflight), log.txt (everything), and per part
 # step_mnist.json, step_svhn.json, step_resnet50.json, tta_improved.json, tta_paper.json,
-# table.json and
+# host_input.json, table.json and
 # table.md; each JSON is complete on its own (a part cut short says so inside it).
 # The preflight (imports, a computation on the device, the data) runs first and stops
 # everything at once (exit 3) when it fails. Run from the repository root.
@@ -43,7 +47,8 @@ set -uo pipefail
 out="${1:?usage: bash benchmarks/device_check.sh OUT [PART...]}"
 shift
 requested=("$@")
-[ "${#requested[@]}" -gt 0 ] || requested=(step_mnist step_svhn step_resnet50 tta reproduce)
+all_parts=(step_mnist step_svhn step_resnet50 tta reproduce host_input)
+[ "${#requested[@]}" -gt 0 ] || requested=("${all_parts[@]}")
 data="${DATA_DIR:-.devdata}"
 pairs="${PAIRS:-mnist:mnist_m,mnist:usps,usps:mnist}"
 py="${PYTHON:-python3}"
@@ -54,16 +59,16 @@ start=$SECONDS
 
 # Expected and capped seconds of each part (see the header).
 declare -A expect=([step_mnist]=155 [step_svhn]=120 [step_resnet50]=50 [tta_improved]=35
-  [tta_paper]=35 [reproduce]=280)
+  [tta_paper]=35 [reproduce]=280 [host_input]=15)
 declare -A cap=([step_mnist]=170 [step_svhn]=130 [step_resnet50]=60 [tta_improved]=40
-  [tta_paper]=40 [reproduce]=300)
+  [tta_paper]=40 [reproduce]=300 [host_input]=20)
 parts=()
 domains=()
 for part in "${requested[@]}"; do
   case "$part" in
-    step_mnist | step_svhn | step_resnet50 | reproduce) parts+=("$part") ;;
+    step_mnist | step_svhn | step_resnet50 | reproduce | host_input) parts+=("$part") ;;
     tta) parts+=(tta_improved tta_paper) ;;
-    *) echo "unknown part $part (step_mnist, step_svhn, step_resnet50, tta, reproduce)" |
+    *) echo "unknown part $part (${all_parts[*]})" |
       tee -a "$log"; exit 2 ;;
   esac
   case "$part" in
@@ -138,6 +143,9 @@ for part in "${parts[@]}"; do
     tta_improved | tta_paper)
       run "$part" "$py" -m benchmarks.time_to_accuracy --data-dir "$data" \
         --recipe "${part#tta_}" --out "$out/$part.json" ${TTA_ARGS:-}
+      ;;
+    host_input)
+      run "$part" "$py" -m benchmarks.host_input --out "$out/$part.json" ${HOST_ARGS:-}
       ;;
     reproduce)
       # Evaluation (and so the checkpoint) only at the last step, 1000 steps per dispatch:

@@ -93,7 +93,8 @@ def main(argv=None) -> dict:
         device_steps = _train_rate(pools, k, b, args.chunks, "device")
         host_steps = _train_rate(pools, k, b, args.chunks, "host")
     out = {
-        "backend": jax.default_backend(), "cpus": os.cpu_count(), "pool": args.pool,
+        "complete": True, "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind, "cpus": os.cpu_count(), "pool": args.pool,
         "memmap": args.memmap, "batch_size": b, "steps_per_call": k, "chunks": args.chunks,
         "host_prepared_images_per_s": round(prepared),
         "resident_steps_per_s": round(device_steps, 2),

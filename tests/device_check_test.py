@@ -21,6 +21,7 @@ _TINY = {
     "STEP_ARGS": "--quick --impls jit handwritten --repeats 1 --batch-sizes 8",
     # After STEP_ARGS: a ResNet-18 at 32 x 32 stands for the ResNet-50 at 224 on CPU.
     "RESNET_ARGS": "--archs resnet18 --resnet-size 32 --impls jit --steps-per-call 2",
+    "HOST_ARGS": "--pool 200 --batch-size 8 --steps-per-call 2 --chunks 1",
 }
 
 
@@ -63,7 +64,9 @@ def _check_outputs(out: Path, parts: list[str]) -> None:
             expected.add(f"{name}.json")
             report = json.loads((out / f"{name}.json").read_text())
             assert report["complete"] is True and report["device_kind"], name
-            if name.startswith("tta_"):
+            if name == "host_input":
+                assert report["pool"] == 200 and report["host_fed_steps_per_s"] > 0
+            elif name.startswith("tta_"):
                 assert report["settings"]["recipe"] == name[4:] and report["curve"]
                 assert report["steps_run"] == 4
             else:
@@ -93,7 +96,8 @@ def test_device_check_two_documented_calls_in_miniature(tmp_path, digits_dir):
         PAIRS="mnist:mnist_m",
         **_TINY,
     )
-    first, second = ["step_mnist", "step_svhn", "step_resnet50", "tta"], ["reproduce"]
+    first = ["step_mnist", "step_svhn", "step_resnet50", "tta"]
+    second = ["reproduce", "host_input"]
     for parts in (first, second):
         out = tmp_path / parts[0]
         proc = _device_check(out, parts, env)
