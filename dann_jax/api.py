@@ -21,15 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from dann_jax.cli import RECIPES
+from dann_jax.cli import OWN_DATA
 from dann_jax.config import Config
 from dann_jax.run_files import TrainedModel, load_run
 
 __all__ = ["RECOMMENDED", "TrainedModel", "fit", "load_run"]
 
-# The recipe for data nobody tuned for (docs/own_data.md): the improved recipe, above the
-# paper recipe on each of the three digit pairs (docs/results.md).
-RECOMMENDED = {**RECIPES["improved"], "choose": True}
+# The settings for data nobody tuned for (docs/own_data.md; `dann_jax.cli.OWN_DATA`).
+RECOMMENDED = dict(OWN_DATA)
 
 
 def fit(
@@ -114,7 +113,9 @@ def fit(
                 )
     shape = tuple(int(d) for d in data.source_train.shape[1:])
     mean, names = data.mean, data.class_names
-    return TrainedModel(result["model"], result["state"], mean, names, shape, config)
+    return TrainedModel(
+        result["model"], result["state"], mean, names, shape, config, choice=result.get("choice")
+    )
 
 
 class _nothing:

@@ -4,8 +4,10 @@ With ``config.choose`` every seed trains a few candidates together in one progra
 (`dann_jax.loop.Members`): source-only and ``config``'s method at each lambda2 of
 ``config.choose_lambdas``, from the same initial state and batches. At every evaluation
 each candidate is scored without target labels (`dann_jax.choose.candidate_scores`, EnsV
-across them) and the best (candidate, evaluation) so far by ``config.choose_by`` is kept
-as the seed's checkpoint (``seed_<k>/checkpoint``: what `dann_jax.load_run` and
+across them) and the candidate ``config.choose_by`` prefers is kept as the seed's
+checkpoint: at every evaluation its latest checkpoint replaces the kept one
+(``choose_checkpoint="last"``, the default), or the best (candidate, evaluation) of the
+whole run stays (``"any"``), (``seed_<k>/checkpoint``: what `dann_jax.load_run` and
 ``--predict`` read). A candidate that looks harmful next to source-only (its source
 accuracy fell, or its target predictions collapsed) is never kept, so the run falls back
 to source-only when every adapted candidate does. ``seed_<k>/choice.json`` and
@@ -56,8 +58,11 @@ class Keeper:
         """Keep the candidate this evaluation prefers when it beats every earlier one."""
         i = int(np.argmax([p for p, _ in prefs]))
         value = prefs[i][0]
-        if self.best is not None and not value > self.best["value"]:
-            return  # the earlier pick stays (ties: the earlier one)
+        # "any": the best (candidate, evaluation) so far stays (ties: the earlier one);
+        # "last": this evaluation's choice replaces it (the latest checkpoints compete).
+        if self.config.choose_checkpoint == "any" and self.best is not None:
+            if not value > self.best["value"]:
+                return
         self.state = train.tree_index(host, i)
         self.best = {
             "member": names[i].rsplit("/", 1)[-1], "step": step, "value": value,
@@ -121,9 +126,17 @@ def train_choosing(
     picked = next(r for r in results if r["member"].endswith("/" + best["member"]))
     record = best["record"]
     excluded = "; ".join(f"{k}: {v}" for k, v in best["excluded"].items())
+    among = ("every candidate and evaluation" if config.choose_checkpoint == "any"
+             else "the candidates at the last evaluation")  # fmt: skip
     log(f"seed {seed}: kept {best['member']} at step {best['step']} ({best['by']} "
-        f"{best['value']:.4f}, the highest of every candidate and evaluation"
+        f"{best['value']:.4f}, the highest of {among}"
         + (f"; looked harmful then: {excluded}" if excluded else "") + ")")  # fmt: skip
+    if best["member"] == choose.SOURCE_ONLY:
+        log(
+            f"seed {seed}: adaptation did not help here by {best['by']}, so this run falls "
+            "back to the source-only model: its predictions are that model's. To try "
+            "more, add candidates (--choose-lambdas 0.1,0.3,1) or see docs/own_data.md."
+        )
     return {
         **picked,
         "member": f"seed_{seed}/candidates/{best['member']}",

@@ -54,6 +54,7 @@ CHOOSE_BY = (
     "source_accuracy",
 )  # fmt: skip
 LAMBDA2_SCHEDULES = LAMBDA_SCHEDULES  # defined once, with the schedules
+CHOOSE_CHECKPOINTS = ("last", "any")  # dann_jax.candidates.Keeper
 INPUTS = ("auto", "host", "device")  # dann_jax.feed
 
 
@@ -267,18 +268,28 @@ class Config:
         "candidate that looks harmful next to source-only is never kept "
         "(dann_jax.candidates)",
     )
-    choose_lambdas: str = _setting("0.1,0.3,1", "the lambda2 values of the candidates")
+    choose_lambdas: str = _setting(
+        "1", "the lambda2 values of the candidates (the shift suite: one, 1, chose best)"
+    )
     choose_by: str = _setting(
-        "ensv",
+        "information_maximization",
         "the label-free score that chooses (higher is better): ensv (agreement with the "
         "candidates' ensemble), mixval, information_maximization, bnm, snd, "
         "reverse_validation or source_accuracy (dann_jax.choose)",
         CHOOSE_BY,
     )
     choose_margin: float = _setting(
-        0.05,
+        0.2,
         "a candidate whose source validation accuracy falls more than this below "
         "source-only's is treated as harmful and never kept",
+    )
+    choose_checkpoint: str = _setting(
+        "last",
+        "which checkpoints compete: last = the candidates' latest ones at every evaluation "
+        "(what is kept at the end is the last evaluation's choice); any = every "
+        "(candidate, evaluation) of the run, the best so far kept (an early confident "
+        "but unaligned checkpoint can win: docs/results.md)",
+        CHOOSE_CHECKPOINTS,
     )
     seed: int = _setting(0, "first random seed")
     seeds: int = _setting(1, "number of seeds (seed, seed+1, ...); reports mean and std")

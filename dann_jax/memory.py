@@ -78,7 +78,7 @@ def _refuse(data, batch_size, limit, pools, tests, params, batch, need, chosen) 
 
     h, w, c = data.source_train.shape[1:]
     gb = lambda n: f"{n / 1e9:.2f} GB"
-    if batch > 0.5 * need:
+    if batch > 0.5 * need or batch > 0.4 * limit:  # the batch alone, whichever the path
         raise DataError(
             f"--batch-size {batch_size} does not fit in memory: its float32 images alone "
             f"take {gb(batch)} on every device (of its {gb(limit)}), before any "

@@ -3,6 +3,7 @@ candidate, and what label-free rules choose on the same runs."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -58,11 +59,11 @@ def choice_table(rows: list[dict]) -> list[str]:
     if not rows:
         return []
     shifts = list(rows[0]["per_shift"])
-    head = ["set", "chosen by", "margin", "regret", "gain", "worst", *shifts]
+    head = ["set", "chosen by", "margin", "checkpoints", "regret", "gain", "worst", *shifts]
     lines = ["| " + " | ".join(head) + " |", "| --- " * len(head) + "|"]
     for r in rows:
         cells = [f"{r['per_shift'].get(s, math.nan):+.3f}" for s in shifts]
-        first = [r["set"], r["validator"], str(r["margin"])]
+        first = [r["set"], r["validator"], str(r["margin"]), r.get("checkpoint", "last")]
         first += [f"{r[k]:+.3f}" for k in ("regret", "gain", "worst")]
         lines.append("| " + " | ".join(first + cells) + " |")
     return lines
@@ -81,11 +82,14 @@ def write_report(out: Path, records: list[dict[str, Any]], choices: list[dict] =
 
 # ----------------------------------------------------------------- choosing, measured
 
-# The candidate sets a run could train together (`dann_jax.candidates`): source-only and
-# one method at several lambda2 (the names of `dann_jax.suite.CANDIDATES`).
+# The candidate sets a choosing run can train together (`dann_jax.candidates`): source-only
+# and one method at one or several lambda2 (the names of `dann_jax.suite.CANDIDATES`).
 CHOICE_SETS = {
-    "dann": ("source_only", "dann_l0.1", "dann_l0.3", "dann"),
-    "dann+mcc": ("source_only", "mcc", "dann_l0.3_mcc", "dann_mcc"),
+    "dann+mcc 1": ("source_only", "dann_mcc"),
+    "dann+mcc 0.3,1": ("source_only", "dann_l0.3_mcc", "dann_mcc"),
+    "dann+mcc 0.1,0.3,1": ("source_only", "dann_l0.1_mcc", "dann_l0.3_mcc", "dann_mcc"),
+    "dann 1": ("source_only", "dann"),
+    "dann 0.1,0.3,1": ("source_only", "dann_l0.1", "dann_l0.3", "dann"),
 }
 
 
@@ -93,9 +97,12 @@ def _by_model(records: list[dict]) -> dict[tuple, dict]:
     return {(r["shift"], r["candidate"], r["seed"], r["step"]): r for r in records}
 
 
-def simulate_choice(records, logits, shift: str, seed: int, members, validator, margin):
+def simulate_choice(
+    records, logits, shift: str, seed: int, members, validator, margin, checkpoint="last"
+):
     """The (candidate, step) a choosing run of `members` keeps on this shift and seed:
-    `dann_jax.choose.preferences` at every evaluation, the best so far kept (ties: the
+    `dann_jax.choose.preferences` at every evaluation, each evaluation's choice replacing
+    the kept one (``checkpoint="last"``) or the best so far kept (``"any"``; ties: the
     earlier), exactly as `dann_jax.candidates.Keeper` does. Returns (candidate, step)."""
     from dann_jax import choose
 
@@ -111,27 +118,30 @@ def simulate_choice(records, logits, shift: str, seed: int, members, validator, 
         scores = [{k: (math.nan if v is None else v) for k, v in s.items()} for s in scores]
         prefs = choose.preferences(list(members), scores, validator, margin)
         i = int(np.argmax([p for p, _ in prefs]))
-        if best is None or prefs[i][0] > best[0]:
+        if best is None or checkpoint == "last" or prefs[i][0] > best[0]:
             best = (prefs[i][0], members[i], step)
     return None if best is None else best[1:]
 
 
-def _shift_outcome(index, logits, shift, seeds, last, members, validator, margin):
+def _shift_outcome(index, logits, shift, seeds, last, members, validator, margin, checkpoint):
     """(the kept model's accuracy, the set's best last-step one, source-only's last-step
     one) on one shift, each a mean over seeds."""
     acc = lambda c, seed, step: index[(shift, c, seed, step)]["target_accuracy"]
     records = [r for k, r in index.items() if k[0] == shift]
-    picks = [simulate_choice(records, logits, shift, seed, members, validator, margin)
-             for seed in seeds]  # fmt: skip
+    picks = [simulate_choice(records, logits, shift, seed, members, validator, margin,
+                             checkpoint) for seed in seeds]  # fmt: skip
     kept = np.mean([acc(c, seed, step) for seed, (c, step) in zip(seeds, picks, strict=True)])
     best = max(np.mean([acc(m, seed, last) for seed in seeds]) for m in members)
     return kept, best, np.mean([acc("source_only", seed, last) for seed in seeds])
 
 
-def choice_rows(records, logits_by_shift, sets=CHOICE_SETS, validators=(), margins=()):
-    """Per candidate set, validator and margin: over the suite's shifts, the kept model's
-    target accuracy against the set's best candidate at the last step (``regret``) and
-    against source-only's last step (``gain``, ``worst``); means over seeds first."""
+def choice_rows(
+    records, logits_by_shift, sets=CHOICE_SETS, validators=(), margins=(), checkpoints=("last",)
+):
+    """Per candidate set, validator, margin and rule (`simulate_choice`'s ``checkpoint``):
+    over the suite's shifts, the kept model's target accuracy against the set's best
+    candidate at the last step (``regret``) and against source-only's last step (``gain``,
+    ``worst``); means over seeds first."""
     index = _by_model(records)
     shifts = list(dict.fromkeys(r["shift"] for r in records))
     seeds = sorted({r["seed"] for r in records})
@@ -139,18 +149,17 @@ def choice_rows(records, logits_by_shift, sets=CHOICE_SETS, validators=(), margi
     rows = []
     for set_name, members in sets.items():
         usable = [s for s in shifts if all((s, m, seeds[0], last) in index for m in members)]
-        for validator in validators:
-            for margin in margins:
-                out = [_shift_outcome(index, logits_by_shift[s], s, seeds, last, members,
-                                      validator, margin) for s in usable]  # fmt: skip
-                if not out:
-                    continue
-                gains = [kept - source for kept, _, source in out]
-                rows.append({
-                    "set": set_name, "validator": validator, "margin": margin,
-                    "shifts": len(usable),
-                    "regret": float(np.mean([best - kept for kept, best, _ in out])),
-                    "gain": float(np.mean(gains)), "worst": float(np.min(gains)),
-                    "per_shift": {s: float(g) for s, g in zip(usable, gains, strict=True)},
-                })  # fmt: skip
+        for validator, margin, rule in itertools.product(validators, margins, checkpoints):
+            out = [_shift_outcome(index, logits_by_shift[s], s, seeds, last, members,
+                                  validator, margin, rule) for s in usable]  # fmt: skip
+            if not out:
+                continue
+            gains = [kept - source for kept, _, source in out]
+            rows.append({
+                "set": set_name, "validator": validator, "margin": margin, "checkpoint": rule,
+                "shifts": len(usable),
+                "regret": float(np.mean([best - kept for kept, best, _ in out])),
+                "gain": float(np.mean(gains)), "worst": float(np.min(gains)),
+                "per_shift": {s: float(g) for s, g in zip(usable, gains, strict=True)},
+            })  # fmt: skip
     return rows

@@ -4,10 +4,11 @@ S is labelled (an image folder with one subfolder per class, an image-list file 
 labels, or an .npz with y_train/y_test); T is the domain to adapt to, labels optional (a
 flat folder of images, a list without labels, an .npz without y_*). The same settings,
 training loop, checkpoints, resume and error handling as ``experiments/digits.py``, with
-the defaults for data nobody tuned for (the improved recipe: per-domain BatchNorm and
-dropout 0.5; native image size). Every target image is used unlabelled in training and
-predicted: ``WORKDIR/predictions.csv`` (path, prediction, probability). A source folder
-is split 90/10 for a source validation set.
+the defaults for data nobody tuned for (`dann_jax.cli.OWN_DATA`: the improved recipe's
+model with MCC beside the adversary, trained together with a source-only model, the
+better kept without target labels; native image size). Every target image is used
+unlabelled in training and predicted: ``WORKDIR/predictions.csv`` (path, prediction,
+probability). A source folder is split 90/10 for a source validation set.
 
 With a finished run, ``--predict DIR`` classifies the images under DIR (recursively)
 into ``WORKDIR/predictions_<DIR name>.csv`` (or ``--predict-out FILE``). See
@@ -21,7 +22,7 @@ import dataclasses
 import sys
 
 from dann_jax.cli import (
-    RECIPES,
+    OWN_DATA,
     config_from_args,
     make_parser,
     recipe_defaults,
@@ -35,9 +36,7 @@ from dann_jax.failures import fail
 ADAPT_DEFAULTS = {
     "source": None,
     "target": None,
-    **RECIPES["improved"],
-    "choose": True,
-    "steps": 3000,
+    **OWN_DATA,
     "workdir": "runs/adapt",
 }
 EXAMPLES = """examples:

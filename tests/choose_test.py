@@ -33,18 +33,22 @@ def test_preferences_exclude_candidates_that_look_harmful():
     assert choose.preferences(names, scores, "ensv", 0.05)[1][0] == -math.inf
 
 
-def test_a_choosing_run_keeps_the_best_candidate_and_checkpoint(tmp_path):
+@pytest.mark.parametrize("rule", ["last", "any"])
+def test_a_choosing_run_keeps_the_best_candidate_and_checkpoint(tmp_path, rule):
     xs, ys, xt, yt = synthetic_images(96, size=28, seed=3)
     workdir = tmp_path / "run"
     fitted = dj.fit(
         xs, ys, xt, target_labels=yt, steps=4, eval_every=2, batch_size=8,
-        choose_lambdas="0.3,1", workdir=workdir,
+        choose_lambdas="0.3,1", choose_checkpoint=rule, workdir=workdir,
     )  # fmt: skip
     assert fitted.config.choose  # fit chooses by default
-    # The rule again, from the scores every candidate recorded at every evaluation:
-    # the highest preference over (evaluation, candidate), the earliest on a tie.
+    # The rule again, from the scores every candidate recorded at every evaluation: the
+    # highest preference at the last evaluation ("last"), or over (evaluation,
+    # candidate) ("any"); the earliest on a tie.
     best = None
     for step in (2, 4):
+        if rule == "last":
+            best = None  # a later evaluation's choice replaces an earlier one
         for name in ("source_only", "lambda2_0.3", "lambda2_1"):
             path = workdir / "seed_0" / "candidates" / name / "metrics.jsonl"
             (record,) = [r for r in map(json.loads, path.read_text().splitlines())
@@ -59,7 +63,7 @@ def test_a_choosing_run_keeps_the_best_candidate_and_checkpoint(tmp_path):
     loaded = dj.load_run(workdir)
     assert predicting.which_checkpoint(loaded) == (
         f"the checkpoint the run kept without target labels (candidate {best[1]} at step "
-        f"{best[2]}, by ensv)"
+        f"{best[2]}, by information_maximization)"
     )
     # The model fit returns, and the one load_run (and --predict) reads, is the kept one.
     target = pair_from_arrays(xs, ys, xt, yt).target_test
@@ -100,3 +104,15 @@ def test_eight_candidates_on_eight_devices_train_whole_models_per_device(tmp_pat
            choose_lambdas="0.05,0.1,0.2,0.3,0.5,0.7,1", log=lines.append)  # fmt: skip
     kept = json.loads((tmp_path / "w" / "seed_0" / "choice.json").read_text())
     assert kept["step"] == 2 and any("training 8 candidates together" in x for x in lines)
+
+
+def test_a_run_whose_adapted_candidates_all_look_harmful_says_it_falls_back(tmp_path, monkeypatch):
+    xs, ys, xt, _ = synthetic_images(48, size=28, seed=6)
+    monkeypatch.setattr(choose, "harmful", lambda s, ref, margin: "made harmful by the test")
+    lines = []
+    fitted = dj.fit(xs, ys, xt, steps=2, eval_every=2, batch_size=8, workdir=tmp_path / "w",
+                    log=lines.append)  # fmt: skip
+    assert fitted.choice["member"] == "source_only"
+    assert fitted.choice["excluded"] == {"lambda2_1": "made harmful by the test"}
+    assert any("adaptation did not help here by information_maximization, so this run falls "
+               "back to the source-only model" in x for x in lines)  # fmt: skip

@@ -25,6 +25,7 @@ ENUMERATIONS = {
     "normalize": config.NORMALIZATIONS,
     "adversary": config.ADVERSARIES,
     "choose_by": config.CHOOSE_BY,
+    "choose_checkpoint": config.CHOOSE_CHECKPOINTS,
     "input": config.INPUTS,
 }
 

@@ -93,4 +93,4 @@ def test_the_suite_measures_a_choice_on_its_own_records(tmp_path):
     assert row["gain"] == pytest.approx(acc[pick] - acc["source_only", 4])
     assert row["regret"] == pytest.approx(best - acc[pick])
     assert row["worst"] == row["gain"] and row["shifts"] == 1
-    assert "| pair | source_accuracy | 1.0 |" in "\n".join(suite_report.choice_table([row]))
+    assert "| pair | source_accuracy | 1.0 | last |" in "\n".join(suite_report.choice_table([row]))
