@@ -108,7 +108,8 @@ def describe_memory(data: PairData, devices: int) -> str:
     pools = data.train_data().nbytes
     tests = sum(es.nbytes for es in data.eval_sets(devices).values())
     return (
-        f"device memory for the data: {pools / 1e6:.1f} MB of training pools on every device "
-        f"({pools} bytes: flat uint8 rows), {tests / devices / 1e6:.1f} MB of test sets per "
-        f"device (split over {devices})"
+        f"memory for the data: {pools / 1e6:.1f} MB of training pools ({pools} bytes: flat "
+        f"uint8 rows; on every device on the resident input path, in host memory on the "
+        f"host-fed one: the input line says which), {tests / devices / 1e6:.1f} MB of test "
+        f"sets per device (split over {devices})"
     )
