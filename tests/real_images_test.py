@@ -130,7 +130,7 @@ def test_a_tiny_resnet18_run_with_weights_from_a_file_resumes_bit_identically(tm
 
     argv = ["--recipe", "office", "--arch", "resnet18", "--pretrained", str(weights),
             "--image-size", "16", "--batch-size", "8", "--steps", "4", "--eval-every", "2",
-            "--bn-eval", "mean",
+            "--bn-eval", "mean", "--no-choose",  # one model: the choice's resume is choose_test's
             "--bottleneck", "16", "--source", str(tmp_path / "src"),
             "--target", str(tmp_path / "tgt"), "--tfds-dir", str(tmp_path / "cache")]  # fmt: skip
     config = config_from_args(adapt.parser(argv).parse_args(argv))
