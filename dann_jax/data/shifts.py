@@ -156,14 +156,19 @@ def _balanced_labels(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
     return rng.permutation(np.arange(n) % k)
 
 
+def _two_instruments(seed: int, n: int, classes: tuple[str, ...], draw: Callable):
+    """n balanced images a domain, each ``draw(class, "source" | "target", rng)``, at 28 px."""
+    rng = np.random.default_rng(seed)
+    ys, yt = _balanced_labels(rng, n, len(classes)), _balanced_labels(rng, n, len(classes))
+    xs = _downscaled([draw(classes[k], "source", rng) for k in ys])
+    xt = _downscaled([draw(classes[k], "target", rng) for k in yt])
+    return xs, ys, xt, yt, classes
+
+
 def _shapes(seed: int, n: int):
     from dann_jax.data.shapes import CLASSES, draw
 
-    rng = np.random.default_rng(seed)
-    ys, yt = _balanced_labels(rng, n, len(CLASSES)), _balanced_labels(rng, n, len(CLASSES))
-    xs = _downscaled([draw(CLASSES[k], "source", rng) for k in ys])
-    xt = _downscaled([draw(CLASSES[k], "target", rng) for k in yt])
-    return xs, ys, xt, yt, CLASSES
+    return _two_instruments(seed, n, CLASSES, draw)
 
 
 PLANKTON = ("chain", "diatom", "radiolarian", "copepod", "ring")
@@ -232,11 +237,7 @@ def _plankton_image(kind: str, instrument: str, rng: np.random.Generator) -> np.
 
 
 def _plankton(seed: int, n: int):
-    rng = np.random.default_rng(seed)
-    ys, yt = _balanced_labels(rng, n, len(PLANKTON)), _balanced_labels(rng, n, len(PLANKTON))
-    xs = _downscaled([_plankton_image(PLANKTON[k], "source", rng) for k in ys])
-    xt = _downscaled([_plankton_image(PLANKTON[k], "target", rng) for k in yt])
-    return xs, ys, xt, yt, PLANKTON
+    return _two_instruments(seed, n, PLANKTON, _plankton_image)
 
 
 Maker = Callable[[int, int], tuple]
