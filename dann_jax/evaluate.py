@@ -11,8 +11,9 @@ the devices, every device evaluates its part and the sums are added with one ``p
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax
@@ -26,14 +27,23 @@ from dann_jax.models import DANN, select_domain
 from dann_jax.sharding import BATCH_AXIS as AXIS  # also the train step's axis name
 
 __all__ = [
+    "SLAB_BYTES",
     "EvalSet",
+    "Slabs",
     "compile_evaluate",
     "compile_predict",
+    "eval_slabs",
     "evaluate",
     "make_eval_set",
     "normalize",
     "predict",
 ]
+
+
+# Where the images are too many to sit on the device (the host-fed path, `dann_jax.feed`),
+# a test set goes there this many bytes of images at a time; outputs on host images
+# (`dann_jax.outputs.predict_host`) are computed a slab at a time too.
+SLAB_BYTES = 2**26
 
 
 def normalize(images: jax.Array, mean: jax.Array) -> jax.Array:
@@ -72,6 +82,74 @@ class EvalSet:
         )
 
 
+def _padded(images: np.ndarray, labels: np.ndarray | None, chunk: int, num_chunks: int):
+    """``num_chunks`` chunks of ``chunk`` flat rows of ``images``, zero-padded, masked."""
+    n, size = len(images), num_chunks * chunk
+    flat = np.zeros((size, int(np.prod(images.shape[1:]))), images.dtype)
+    flat[:n] = np.asarray(images).reshape(n, -1)  # the one copy (a memory map is read here)
+    padded = np.zeros(size, np.int32)
+    if labels is not None:
+        padded[:n] = labels
+    return EvalSet(
+        flat.reshape(num_chunks, chunk, -1),
+        padded.reshape(num_chunks, chunk),
+        (np.arange(size) < n).reshape(num_chunks, chunk),
+        tuple(int(d) for d in images.shape[1:]),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Slabs:
+    """A test set evaluated a slab at a time: consecutive runs of whole chunks, every slab
+    of one shape (the last padded), each `EvalSet` built from the host arrays only when
+    iteration reaches it, so a memory-mapped set is read one slab at a time and a device
+    holds one slab, not the set. One slab (``max_bytes=None``) is `make_eval_set`'s set.
+
+    Attributes:
+      images: uint8 (N, H, W, C) host images (may be memory-mapped).
+      labels: int (N,) or None (zeros are stored: accuracy and loss then meaningless).
+      chunk: rows a chunk (a multiple of the device count).
+      per: chunks a slab.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    chunk: int
+    per: int
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // (self.chunk * self.per))
+
+    def __iter__(self) -> Iterator[EvalSet]:
+        rows = self.chunk * self.per
+        for start in range(0, len(self.images), rows):
+            labels = None if self.labels is None else self.labels[start : start + rows]
+            yield _padded(self.images[start : start + rows], labels, self.chunk, self.per)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of one slab's `EvalSet` (images, labels, mask)."""
+        return self.chunk * self.per * (int(np.prod(self.images.shape[1:])) + 5)
+
+
+def eval_slabs(
+    images: np.ndarray, labels: np.ndarray | None = None, chunk: int = 1000,
+    multiple_of: int = 1, max_bytes: int | None = None,
+) -> Slabs:  # fmt: skip
+    """A test set as `Slabs` of at most ``max_bytes`` of images (chunks shrunk to fit
+    one, down to a row; None: all in one). ``multiple_of`` rounds the chunk up to a multiple of the device
+    count, so a mesh splits every chunk evenly."""
+    n, row = len(images), int(np.prod(images.shape[1:]))
+    if max_bytes is not None:  # a chunk no larger than a slab
+        chunk = min(chunk, max(1, max_bytes // row))
+    chunk = max(1, min(chunk, n))
+    chunk = -(-chunk // multiple_of) * multiple_of
+    num_chunks = -(-n // chunk)
+    per = num_chunks if max_bytes is None else min(num_chunks, max_bytes // (chunk * row))
+    labels = None if labels is None else np.asarray(labels, np.int32)
+    return Slabs(images, labels, chunk, max(1, per))
+
+
 def make_eval_set(
     images: np.ndarray, labels: np.ndarray | None = None, chunk: int = 1000, multiple_of: int = 1
 ) -> EvalSet:
@@ -82,23 +160,8 @@ def make_eval_set(
     device count, so a mesh splits every chunk evenly. ``labels=None`` (a domain without
     labels) stores zeros: the accuracy and loss are then meaningless, the predictions not.
     """
-    images = np.asarray(images)
-    n = len(images)
-    labels = np.zeros(n, np.int32) if labels is None else np.asarray(labels, np.int32)
-    chunk = max(1, min(chunk, n))
-    chunk = -(-chunk // multiple_of) * multiple_of
-    num_chunks = -(-n // chunk)
-    pad = num_chunks * chunk - n
-    flat = images.reshape(n, -1)
-    flat = np.concatenate([flat, np.zeros((pad, flat.shape[1]), flat.dtype)])
-    labels = np.concatenate([labels, np.zeros((pad,), np.int32)])
-    mask = np.arange(num_chunks * chunk) < n
-    return EvalSet(
-        flat.reshape(num_chunks, chunk, -1),
-        labels.reshape(num_chunks, chunk),
-        mask.reshape(num_chunks, chunk),
-        tuple(int(d) for d in images.shape[1:]),
-    )
+    slabs = eval_slabs(images, labels, chunk, multiple_of)
+    return next(iter(slabs)) if len(slabs) else _padded(images, labels, slabs.chunk, 0)
 
 
 def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
@@ -139,7 +202,8 @@ def evaluate(
     Returns:
       ``accuracy``, ``loss`` (unsmoothed cross-entropy), ``domain_score`` (mean
       probability of "target" from the discriminator) and ``predictions``
-      (num_chunks, chunk), row-major the examples in order, of which the first N are real.
+      (num_chunks, chunk), row-major the examples in order, of which the first N are real;
+      ``totals``: the sums (correct, loss, domain score) and the count they divide by.
     """
     variables = _variables(params, select_domain(batch_stats, domain))
 
@@ -165,6 +229,7 @@ def evaluate(
         "loss": nll / n,
         "domain_score": domain / n,
         "predictions": predictions,
+        "totals": totals,  # the sums, to add up a set evaluated in slabs
     }
 
 
@@ -229,7 +294,8 @@ def compile_evaluate(
     if mesh is None:
         return jax.jit(fn)
     predictions = P(None, None, AXIS) if vmap_seeds else P(None, AXIS)
-    out = {"accuracy": P(), "loss": P(), "domain_score": P(), "predictions": predictions}
+    out = {"accuracy": P(), "loss": P(), "domain_score": P(), "predictions": predictions,
+           "totals": P()}  # fmt: skip
 
     def over_mesh(params, batch_stats, eval_set, mean):
         # The specs mirror the eval set's structure (its image_shape is static).

@@ -6,7 +6,8 @@ from the newest intact checkpoint:
 
 * the state, the training pools and the hparams are replicated over the device mesh
   (stacked models whose count is a multiple of the device count: split over it whole),
-  the test sets split along it, once;
+  the test sets split along it, once (on the host-fed path, a slab at a time at each
+  evaluation: `dann_jax.evaluate.Slabs`);
 * chunks of up to ``config.call_steps`` steps are dispatched back to back: chunk i+1 is
   queued before the host reads chunk i's metrics (NaN check, ``metrics.jsonl``), so the
   device never waits for the host between evaluations; on the host-fed path
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,7 +44,7 @@ from dann_jax import checkpoint, compiled, failures, feed, io, run_log, sharding
 from dann_jax.build import hyperparams
 from dann_jax.config import Config, ConfigError
 from dann_jax.data.pair import PairData
-from dann_jax.evaluate import compile_evaluate
+from dann_jax.evaluate import SLAB_BYTES, compile_evaluate
 from dann_jax.memory import check_memory
 from dann_jax.resume import bookkeeping, jax_settings, restore_or_init, run_name, step_of
 from dann_jax.workdir import is_writer
@@ -90,14 +92,32 @@ def _evaluate(evaluate, state, eval_sets, mean, names, labelled) -> list[dict[st
         x.sharding.is_fully_replicated for x in jax.tree.leaves(params)
     ):
         params, stats = jax.device_put((params, stats), sharding.replicated(mesh))
-    for name, es in eval_sets.items():
-        r = evaluate[name](params, stats, es, mean)
-        r = sharding.fetch({k: r[k] for k in ("accuracy", "loss", "domain_score")})
+    for name, slabs in eval_sets.items():
+        r = _over_slabs(functools.partial(evaluate[name], params, stats), slabs, mesh, mean)
         for i in range(len(names)):
             for key, value in r.items():
                 known = labelled[name] or key == "domain_score"
                 out[i][f"{name}_{key}"] = float(_pick(value, names, i)) if known else None
     return out
+
+
+def _over_slabs(evaluate, slabs, mesh, mean) -> dict[str, Any]:
+    """Accuracy, loss and domain score (host values) of a test set: placed whole (a
+    list of one `EvalSet`), or host `Slabs` placed one at a time and their sums added,
+    one slab evaluating while the next is placed (a device holds two at most)."""
+    keys = ("accuracy", "loss", "domain_score")
+    if isinstance(slabs, list):  # resident: evaluated as one
+        return sharding.fetch({k: evaluate(slabs[0], mean)[k] for k in keys})
+    totals, running = 0.0, None
+    for es in slabs:
+        placed = sharding.put_sharded(es, mesh, axis=1) if mesh is not None else es
+        out = evaluate(placed, mean)["totals"]
+        if running is not None:
+            totals = totals + np.asarray(sharding.fetch(running), np.float64)
+        running = out
+    totals = totals + np.asarray(sharding.fetch(running), np.float64)
+    n = totals[..., 3]
+    return {k: totals[..., i] / n for i, k in enumerate(keys)}
 
 
 def _mesh_for(config: Config, models: int, members: bool):
@@ -139,7 +159,11 @@ def _place(state, data: PairData, hparams, mesh, split, how: str):
     mean replicated over the mesh (the state, and per-model hparams, split along the
     model axis when each device trains whole models); test sets split along it."""
     put = lambda tree: sharding.put_replicated(tree, mesh)
-    tests = {k: sharding.put_sharded(v, mesh, axis=1) for k, v in data.eval_sets(mesh.size).items()}
+    if how == "device":
+        sets = data.eval_sets(mesh.size).items()
+        tests = {k: [sharding.put_sharded(next(iter(v)), mesh, axis=1)] for k, v in sets}
+    else:  # the images do not fit on the device: the tests go there a slab at a time
+        tests = data.eval_sets(mesh.size, SLAB_BYTES)
     mean = put(data.mean.astype(np.float32))
     models = (lambda t: sharding.put_sharded(t, mesh, axis=0)) if split else put
     hp = models(hparams) if split == "per_model" else put(hparams)

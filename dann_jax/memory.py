@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from dann_jax.data.pair import PairData
+from dann_jax.evaluate import SLAB_BYTES
 
 __all__ = ["check_memory", "describe_memory"]
 
@@ -51,7 +52,7 @@ def check_memory(
     """
     limit = _device_memory()
     pools = data.train_data().nbytes
-    tests = sum(es.nbytes for es in data.eval_sets(devices).values()) / devices
+    tests = _test_bytes(data, devices, None)
     params = sum(np.asarray(x).nbytes for x in jax.tree.leaves(state.params))
     batch = 2 * batch_size / devices * int(np.prod(data.source_train.shape[1:])) * 4
     rest = tests + 3 * params + batch
@@ -61,6 +62,9 @@ def check_memory(
         return chosen, f"input: {chosen} (the device's memory is unknown; --input {input})"
     fits = pools + rest <= 0.8 * limit
     chosen = input if input != "auto" else ("device" if fits else "host")
+    if chosen == "host":  # the test sets go to the device a slab at a time
+        tests = _test_bytes(data, devices, SLAB_BYTES)
+        rest = tests + 3 * params + batch
     need = rest + (pools if chosen == "device" else fed_bytes)
     if need > 0.8 * limit:
         _refuse(data, batch_size, limit, pools, tests, params, batch, need, chosen)
@@ -70,6 +74,12 @@ def check_memory(
         f"input: {chosen} (--input {input}: the training pools, {gb(pools)}, {why} beside "
         f"the rest, {gb(pools + rest)} of the device's {gb(limit)}; {how})"
     )
+
+
+def _test_bytes(data: PairData, devices: int, max_bytes: int | None) -> float:
+    """Bytes of the test sets a device holds at once: its share of them whole, or of a
+    slab of each (`dann_jax.evaluate.Slabs`)."""
+    return sum(s.nbytes for s in data.eval_sets(devices, max_bytes).values()) / devices
 
 
 def _refuse(data, batch_size, limit, pools, tests, params, batch, need, chosen) -> None:
@@ -88,8 +98,8 @@ def _refuse(data, batch_size, limit, pools, tests, params, batch, need, chosen) 
     if chosen == "host":
         raise DataError(
             f"The run does not fit in device memory even with the training images on the "
-            f"host (--input {chosen}): every device would hold {gb(tests)} of test sets "
-            f"({len(data.source_test)} + {len(data.target_test)} images of {h}x{w}x{c}), "
+            f"host (--input {chosen}): every device would hold {gb(tests)} of test-set slabs "
+            f"(of {len(data.source_test)} + {len(data.target_test)} images of {h}x{w}x{c}), "
             f"about {gb(3 * params)} of model state and the batches in flight, {gb(need)} of "
             f"its {gb(limit)}. Lower --image-size or --steps-per-call, or test on fewer images."
         )
@@ -106,7 +116,7 @@ def _refuse(data, batch_size, limit, pools, tests, params, batch, need, chosen) 
 def describe_memory(data: PairData, devices: int) -> str:
     """What every device holds of the data: the replicated pools and its share of the tests."""
     pools = data.train_data().nbytes
-    tests = sum(es.nbytes for es in data.eval_sets(devices).values())
+    tests = _test_bytes(data, devices, None) * devices
     return (
         f"memory for the data: {pools / 1e6:.1f} MB of training pools ({pools} bytes: flat "
         f"uint8 rows; on every device on the resident input path, in host memory on the "

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from dann_jax.evaluate import compile_predict, make_eval_set
+from dann_jax.evaluate import SLAB_BYTES, compile_predict, eval_slabs
 
 __all__ = [
     "csv_text",
@@ -36,13 +36,16 @@ def predict_host(
     """Features, class and domain logits and per-example loss of host uint8 images.
 
     Returns numpy arrays with one row per image (``loss`` is against ``labels``, zeros
-    when None, so meaningless then). ``domain``: the images' domain, for per-domain
-    BatchNorm statistics (`dann_jax.Config.bn_domain`).
+    when None, so meaningless then). The images go to the device `SLAB_BYTES` at a time
+    (a memory-mapped domain is read a slab at a time). ``domain``: the images' domain,
+    for per-domain BatchNorm statistics (`dann_jax.Config.bn_domain`).
     """
-    es = make_eval_set(images, labels, chunk)
-    fn = compile_predict(model, domain)
-    out = fn(state.params, state.batch_stats, es, np.asarray(mean, np.float32))
-    return {k: np.asarray(v)[: len(images)] for k, v in jax.device_get(out).items()}
+    fn, mean = compile_predict(model, domain), np.asarray(mean, np.float32)
+    parts = []
+    for es in eval_slabs(images, labels, chunk, max_bytes=SLAB_BYTES):  # a slab at a time
+        out = jax.device_get(fn(state.params, state.batch_stats, es, mean))
+        parts.append({k: np.asarray(v)[: int(es.mask.sum())] for k, v in out.items()})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def validation_sets(data, seed: int, size: int) -> dict[str, tuple]:

@@ -88,7 +88,7 @@ def pair_from_arrays(
         h, w = x["source"].shape[1:3]
         checks.check_input_side(arch, min(h, w), f"The images are {w}x{h}")
     held = _split(ys)
-    mean = channel_mean(np.concatenate([x["source"][~held], x["target"]]))
+    mean = channel_mean(x["source"][~held], x["target"])
     info = {"variant": "arrays", "classes": list(names), "input_shape": list(x["source"].shape[1:]),
             "mean": [float(m) for m in mean]}  # fmt: skip
     return PairData(

@@ -307,9 +307,9 @@ def _into_cache(entry: Path, decode_into, log, root: Path) -> Images:
     except OSError as e:
         log(f"warning: could not cache the decoded images of {root} in {entry.parent} ({e})")
         return decode_into(lambda shape: np.empty(shape, np.uint8))
-    # Read back into memory (the cached domain's form): the map's pages were the page
-    # cache's, so the peak is one copy of the domain, not two.
-    return dataclasses.replace(result, images=np.load(entry / "images.npy"))
+    # Read back as a cached domain is (`image_cache.load`: into memory, or mapped when
+    # large): the map's pages were the page cache's, so the peak is one copy, not two.
+    return dataclasses.replace(result, images=image_cache.load(entry)[0])
 
 
 def _cached(directory: Path, root: Path, log) -> Images | None:
@@ -381,6 +381,10 @@ def read_images(
         )
         result = _into_cache(entry_dir, decode_into, log, root)
     decode.report(result, log)
+    if isinstance(result.images, np.memmap):
+        gb = result.images.nbytes / 1e9
+        log(f"note: {printable(str(root))}: {gb:.2f} GB of decoded images, read from the "
+            "cache's file as training needs them (memory-mapped)")  # fmt: skip
     return result
 
 

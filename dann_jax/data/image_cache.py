@@ -7,9 +7,17 @@ are decoded straight into that folder's memory-mapped ``images.npy``); and every
 entry read is checked (each file there and readable, the lengths agreeing, the labels
 within the classes), so a damaged one (an emptied ``meta.json``, a cut ``images.npy``, a
 missing ``labels.npy``: a full disk, a copy cut short) is said, deleted and decoded
-again, never trusted. Entries are read into memory, not memory-mapped: a cache file cut
-or rewritten under a live memory map kills the process that reads it (SIGBUS; a test
-damages an entry whose images are still in use).
+again, never trusted.
+
+An entry's images up to `MAP_ABOVE` bytes are read into memory; larger ones are
+memory-mapped read-only, so that a domain larger than the host's memory trains (the
+host-fed path reads each chunk's rows; the pages are the page cache's, not the
+process's). A mapped file cut or rewritten in place under a live map would kill the
+process (SIGBUS), so small entries, the common case, are still copied; this project
+never rewrites an entry in place (entries are renamed into place, damaged ones deleted,
+and a deleted file stays readable through a map). A source's training and validation
+rows are copied out of a mapped entry into private, already-deleted files
+(`select_rows`), which nothing else can reach.
 """
 
 from __future__ import annotations
@@ -26,15 +34,22 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "MAP_ABOVE",
     "Damaged",
     "decode_into",
     "images_file",
     "load",
     "remove",
     "save",
+    "select_rows",
     "write_rest",
     "writing",
 ]
+
+
+# Entries whose images take more bytes than this are memory-mapped, not read (1 GiB: a
+# domain of 80,000 images of 64 x 64; the digits and most folders stay in memory).
+MAP_ABOVE = 2**30
 
 
 class Damaged(Exception):
@@ -75,13 +90,38 @@ def save(directory: Path, images: np.ndarray, labels: np.ndarray | None, meta: d
         write_rest(tmp, labels, meta)
 
 
+def _reserve(fileno: int, size: int) -> None:
+    """Reserve a file's disk space: a full disk is then an `OSError` here, not a crash
+    at a write to a mapped page."""
+    if hasattr(os, "posix_fallocate") and size:
+        os.posix_fallocate(fileno, 0, size)
+
+
 def images_file(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     """A writable memory-mapped ``.npy`` of uint8 ``shape`` at ``path``, its disk space
-    reserved (a full disk is an `OSError` here, not a crash at a write to a page)."""
+    reserved (`_reserve`)."""
     out = np.lib.format.open_memmap(path, "w+", np.uint8, shape)
-    if hasattr(os, "posix_fallocate"):
-        with open(path, "r+b") as f:
-            os.posix_fallocate(f.fileno(), 0, out.offset + out.nbytes)
+    with open(path, "r+b") as f:
+        _reserve(f.fileno(), out.offset + out.nbytes)
+    return out
+
+
+def select_rows(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``images[mask]``; from a memory-mapped entry, without reading it into memory: the
+    rows are copied block by block into a file deleted as it is made (beside the entry,
+    so on the cache's disk), memory-mapped: its pages are the page cache's, nothing
+    else can open or cut it, and its disk is freed when the array is."""
+    if not isinstance(images, np.memmap):
+        return images[mask]
+    shape = (int(np.count_nonzero(mask)), *images.shape[1:])
+    with tempfile.TemporaryFile(dir=Path(images.filename).parent.parent) as f:
+        _reserve(f.fileno(), int(np.prod(shape)))
+        out = np.memmap(f, np.uint8, "w+", shape=shape) if shape[0] else np.empty(shape, np.uint8)
+    at, block = 0, max(1, 2**26 // max(1, int(np.prod(images.shape[1:]))))  # 64 MB reads
+    for i in range(0, len(images), block):
+        part = images[i : i + block][mask[i : i + block]]
+        out[at : at + len(part)] = part
+        at += len(part)
     return out
 
 
@@ -119,9 +159,11 @@ def _truncate(path: Path, images: np.ndarray) -> None:
     os.replace(part, path)
 
 
-def _array(path: Path) -> np.ndarray:
+def _array(path: Path, map_above: int | None = None) -> np.ndarray:
+    """The array in ``path``; memory-mapped read-only when the file exceeds ``map_above``."""
     try:
-        return np.load(path, allow_pickle=False)
+        big = map_above is not None and path.stat().st_size > map_above
+        return np.load(path, mmap_mode="r" if big else None, allow_pickle=False)
     except FileNotFoundError:
         raise Damaged(f"no {path.name}") from None
     except Exception as e:  # EOFError (empty), ValueError (cut short), OSError, ...
@@ -143,10 +185,13 @@ def _meta(directory: Path) -> dict[str, Any]:
     return meta
 
 
-def load(directory: Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-    """(images, labels or None, meta) of an entry, checked; `Damaged` says what is wrong."""
+def load(
+    directory: Path, map_above: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """(images, labels or None, meta) of an entry, checked; `Damaged` says what is wrong.
+    Images above ``map_above`` bytes (default `MAP_ABOVE`) come memory-mapped."""
     meta = _meta(directory)
-    images = _array(directory / "images.npy")
+    images = _array(directory / "images.npy", MAP_ABOVE if map_above is None else map_above)
     n = len(meta["paths"])
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise Damaged(f"images.npy holds {images.dtype} {images.shape}, not RGB images")

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from dann_jax.data import checks, embedded, folders, raw
+from dann_jax.data import checks, embedded, folders, image_cache, raw
 from dann_jax.data.domain import DIGIT_CLASSES, DataError, Domain
 from dann_jax.data.load import KNOWN_DOMAINS, load_domain
 from dann_jax.data.preprocess import channel_mean, prepare_images, resize_method
@@ -79,17 +79,18 @@ class PairData:
 
         return make_train_data(self.source_train, self.source_labels, self.target_train, self.mean)
 
-    def eval_sets(self, devices: int = 1) -> dict:
-        """Both test sets as `dann_jax.evaluate.EvalSet`, chunks a multiple of `devices`.
+    def eval_sets(self, devices: int = 1, max_bytes: int | None = None) -> dict:
+        """Both test sets as `dann_jax.evaluate.Slabs` (built as iterated), chunks a
+        multiple of `devices`; one slab, or slabs of at most ``max_bytes`` of images.
 
         A chunk holds up to 1,000 images, fewer for large ones (about 8 M pixel values a
         chunk: 55 images of 224 x 224), so that evaluating one stays small in memory.
         """
-        from dann_jax.evaluate import make_eval_set
+        from dann_jax.evaluate import eval_slabs
 
         chunk = min(1000, max(16, 2**23 // int(np.prod(self.source_test.shape[1:]))))
         return {
-            name: make_eval_set(x, y, chunk, multiple_of=devices)
+            name: eval_slabs(x, y, chunk, multiple_of=devices, max_bytes=max_bytes)
             for name, x, y in (
                 ("target", self.target_test, self.target_test_labels),
                 ("source", self.source_test, self.source_test_labels),
@@ -144,7 +145,8 @@ def image_domain(path: str, role: str, config, log) -> Domain:
     if role == "source" and y is not None:
         held = _split(y)
         paths = tuple(p for p, h in zip(images.paths, held, strict=True) if h)
-        return Domain(path, "images", x[~held], y[~held], x[held], y[held], origin + " (90% "
+        x_train, x_held = image_cache.select_rows(x, ~held), image_cache.select_rows(x, held)
+        return Domain(path, "images", x_train, y[~held], x_held, y[held], origin + " (90% "
                       "training, 10% source validation)", test_paths=paths, **kind)  # fmt: skip
     return Domain(path, "images", x, y, x, y, origin, test_paths=images.paths, **kind)
 
@@ -237,7 +239,7 @@ def _normalisation(config, xs: np.ndarray, xt: np.ndarray) -> np.ndarray:
     (2, C) mean and std (``config.normalize == "imagenet"``)."""
     if getattr(config, "normalize", "mean") == "imagenet":
         return IMAGENET_MEAN_STD
-    return channel_mean(np.concatenate([xs, xt]))
+    return channel_mean(xs, xt)
 
 
 def load_pair(config, input_size: int, log: Callable[[str], None] = print) -> PairData:

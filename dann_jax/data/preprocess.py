@@ -148,15 +148,17 @@ def prepare_images(
     return np.clip(grey, 0, 255).astype(np.uint8)[..., None]
 
 
-def channel_mean(x_uint8: np.ndarray) -> np.ndarray:
+def channel_mean(*x_uint8: np.ndarray) -> np.ndarray:
     """Per-channel mean pixel of uint8 images, in [0, 1] scale.
 
     The paper subtracts the mean image value; the core does the subtraction on
     device after scaling pixels to [0, 1], so this returns the matching float32
-    (C,) vector. Accumulates in float64 without copying the images.
+    (C,) vector. Accumulates in float64 without copying the images (several arrays:
+    the mean of all their images, not of their means).
 
     Args:
-      x_uint8: uint8 images, (N, H, W) (treated as C = 1) or (N, H, W, C).
+      x_uint8: uint8 images, (N, H, W) (treated as C = 1) or (N, H, W, C); several
+        arrays of the same channel count.
 
     Returns:
       float32 array of shape (C,).
@@ -164,7 +166,11 @@ def channel_mean(x_uint8: np.ndarray) -> np.ndarray:
     Raises:
       DataError: wrong dtype, rank or channel count, or no images.
     """
-    x = _as_nhwc(x_uint8, "channel_mean input")
-    if x.shape[0] == 0:
+    xs = [_as_nhwc(x, "channel_mean input") for x in x_uint8]
+    if len({x.shape[-1] for x in xs}) != 1:
+        raise DataError(f"channel_mean's arrays differ in channels: {[x.shape for x in xs]}.")
+    pixels = sum(int(np.prod(x.shape[:3])) for x in xs)
+    if not pixels:
         raise DataError("channel_mean needs at least one image.")
-    return (x.mean(axis=(0, 1, 2), dtype=np.float64) / 255.0).astype(np.float32)
+    total = sum(x.sum(axis=(0, 1, 2), dtype=np.float64) for x in xs)
+    return (total / pixels / 255.0).astype(np.float32)
