@@ -54,7 +54,7 @@ _EXPORTS = {
     "compile_train_step": "dann_jax.compiled",
     "compile_train_steps": "dann_jax.compiled",
     "Config": "dann_jax.config",
-    "ConfigError": "dann_jax.config",
+    "ConfigError": "dann_jax.config_fields",
     "hyperparams": "dann_jax.build",
     "EvalSet": "dann_jax.evaluate",
     "compile_evaluate": "dann_jax.evaluate",

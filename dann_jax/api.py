@@ -71,7 +71,7 @@ def fit(
         same message: too few or too small images, labels that are not one class index
         per image (one-hot rows, floats, negative numbers), a class without images, fewer
         class names than classes, target labels the source lacks.
-      dann_jax.config.ConfigError: a bad setting. dann_jax.workdir.RunError: a workdir
+      dann_jax.config_fields.ConfigError: a bad setting. dann_jax.workdir.RunError: a workdir
         holding another run. dann_jax.io.Busy: another process training in the workdir.
     """
     from dann_jax import io, loop, storage

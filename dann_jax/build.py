@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dann_jax.config import RESNETS, Config, ConfigError, domain_head_widths, resolved_precision
+from dann_jax.config import RESNETS, Config, resolved_precision
+from dann_jax.config_fields import ConfigError, domain_head_widths
 from dann_jax.models import DANN
 from dann_jax.paper_models import paper_model
 

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from dann_jax import checkpoint, choose, io, loop, train
-from dann_jax.config import Config, parse_floats
+from dann_jax.config import Config
+from dann_jax.config_fields import parse_floats
 from dann_jax.resume import bookkeeping
 from dann_jax.workdir import is_writer
 

@@ -15,7 +15,8 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from dann_jax.config import Config, ConfigError, flag
+from dann_jax.config import Config
+from dann_jax.config_fields import ConfigError, flag
 
 __all__ = [
     "HELP_GROUPS",

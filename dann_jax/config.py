@@ -7,17 +7,15 @@ train step as traced arrays through `hyperparams`, so changing them never recomp
 
 Each field carries its help text and, for an enumeration, its choices in its metadata:
 the one source of the class docstring, of `Config.validate` and of the command-line
-flags built by `dann_jax.cli`.
+flags built by `dann_jax.cli`. What works from that metadata (declaring a field, the
+docstring, the checks) and `ConfigError` live in `dann_jax.config_fields`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import math
-import textwrap
-from typing import Any
 
+from dann_jax.config_fields import attributes_doc, check_config, setting
 from dann_jax.schedules import LAMBDA_SCHEDULES
 
 __all__ = [
@@ -34,8 +32,6 @@ __all__ = [
     "RESIZES",
     "RESNETS",
     "Config",
-    "ConfigError",
-    "flag",
 ]
 
 MODES = ("dann", "source_only", "target_only")
@@ -58,21 +54,6 @@ CHOOSE_CHECKPOINTS = ("last", "any")  # dann_jax.candidates.Keeper
 INPUTS = ("auto", "host", "device")  # dann_jax.feed
 
 
-class ConfigError(ValueError):
-    """An invalid setting; the message names the setting and the allowed values."""
-
-
-def flag(name: str) -> str:
-    """The command-line flag of the `Config` field `name`: ``batch_size`` -> ``--batch-size``."""
-    return "--" + name.replace("_", "-")
-
-
-def _setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A dataclass field whose metadata holds its help text and (if any) its choices."""
-    metadata = {"help": help} if choices is None else {"help": help, "choices": choices}
-    return dataclasses.field(default=default, metadata=metadata)
-
-
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Settings of one DANN run (defaults: the DANN paper's MNIST -> MNIST-M recipe).
@@ -80,57 +61,57 @@ class Config:
     Each field's meaning is its ``help`` metadata (listed below, and by ``--help``).
     """
 
-    source: str = _setting(
+    source: str = setting(
         "mnist",
         "labelled source domain: a digit domain (mnist, mnist_m, usps, svhn), an .npz "
         "(x_train, y_train, x_test, y_test), an image folder with one subfolder per class, "
         "or an image-list file ('relative/path label' lines)",
     )
-    target: str = _setting(
+    target: str = setting(
         "mnist_m",
         "target domain, the same forms; labels optional (used only to report): an .npz "
         "without y_*, a flat folder of images, or an image list without labels",
     )
-    target_unlabelled: bool = _setting(
+    target_unlabelled: bool = setting(
         False,
         "read the target without labels: every image under its folder, subfolders "
         "included (e.g. images kept in dated subfolders), or a list's or .npz's images only",
     )
-    data_dir: str | None = _setting(
+    data_dir: str | None = setting(
         None,
         "folder with the raw upstream files: mnist/, mnist_m/, usps/, svhn/ (see README); "
         "unset: prepared TFDS data, a download, or the embedded default",
     )
-    tfds_dir: str | None = _setting(
+    tfds_dir: str | None = setting(
         None,
         "where prepared data live (TFDS records of the digits, decoded image folders); "
         "unset: the TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets)",
     )
-    bsds_dir: str | None = _setting(
+    bsds_dir: str | None = setting(
         None, "colour photos (e.g. BSDS500) for synthesising the embedded MNIST-M target"
     )
-    arch: str = _setting(
+    arch: str = setting(
         "mnist",
         "feature extractor: the paper's CNNs mnist (28x28 digit inputs) or svhn (32x32), "
         "which take any size from about 16x16, or a ResNet (torchvision's layout: "
         "dann_jax.backbones) with a linear label head and a 1024-1024 domain head",
         ARCHS,
     )
-    pretrained: str | None = _setting(
+    pretrained: str | None = setting(
         None,
         "ResNet weights: imagenet (torchvision's IMAGENET1K_V1 file, downloaded once, "
         "checksum verified) or a .pth / .safetensors state dict; unset: random init",
     )
-    bottleneck: int = _setting(
+    bottleneck: int = setting(
         0, "width of a Dense + BatchNorm + ReLU layer before both heads (0: none; office: 256)"
     )
-    image_size: int | None = _setting(
+    image_size: int | None = setting(
         None,
         "bring every image to N x N: own images' shorter side resized to N, then a centre "
         "crop; digit domains as --resize says; unset: the architecture's input size for "
         "the digit domains, the native size for your own (which must then be one size)",
     )
-    resize: str = _setting(
+    resize: str = setting(
         "auto",
         "how images of another size reach the input size: bilinear resampling, crop_pad "
         "(centre crop / zero padding), mnist_box (scaled into MNIST's 20-pixel digit box, "
@@ -139,119 +120,119 @@ class Config:
         "(see dann_jax.data.resize_method)",
         RESIZES,
     )
-    mode: str = _setting(
+    mode: str = setting(
         "dann",
         "dann (domain-adversarial); source_only (lambda2 = 0: the discriminator still "
         "trains on detached features as a probe, the extractor ignores it); target_only "
         "(train on labelled target data: the oracle)",
         MODES,
     )
-    lambda2: float = _setting(1.0, "GRL coefficient (final value of the ramp, or the constant)")
-    lambda2_schedule: str = _setting(
+    lambda2: float = setting(1.0, "GRL coefficient (final value of the ramp, or the constant)")
+    lambda2_schedule: str = setting(
         "dann",
         "dann: the ramp lambda2 * (2/(1+exp(-gamma p))-1) over progress p = step/steps; "
         "constant: lambda2 throughout",
         LAMBDA2_SCHEDULES,
     )
-    gamma: float = _setting(10.0, "steepness of the lambda2 ramp (paper: 10)")
-    lambda3: float = _setting(1.0, "weight of the adversarial loss")
-    label_smoothing: float = _setting(0.0, "label smoothing of the source classification loss")
-    adversary: str = _setting(
+    gamma: float = setting(10.0, "steepness of the lambda2 ramp (paper: 10)")
+    lambda3: float = setting(1.0, "weight of the adversarial loss")
+    label_smoothing: float = setting(0.0, "label smoothing of the source classification loss")
+    adversary: str = setting(
         "dann",
         "what the domain discriminator sees: dann (the features) or cdan (the multilinear "
         "map of features and class predictions: CDAN, Long et al. 2018)",
         ADVERSARIES,
     )
-    cdan_entropy: float = _setting(
+    cdan_entropy: float = setting(
         0.0,
         "weight examples in the domain loss by 1 + s * exp(-entropy of their prediction): "
         "s = 1 with --adversary cdan is CDAN+E (Long et al. 2018); 0: equal weights",
     )
-    mcc: float = _setting(
+    mcc: float = setting(
         0.0,
         "weight of the Minimum Class Confusion loss on target predictions (Jin et al. "
         "2020; 1.0 in the paper; 0: off); with --lambda2 0 it adapts without a discriminator",
     )
-    mcc_temperature: float = _setting(2.5, "softmax temperature of the MCC loss (paper: 2.5)")
-    entropy_weight: float = _setting(
+    mcc_temperature: float = setting(2.5, "softmax temperature of the MCC loss (paper: 2.5)")
+    entropy_weight: float = setting(
         0.0, "weight of target prediction entropy minimisation (Grandvalet & Bengio 2004; 0: off)"
     )
-    steps: int | None = _setting(
+    steps: int | None = setting(
         None,
         "total training steps (p = step / steps); unset: the experiment's default for the "
         "data found, 12000 on full data, 2000 on the embedded default "
         "(dann_jax.experiment.DEFAULT_STEPS)",
     )
-    batch_size: int = _setting(64, "images per domain per step (global, split over devices)")
-    lr: float = _setting(
+    batch_size: int = setting(64, "images per domain per step (global, split over devices)")
+    lr: float = setting(
         0.01, "initial learning rate mu0, annealed to mu0 / (1 + lr_alpha p)^lr_beta"
     )
-    lr_alpha: float = _setting(
+    lr_alpha: float = setting(
         10.0, "learning-rate annealing alpha (paper: 10); 0 gives a constant learning rate"
     )
-    lr_beta: float = _setting(0.75, "learning-rate annealing beta (paper: 0.75)")
-    optimizer: str = _setting("sgd", "sgd (with momentum) or adam", OPTIMIZERS)
-    momentum: float = _setting(0.9, "SGD momentum (paper: 0.9)")
-    nesterov: bool = _setting(False, "Nesterov momentum")
-    weight_decay: float = _setting(0.0, "L2 weight decay added to the gradients (0: none)")
-    backbone_lr_mult: float = _setting(
+    lr_beta: float = setting(0.75, "learning-rate annealing beta (paper: 0.75)")
+    optimizer: str = setting("sgd", "sgd (with momentum) or adam", OPTIMIZERS)
+    momentum: float = setting(0.9, "SGD momentum (paper: 0.9)")
+    nesterov: bool = setting(False, "Nesterov momentum")
+    weight_decay: float = setting(0.0, "L2 weight decay added to the gradients (0: none)")
+    backbone_lr_mult: float = setting(
         1.0, "the extractor's learning rate as a multiple of the heads' (pretrained: 0.1)"
     )
-    discriminator_lr_mult: float = _setting(
+    discriminator_lr_mult: float = setting(
         1.0,
         "the domain discriminator's learning rate as a multiple of the label head's: the "
         "balance between discriminator and extractor",
     )
-    domain_head: str | None = _setting(
+    domain_head: str | None = setting(
         None,
         "hidden widths of the domain discriminator, comma-separated (e.g. 1024,1024); "
         "unset: the architecture's (mnist: 100; svhn and the ResNets: 1024,1024)",
     )
-    batchnorm: bool = _setting(False, "BatchNorm in the extractor (not in the paper)")
-    bn_stats: str = _setting(
+    batchnorm: bool = setting(False, "BatchNorm in the extractor (not in the paper)")
+    bn_stats: str = setting(
         "joint",
         "BatchNorm statistics over the joint source + target batch or per domain",
         BN_STATS,
     )
-    bn_sync: bool = _setting(
+    bn_sync: bool = setting(
         True,
         "over several devices, synchronise BatchNorm statistics (SyncBN: the result equals "
         "one device's on the whole batch); --no-bn-sync: each device normalises its own "
         "share, as DDP without SyncBN (fewer all-reduces; the result depends on the device "
         "count)",
     )
-    bn_eval: str = _setting(
+    bn_eval: str = setting(
         "domain",
         "with per-domain BatchNorm, which running statistics normalise a domain's images at "
         "test time: domain (each domain its own, as in training: the target's for target "
         "images, as AdaBN does) or mean (the mean of both domains')",
         BN_EVALS,
     )
-    dropout: float = _setting(0.0, "dropout rate on the extractor features (0 = paper)")
-    augment: bool = _setting(
+    dropout: float = setting(0.0, "dropout rate on the extractor features (0 = paper)")
+    augment: bool = setting(
         False,
         "random resized crop (area 8-100%, aspect 3/4-4/3, back to the stored size) and "
         "horizontal flip of every training image, on the device",
     )
-    rotate: bool = _setting(
+    rotate: bool = setting(
         False,
         "random 90-degree rotations and vertical flips of every training image, on the "
         "device: for images whose orientation means nothing (plankton, cells, tiles from "
         "above); square images only",
     )
-    color_jitter: bool = _setting(
+    color_jitter: bool = setting(
         False,
         "random brightness, contrast and saturation (each x0.6-1.4) and greyscale (p = 0.2) "
         "of every training image, on the device",
     )
-    normalize: str = _setting(
+    normalize: str = setting(
         "mean",
         "input normalisation: mean (subtract the per-channel mean of both domains' "
         "training images: the paper) or imagenet ((x - mean) / std with ImageNet's "
         "statistics, for pretrained backbones)",
         NORMALIZATIONS,
     )
-    precision: str = _setting(
+    precision: str = setting(
         "auto",
         "compute precision (parameters stay float32): auto = what each backend's users get "
         "by default (fp32 on CPU; tf32 on GPUs and TPUs, as PyTorch's cuDNN convolutions "
@@ -261,29 +242,29 @@ class Config:
         "float32 on CPU); bf16 = bfloat16 compute (the ResNets on GPUs and TPUs)",
         PRECISIONS,
     )
-    choose: bool = _setting(
+    choose: bool = setting(
         False,
         "train source-only and the method at each --choose-lambdas value together and keep, "
         "without target labels, the candidate and checkpoint --choose-by prefers; a "
         "candidate that looks harmful next to source-only is never kept "
         "(dann_jax.candidates)",
     )
-    choose_lambdas: str = _setting(
+    choose_lambdas: str = setting(
         "1", "the lambda2 values of the candidates (the shift suite: one, 1, chose best)"
     )
-    choose_by: str = _setting(
+    choose_by: str = setting(
         "information_maximization",
         "the label-free score that chooses (higher is better): ensv (agreement with the "
         "candidates' ensemble), mixval, information_maximization, bnm, snd, "
         "reverse_validation or source_accuracy (dann_jax.choose)",
         CHOOSE_BY,
     )
-    choose_margin: float = _setting(
+    choose_margin: float = setting(
         0.2,
         "a candidate whose source validation accuracy falls more than this below "
         "source-only's is treated as harmful and never kept",
     )
-    choose_checkpoint: str = _setting(
+    choose_checkpoint: str = setting(
         "last",
         "which checkpoints compete: last = the candidates' latest ones at every evaluation "
         "(what is kept at the end is the last evaluation's choice); any = every "
@@ -291,25 +272,25 @@ class Config:
         "but unaligned checkpoint can win: docs/results.md)",
         CHOOSE_CHECKPOINTS,
     )
-    seed: int = _setting(0, "first random seed")
-    seeds: int = _setting(1, "number of seeds (seed, seed+1, ...); reports mean and std")
-    vmap_seeds: bool = _setting(
+    seed: int = setting(0, "first random seed")
+    seeds: int = setting(1, "number of seeds (seed, seed+1, ...); reports mean and std")
+    vmap_seeds: bool = setting(
         False,
         "train all seeds at once in one vmapped program (faster on GPU/TPU, where one "
         "paper-size model cannot fill the chip; slower on CPU, where the per-seed "
         "convolutions become grouped ones)",
     )
-    eval_every: int = _setting(
+    eval_every: int = setting(
         500,
         "evaluate and checkpoint every this many steps (rounded down to a multiple of "
         "--steps-per-call when that is set and does not divide it)",
     )
-    steps_per_call: int | None = _setting(
+    steps_per_call: int | None = setting(
         None,
         "training steps per device dispatch (lax.scan); unset: the largest divisor of "
         "--eval-every up to 50",
     )
-    input: str = _setting(
+    input: str = setting(
         "auto",
         "where the training images live: device (every device holds them all and draws "
         "its batches itself), host (they stay in host memory, memory-mapped where cached, "
@@ -317,27 +298,27 @@ class Config:
         "auto: device when they fit in its memory, host otherwise",
         INPUTS,
     )
-    workdir: str = _setting(
+    workdir: str = setting(
         "runs/digits",
         "output folder (results.json, metrics.jsonl, curves.png, checkpoints), or a bucket "
         "(gs://bucket/run, with the gcs extra); rerun with the same workdir to resume",
     )
-    tensorboard: bool = _setting(
+    tensorboard: bool = setting(
         False,
         "also write every record's scalars as TensorBoard event files (WORKDIR/seed_<k>/"
         "tensorboard; tensorboardX, no TensorFlow needed: pip install tensorboardX)",
     )
-    analyze: bool = _setting(
+    analyze: bool = setting(
         False,
         "also write the adaptation analysis (analysis.json and figures: proxy A-distance, "
         "embeddings, confusion matrix); it trains a source-only reference model alongside "
         "(same seed and steps), so the run takes about twice as long",
     )
-    multihost: bool = _setting(
+    multihost: bool = setting(
         False,
         "call jax.distributed.initialize() first: multi-host TPU slices / several processes",
     )
-    restart: bool = _setting(
+    restart: bool = setting(
         False,
         "start over in a workdir that holds an earlier run: its checkpoints, metrics and "
         "results are deleted first (e.g. after a failed run, to retry with other settings)",
@@ -378,78 +359,7 @@ class Config:
 
     def validate(self) -> Config:
         """Raise `ConfigError` naming the bad setting; return self when all is well."""
-
-        def choice(name, allowed):
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ConfigError(
-                    f"{flag(name)} {value!r} is not valid; choose one of {list(allowed)}."
-                )
-
-        def number(name, low=None, high=None, integer=False, low_open=False):
-            value = getattr(self, name)
-            what = flag(name)
-            kind = int if integer else (int, float)
-            if isinstance(value, bool) or not isinstance(value, kind):
-                raise ConfigError(f"{what} must be a number, got {value!r}.")
-            if not math.isfinite(value):
-                raise ConfigError(f"{what} must be finite, got {value!r}.")
-            if low is not None and (value <= low if low_open else value < low):
-                bound = f"> {low}" if low_open else f">= {low}"
-                raise ConfigError(f"{what} must be {bound}, got {value!r}.")
-            if high is not None and value > high:
-                raise ConfigError(f"{what} must be <= {high}, got {value!r}.")
-
-        for field in dataclasses.fields(self):
-            if "choices" in field.metadata:
-                choice(field.name, field.metadata["choices"])
-        number("lambda2", low=0)
-        number("lambda3", low=0)
-        number("gamma", low=0)
-        number("label_smoothing", low=0, high=1)
-        if self.steps is not None:
-            number("steps", low=1, integer=True)
-        if self.image_size is not None:
-            number("image_size", low=8, integer=True)
-        number("batch_size", low=1, integer=True)
-        number("lr", low=0, low_open=True)
-        number("lr_alpha", low=0)
-        number("lr_beta", low=0)
-        number("momentum", low=0, high=1)
-        number("weight_decay", low=0)
-        number("backbone_lr_mult", low=0)
-        number("discriminator_lr_mult", low=0)
-        number("cdan_entropy", low=0, high=1)
-        number("mcc", low=0)
-        number("mcc_temperature", low=0, low_open=True)
-        number("entropy_weight", low=0)
-        if self.domain_head is not None:
-            domain_head_widths(self.domain_head)
-        parse_floats(self.choose_lambdas, "--choose-lambdas")
-        number("choose_margin", low=0, high=1)
-        number("bottleneck", low=0, integer=True)
-        if self.pretrained is not None and self.arch not in RESNETS:
-            raise ConfigError(
-                f"--pretrained is for the ResNets; --arch {self.arch} has no pretrained "
-                f"weights. Pick --arch from {list(RESNETS)}, or drop --pretrained."
-            )
-        number("dropout", low=0, high=0.99)
-        number("seed", low=0, integer=True)
-        number("seeds", low=1, integer=True)
-        number("eval_every", low=1, integer=True)
-        if self.steps_per_call is not None:
-            number("steps_per_call", low=1, integer=True)
-        if self.steps_per_call is not None and self.steps_per_call > self.eval_every:
-            raise ConfigError(
-                f"--steps-per-call {self.steps_per_call} is larger than --eval-every "
-                f"{self.eval_every}: a run evaluates between dispatches only. Lower "
-                "--steps-per-call or raise --eval-every."
-            )
-        if self.vmap_seeds and self.analyze:
-            raise ConfigError(
-                "--vmap-seeds cannot be combined with --analyze (the analysis follows one "
-                "seed at a time); drop one of them."
-            )
+        check_config(self, RESNETS)
         return self
 
 
@@ -462,48 +372,5 @@ def resolved_precision(precision: str, backend: str) -> str:
     return "fp32" if backend == "cpu" else "tf32"
 
 
-def parse_floats(text: str, what: str) -> tuple[float, ...]:
-    """``"0.1,0.3,1"`` -> ``(0.1, 0.3, 1.0)``: finite and >= 0; `ConfigError` naming `what`."""
-    try:
-        values = tuple(float(v) for v in str(text).split(","))
-    except ValueError:
-        values = ()
-    if not values or not all(math.isfinite(v) and v >= 0 for v in values):
-        raise ConfigError(
-            f"{what} {text!r} is not a list of numbers; give values >= 0 separated by "
-            "commas, e.g. 0.1,0.3,1."
-        )
-    return values
-
-
-def domain_head_widths(text: str) -> tuple[int, ...]:
-    """``"1024,1024"`` -> ``(1024, 1024)``; `ConfigError` naming --domain-head otherwise."""
-    try:
-        widths = tuple(int(w) for w in text.split(","))
-    except ValueError:
-        widths = ()
-    if not widths or any(w < 1 for w in widths):
-        raise ConfigError(
-            f"--domain-head {text!r} is not a list of widths; give positive integers "
-            "separated by commas, e.g. --domain-head 1024,1024."
-        )
-    return widths
-
-
-def _attributes_doc(cls: type) -> str:
-    """`cls`'s docstring followed by an ``Attributes:`` list of its fields' help texts."""
-    items = [
-        textwrap.fill(
-            f"{f.name}: {f.metadata['help']}"
-            + (f"; choices: {', '.join(f.metadata['choices'])}" if "choices" in f.metadata else ""),
-            width=88,
-            initial_indent="  ",
-            subsequent_indent="    ",
-        )
-        for f in dataclasses.fields(cls)
-    ]
-    return inspect.cleandoc(cls.__doc__) + "\n\nAttributes:\n" + "\n".join(items)
-
-
 # Generated so that `help(Config)` documents every field from the same text as `--help`.
-Config.__doc__ = _attributes_doc(Config)
+Config.__doc__ = attributes_doc(Config)

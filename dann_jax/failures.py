@@ -220,7 +220,7 @@ def _run(config, runner: Callable[[Any], Any]) -> int:
     import jax
 
     from dann_jax.checkpoint import CheckpointError
-    from dann_jax.config import ConfigError
+    from dann_jax.config_fields import ConfigError
     from dann_jax.data import DataError
     from dann_jax.io import Busy, NotWritable
     from dann_jax.train import NonFiniteLossError

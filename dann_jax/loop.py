@@ -42,7 +42,8 @@ import numpy as np
 
 from dann_jax import checkpoint, compiled, failures, feed, io, run_log, sharding, train
 from dann_jax.build import hyperparams
-from dann_jax.config import Config, ConfigError
+from dann_jax.config import Config
+from dann_jax.config_fields import ConfigError
 from dann_jax.data.pair import PairData
 from dann_jax.evaluate import SLAB_BYTES, compile_evaluate
 from dann_jax.memory import check_memory

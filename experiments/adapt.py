@@ -29,7 +29,8 @@ from dann_jax.cli import (
     run_cli,
     run_predict,
 )
-from dann_jax.config import Config, flag
+from dann_jax.config import Config
+from dann_jax.config_fields import flag
 from dann_jax.failures import fail
 
 # The defaults of this script where they differ from `dann_jax.config.Config`'s.

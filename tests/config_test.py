@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import dann_jax as dj
-from dann_jax import cli, config
+from dann_jax import cli, config, config_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,8 +60,8 @@ def test_every_field_is_a_flag_of_digits_and_every_flag_a_field():
     assert list(options) == ["recipe", *grouped]  # --recipe, then by group, in order
     hints = typing.get_type_hints(dj.Config)
     for name, action in options.items():
-        off = [f"--no-{config.flag(name)[2:]}"] if hints.get(name) is bool else []
-        assert action.option_strings == [config.flag(name), *off]  # bools: both ways
+        off = [f"--no-{config_fields.flag(name)[2:]}"] if hints.get(name) is bool else []
+        assert action.option_strings == [config_fields.flag(name), *off]  # bools: both ways
         assert action.help, name
 
 
@@ -84,7 +84,7 @@ def test_choices_of_the_flags_are_the_config_tuples():
 def test_validate_uses_the_same_choices(name):
     for value in ENUMERATIONS[name]:
         dj.Config(**{name: value}).validate()
-    with pytest.raises(dj.ConfigError, match=f"{config.flag(name)} 'nope' is not valid"):
+    with pytest.raises(dj.ConfigError, match=f"{config_fields.flag(name)} 'nope' is not valid"):
         dj.Config(**{name: "nope"}).validate()
 
 

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from dann_jax import cli, experiment
-from dann_jax.config import Config, ConfigError
+from dann_jax.config import Config
+from dann_jax.config_fields import ConfigError
 from dann_jax.data import DataError, load_npz
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "digits.py"

@@ -20,7 +20,7 @@ The negative-transfer guard (`dann_jax.validators.negative_transfer_guard`) says
 "adaptation looks harmful here" where every working validator prefers a source-only
 candidate.
 
-Outputs in ``out``: ``selection.json`` and ``selection.md`` (`dann_jax.select.scoring`;
+Outputs in ``out``: ``selection.json`` and ``selection.md`` (`dann_jax.select.report`;
 rewritten after every pair and seed, so a run cut short keeps what it finished) and the
 runs themselves in ``out/<source>-<target>/seed_<k>/<recipe>/<arm>/`` (each resumes from
 its checkpoints: rerun the same command to continue).
@@ -44,6 +44,7 @@ from dann_jax.config import Config
 from dann_jax.data.pair import PairData
 from dann_jax.outputs import predict_host, set_domains, validation_sets
 from dann_jax.select.keep import PickKeeper, kept_pick
+from dann_jax.select.report import write_outputs
 from dann_jax.select.scoring import (
     DEFAULT_LAMBDA2,
     HARM_MARGIN,
@@ -55,7 +56,6 @@ from dann_jax.select.scoring import (
     rescore,
     score_cell,
     summarize,
-    write_outputs,
 )
 
 __all__ = [

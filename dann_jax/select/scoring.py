@@ -1,10 +1,10 @@
-"""The pure part of `dann_jax.select`: the grid, scoring a cell, and the table.
+"""The pure part of `dann_jax.select`: the grid, scoring a cell, and the summary rows.
 
 `grid` lists the arms (training runs) of a pair and seed; `score_cell` measures every
 validator against the report-only target accuracy over one cell's candidates (Spearman,
 regret, the pick, the negative-transfer guard); `summarize` averages cells into rows;
-`write_outputs` writes ``selection.json`` and ``selection.md`` through `dann_jax.io`.
-Nothing here trains a model.
+``selection.json`` and ``selection.md`` are written by `dann_jax.select.report`. Nothing
+here trains a model.
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dann_jax import io, validators
+from dann_jax import validators
 
 __all__ = [
     "DEFAULT_LAMBDA2",
@@ -30,7 +29,6 @@ __all__ = [
     "rescore",
     "score_cell",
     "summarize",
-    "write_outputs",
 ]
 
 DEFAULT_LAMBDA2 = 1.0  # the paper's (and Config's) lambda2: the "default" run's value
@@ -304,105 +302,3 @@ def rescore(result: dict, picker: str, guard_use: Sequence[str] | None) -> dict:
     guard = None if guard_use is None else list(guard_use)
     return {**result, "picker": picker, "guard_use": guard, "cells": cells,
             "rows": summarize(cells)}  # fmt: skip
-
-
-def _fmt(stat: dict, digits: int = 3) -> str:
-    """``mean ± std`` (or a dash)."""
-    if stat["mean"] is None:
-        return "—"
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-
-
-def write_outputs(out: Path, result: dict) -> None:
-    """``selection.json`` and ``selection.md`` (atomically, via `dann_jax.io`)."""
-    out.mkdir(parents=True, exist_ok=True)
-    io.write_json(out / "selection.json", result)
-    status = "" if result["complete"] else "INCOMPLETE: not every pair and seed finished. "
-    io.write_text(
-        out / "selection.md",
-        f"{status}Label-free selection, {result['date']}. {result['protocol']}\n\n"
-        f"{_settings(result)}\n\n"
-        + "\n".join(_table(result["rows"])) + "\n\n" + "\n".join(_pick_lines(result))
-        + "\n".join(_score_tables(result)) + "\n",
-    )  # fmt: skip
-
-
-def _table(rows: list[dict]) -> list[str]:
-    """The Markdown table: ρ and regret per pair and overall, then harmful picks overall."""
-    pairs = list(rows[0]["pairs"]) if rows else []
-    head = "| validator | better | " + " | ".join(f"{p} ρ | {p} regret" for p in pairs)
-    lines = [head + " | harmful picks |", "| --- | --- |" + " --- | --- |" * len(pairs) + " --- |"]
-    for r in rows:
-        cols = " | ".join(
-            f"{_fmt(r['pairs'][p]['spearman'], 2)} | {_fmt(r['pairs'][p]['regret'])}" for p in pairs
-        )
-        harm = r["pairs"]["all"].get("harmful") if pairs else None
-        harm = "—" if harm is None else f"{harm['picks']} of {harm['cells']}"
-        lines.append(f"| {r['validator']} | {r['better']} | {cols} | {harm} |")
-    return lines
-
-
-def _pick_lines(result: dict) -> list[str]:
-    """One line per pair and seed: the pick, the best candidate, the guard's verdict."""
-    lines = []
-    for c in result["cells"]:
-        s, pick = c["score"], c["score"]["picked"]
-        what = "—" if pick is None else pick["id"]
-        if pick is not None and pick["target_accuracy"] is not None:
-            what += f" (target acc {pick['target_accuracy']:.4f})"
-        best = s["oracle"]
-        best = "no target labels" if best is None else (
-            f"best {best['id']} ({best['target_accuracy']:.4f})"
-        )  # fmt: skip
-        guard = f" **{s['guard']['message']}**" if s["guard"]["harmful"] else ""
-        tied = (s["validators"].get(result["picker"]) or {}).get("tied_ids") or []
-        if len(tied) > 1:
-            what += f", tied with {', '.join(t for t in tied if t != pick['id'])} (the first "
-            what += "in grid order is taken)"
-        lines.append(
-            f"* {c['pair']} seed {c['seed']}: {result['picker']} picked {what}; {best}.{guard}"
-        )
-    return lines
-
-
-def _score_tables(result: dict) -> list[str]:
-    """For each cell whose target has no labels, every candidate's validator values (the
-    pick in bold): what there is to read when nothing can be measured against labels."""
-    lines = []
-    for c in result["cells"]:
-        if c["score"]["oracle"] is not None:
-            continue
-        names = [n for n in validators.VALIDATORS if any(n in x["scores"] for x in c["candidates"])]
-        pick = (c["score"]["picked"] or {}).get("id")
-        better = ", ".join(
-            f"{n} {'lower' if validators.VALIDATORS[n].lower_is_better else 'higher'}"
-            for n in names
-        )
-        lines += [
-            "",
-            f"{c['pair']} seed {c['seed']} (no target labels): every candidate's scores "
-            f"(better: {better})",
-            "",
-            "| candidate | " + " | ".join(names) + " |",
-            "| --- " * (len(names) + 1) + "|",
-        ]
-        for x in c["candidates"]:
-            values = [x["scores"].get(n) for n in names]
-            cells = ["—" if v is None or not math.isfinite(v) else f"{v:.4f}" for v in values]
-            label = f"**{x['id']}**" if x["id"] == pick else x["id"]
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def _settings(result: dict) -> str:
-    """One line: run length, checkpoints, grid, validation size, data."""
-    cfg, g = result.get("base_config", {}), result.get("grid", {})
-    return (
-        f"Runs of {cfg.get('steps')} steps, a candidate every {cfg.get('eval_every')} steps; "
-        f"recipes {g.get('recipes')}, lambda2 {g.get('lambda2')}, seeds {g.get('seeds')}; "
-        f"{result.get('val_size')} examples per validation subset; "
-        f"guard consults {result.get('guard_use') or 'every validator'}; "
-        f"{result.get('data_variant', '?')} data; "
-        f"{sum(c.get('wall_seconds', 0.0) for c in result['cells']) / 60:.1f} min of training "
-        f"and scoring on {result.get('device', {}).get('kind', '?')}."
-    )
