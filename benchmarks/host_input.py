@@ -26,10 +26,10 @@ import dann_jax as dj
 from dann_jax import compiled, feed, sharding
 
 
-def _pools(n: int, memmap: bool, folder: Path) -> dj.TrainData:
-    """Random uint8 pools of ``n`` 28 x 28 x 3 images a domain (memory-mapped files)."""
+def _pools(n: int, memmap: bool, folder: Path, side: int = 28) -> dj.TrainData:
+    """Random uint8 pools of ``n`` side x side x 3 images a domain (memory-mapped files)."""
     rng = np.random.default_rng(0)
-    shape = (n, 28 * 28 * 3)
+    shape = (n, side * side * 3)
     arrays = []
     for name in ("source", "target"):
         x = rng.integers(0, 256, shape, dtype=np.uint8)
@@ -38,7 +38,8 @@ def _pools(n: int, memmap: bool, folder: Path) -> dj.TrainData:
             x = np.load(folder / f"{name}.npy", mmap_mode="r")
         arrays.append(x)
     labels = rng.integers(0, 10, n).astype(np.int32)
-    return dj.TrainData(arrays[0], labels, arrays[1], np.full(3, 0.5, np.float32), (28, 28, 3))
+    mean = np.full(3, 0.5, np.float32)
+    return dj.TrainData(arrays[0], labels, arrays[1], mean, (side, side, 3))
 
 
 def _prepare_rate(pools, rng, k: int, batch: int, chunks: int) -> float:
@@ -56,7 +57,7 @@ def _train_rate(pools, k: int, batch: int, chunks: int, how: str) -> float:
     """Training steps a second fed ``how`` (``device`` or ``host``), after a warm-up chunk."""
     config = dj.Config(batch_size=batch, steps=10**6)
     model, tx = dj.make_model(config), dj.make_optimizer(config)
-    state = dj.create_train_state(jax.random.key(0), model, tx, (28, 28, 3))
+    state = dj.create_train_state(jax.random.key(0), model, tx, pools.image_shape)
     mesh = sharding.make_mesh(jax.devices()[:1])
     rng, hp = state.rng, sharding.put_replicated(dj.hyperparams(config), mesh)
     state = sharding.put_replicated(state, mesh)
@@ -75,6 +76,10 @@ def _train_rate(pools, k: int, batch: int, chunks: int, how: str) -> float:
     return chunks * k / (time.perf_counter() - start)
 
 
+def _rate(x: float) -> float | None:
+    return None if np.isnan(x) else round(x, 2)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pool", type=int, default=60_000, help="images a domain")
@@ -82,24 +87,33 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps-per-call", type=int, default=20, help="K")
     parser.add_argument("--chunks", type=int, default=5, help="timed chunks of each kind")
     parser.add_argument("--memmap", action="store_true", help="pools as memory-mapped .npy")
+    parser.add_argument("--image-size", type=int, default=28, help="image side, pixels")
+    parser.add_argument(
+        "--prepare-only", action="store_true",
+        help="only the host's rate (e.g. at 224 px, whose model a CPU trains too slowly to "
+        "time: set it beside the accelerator's step_time images/s)",
+    )  # fmt: skip
     parser.add_argument("--out", default="host_input.json")
     args = parser.parse_args(argv)
     k, b = args.steps_per_call, args.batch_size
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as folder:
-        pools = _pools(args.pool, args.memmap, Path(folder))
+        pools = _pools(args.pool, args.memmap, Path(folder), args.image_size)
         rng = jax.random.key(0)
         prepared = _prepare_rate(pools, rng, k, b, args.chunks)
-        device_steps = _train_rate(pools, k, b, args.chunks, "device")
-        host_steps = _train_rate(pools, k, b, args.chunks, "host")
+        device_steps = host_steps = float("nan")
+        if not args.prepare_only:
+            device_steps = _train_rate(pools, k, b, args.chunks, "device")
+            host_steps = _train_rate(pools, k, b, args.chunks, "host")
     out = {
         "complete": True, "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind, "cpus": os.cpu_count(), "pool": args.pool,
-        "memmap": args.memmap, "batch_size": b, "steps_per_call": k, "chunks": args.chunks,
+        "memmap": args.memmap, "image_size": args.image_size, "batch_size": b,
+        "steps_per_call": k, "chunks": args.chunks,
         "host_prepared_images_per_s": round(prepared),
-        "resident_steps_per_s": round(device_steps, 2),
-        "resident_images_per_s": round(device_steps * 2 * b),
-        "host_fed_steps_per_s": round(host_steps, 2),
+        "resident_steps_per_s": _rate(device_steps),
+        "resident_images_per_s": _rate(device_steps * 2 * b),
+        "host_fed_steps_per_s": _rate(host_steps),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }  # fmt: skip

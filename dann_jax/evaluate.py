@@ -137,8 +137,8 @@ def eval_slabs(
     multiple_of: int = 1, max_bytes: int | None = None,
 ) -> Slabs:  # fmt: skip
     """A test set as `Slabs` of at most ``max_bytes`` of images (chunks shrunk to fit
-    one, down to a row; None: all in one). ``multiple_of`` rounds the chunk up to a multiple of the device
-    count, so a mesh splits every chunk evenly."""
+    one, down to a row; None: all in one). ``multiple_of`` rounds the chunk up to a
+    multiple of the device count, so a mesh splits every chunk evenly."""
     n, row = len(images), int(np.prod(images.shape[1:]))
     if max_bytes is not None:  # a chunk no larger than a slab
         chunk = min(chunk, max(1, max_bytes // row))

@@ -152,3 +152,26 @@ def test_a_mapped_folder_pair_trains_through_the_host_path_as_in_memory(pair, mo
         for key in ("source_accuracy", "source_loss", "target_domain_score"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-7), key
     assert a["curves"][-1]["target_accuracy"] is None  # the target has no labels
+
+
+def test_the_host_input_benchmark_times_the_host_alone_at_another_size(tmp_path):
+    from benchmarks import host_input
+
+    out = host_input.main(["--pool", "64", "--batch-size", "4", "--steps-per-call", "2",
+                           "--chunks", "1", "--image-size", "32", "--prepare-only",
+                           "--out", str(tmp_path / "h.json")])  # fmt: skip
+    assert out["image_size"] == 32 and out["host_prepared_images_per_s"] > 0
+    assert out["resident_steps_per_s"] is None and out["host_fed_steps_per_s"] is None
+
+
+def test_the_host_memory_benchmark_writes_its_pair_once_and_reads_a_status(tmp_path):
+    from benchmarks import host_memory
+
+    source, target = host_memory.make_pair(tmp_path, 40, 16)
+    assert sorted(p.name for p in source.iterdir()) == [f"class_{i}" for i in range(10)]
+    assert sum(1 for _ in source.rglob("*.png")) == len(list(target.glob("*.png"))) == 20
+    stamp = (target / "000000.png").stat().st_mtime_ns
+    host_memory.make_pair(tmp_path, 40, 16)  # complete: nothing written again
+    assert (target / "000000.png").stat().st_mtime_ns == stamp
+    status = host_memory._status(os.getpid())
+    assert set(status) == {"RssAnon", "RssFile", "VmHWM"} and status["RssAnon"] > 0

@@ -42,12 +42,8 @@ from dann_jax.data import decode, image_cache, image_list
 from dann_jax.data.decode import printable
 from dann_jax.data.domain import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "Images", "MixedSizes", "is_image_source", "read_images"]
+__all__ = ["Images", "MixedSizes", "is_image_source", "read_images"]
 
-# What Pillow reads without plugins; anything else in a folder is not an image.
-IMAGE_EXTENSIONS = (
-    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
-)  # fmt: skip
 _CACHE_VERSION = 2  # bump when the decoding changes: old entries are then never matched
 
 
@@ -92,78 +88,6 @@ def is_image_source(path: str | os.PathLike) -> bool:
     """Whether `path` names an image folder or an image-list file (not a digit name, .npz)."""
     p = Path(path).expanduser()
     return p.is_dir() or (p.is_file() and not p.name.lower().endswith(".npz"))
-
-
-def _is_image(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-
-
-def _files_under(folder: Path) -> tuple[list[Path], int]:
-    """(image files under `folder`, recursively, sorted; count of other files).
-
-    Links to folders are followed, each real folder once (by device and inode): a link
-    loop, or two links to one folder, would otherwise list the same images many times.
-    """
-    files, other, seen = [], 0, set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        st = os.stat(dirpath)
-        if (st.st_dev, st.st_ino) in seen:
-            dirnames[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            p = Path(dirpath) / name
-            if _is_image(p):
-                files.append(p)
-            else:
-                other += 1
-    return files, other
-
-
-def _list_folder(
-    root: Path, unlabelled: bool = False
-) -> tuple[list[tuple[Path, int | None]], tuple[str, ...] | None, int]:
-    """(files with class index or None, class names or None, ignored count) of a folder.
-
-    ``unlabelled``: every image under the folder, subfolders or not, without labels.
-    """
-    if not any(root.iterdir()):
-        raise DataError(
-            f"{root} is empty. Put images in it (a flat folder: an unlabelled "
-            "domain), or one subfolder of images per class (a labelled domain)."
-        )
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    classes = [] if unlabelled else classes
-    loose = [p for p in root.iterdir() if p.is_file() and _is_image(p)]
-    if classes and loose:
-        raise DataError(
-            f"{root} holds both class subfolders ({', '.join(classes[:3])}, ...) and "
-            f"{len(loose)} images directly in it (e.g. {loose[0].name}). A labelled domain "
-            "has its images in one subfolder per class only; an unlabelled domain is a "
-            "flat folder: move the loose images into their class folders, or out. (An "
-            "unlabelled target whose subfolders are not classes: add --target-unlabelled "
-            "(unlabelled=True), which reads every image under it.)"
-        )
-    if not classes:
-        files, other = _files_under(root)
-        if not files:
-            raise DataError(
-                f"{root} holds no image files ({other} other files); images "
-                f"need one of the extensions {', '.join(IMAGE_EXTENSIONS)}."
-            )
-        return [(p, None) for p in files], None, other
-    entries, ignored = [], 0
-    for index, name in enumerate(classes):
-        files, other = _files_under(root / name)
-        ignored += other
-        if not files:
-            raise DataError(
-                f"The class folder {root / name} holds no images. Every subfolder of a "
-                "labelled domain is a class: add its images, or remove the folder."
-            )
-        entries += [(p, index) for p in files]
-    return entries, tuple(classes), ignored
 
 
 def _digest(entries, root: Path, settings: dict) -> str:
@@ -362,7 +286,7 @@ def read_images(
     if not root.exists():
         raise DataError(f"{path} does not exist: give an image folder or an image-list file.")
     if root.is_dir():
-        listing = image_list.Listing(*_list_folder(root, unlabelled))
+        listing = image_list.Listing(*image_list.list_folder(root, unlabelled))
     else:
         listing = image_list.read_list(root)
         if unlabelled:  # labels, if any, unused (a list given to --predict)

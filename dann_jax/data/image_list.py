@@ -1,4 +1,5 @@
-"""Image-list files (tllib's convention): one ``relative/path [label]`` per line.
+"""A domain's files: an image-list file (tllib's convention: one ``relative/path [label]``
+per line, `read_list`) or a folder's images (`list_folder`, `dann_jax.data.folders`' forms).
 
 Parsed strictly, each problem named with its line:
 
@@ -25,14 +26,26 @@ from pathlib import Path
 from dann_jax.data.decode import printable
 from dann_jax.data.domain import DataError
 
-__all__ = ["MAX_LABEL", "Listing", "lines_with_labels", "read_list"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_LABEL",
+    "Listing",
+    "lines_with_labels",
+    "list_folder",
+    "read_list",
+]
+
+# What Pillow reads without plugins; anything else in a folder is not an image.
+IMAGE_EXTENSIONS = (
+    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
+)  # fmt: skip
 
 # Above any classification data set's class count (ImageNet-21k has 21,841): a larger
 # label is a typo, and would make as many class names.
 MAX_LABEL = 1 << 20
 _INDEX = re.compile(r"[0-9]+")  # ASCII digits only: "²".isdigit() is True, int("²") fails
 # Files that are images (or arrays), never lists: given as a domain, a mistake.
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy")
+_IMAGE_SUFFIXES = (*IMAGE_EXTENSIONS, ".npy")
 
 
 @dataclasses.dataclass
@@ -173,3 +186,75 @@ def lines_with_labels(path: str | os.PathLike, labels) -> list[int]:
         if _INDEX.fullmatch(token) and int(token) in wanted:
             out.append(n)
     return out
+
+
+def _is_image(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+
+
+def _files_under(folder: Path) -> tuple[list[Path], int]:
+    """(image files under `folder`, recursively, sorted; count of other files).
+
+    Links to folders are followed, each real folder once (by device and inode): a link
+    loop, or two links to one folder, would otherwise list the same images many times.
+    """
+    files, other, seen = [], 0, set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if _is_image(p):
+                files.append(p)
+            else:
+                other += 1
+    return files, other
+
+
+def list_folder(
+    root: Path, unlabelled: bool = False
+) -> tuple[list[tuple[Path, int | None]], tuple[str, ...] | None, int]:
+    """(files with class index or None, class names or None, ignored count) of a folder.
+
+    ``unlabelled``: every image under the folder, subfolders or not, without labels.
+    """
+    if not any(root.iterdir()):
+        raise DataError(
+            f"{root} is empty. Put images in it (a flat folder: an unlabelled "
+            "domain), or one subfolder of images per class (a labelled domain)."
+        )
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = [] if unlabelled else classes
+    loose = [p for p in root.iterdir() if p.is_file() and _is_image(p)]
+    if classes and loose:
+        raise DataError(
+            f"{root} holds both class subfolders ({', '.join(classes[:3])}, ...) and "
+            f"{len(loose)} images directly in it (e.g. {loose[0].name}). A labelled domain "
+            "has its images in one subfolder per class only; an unlabelled domain is a "
+            "flat folder: move the loose images into their class folders, or out. (An "
+            "unlabelled target whose subfolders are not classes: add --target-unlabelled "
+            "(unlabelled=True), which reads every image under it.)"
+        )
+    if not classes:
+        files, other = _files_under(root)
+        if not files:
+            raise DataError(
+                f"{root} holds no image files ({other} other files); images "
+                f"need one of the extensions {', '.join(IMAGE_EXTENSIONS)}."
+            )
+        return [(p, None) for p in files], None, other
+    entries, ignored = [], 0
+    for index, name in enumerate(classes):
+        files, other = _files_under(root / name)
+        ignored += other
+        if not files:
+            raise DataError(
+                f"The class folder {root / name} holds no images. Every subfolder of a "
+                "labelled domain is a class: add its images, or remove the folder."
+            )
+        entries += [(p, index) for p in files]
+    return entries, tuple(classes), ignored
