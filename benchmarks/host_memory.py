@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -70,7 +71,8 @@ def make_pair(folder: Path, images: int, size: int) -> tuple[Path, Path]:
     half, step = images // 2, 2000
     jobs = [(d, s, min(s + step, half), size, k) for k, d in enumerate((source, target))
             for s in range(0, half, step)]  # fmt: skip
-    with ProcessPoolExecutor(os.cpu_count()) as pool:
+    # Spawned, not forked: the caller may run JAX's threads (a fork of them can deadlock).
+    with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(_write, jobs))
     done.touch()
     return source, target
