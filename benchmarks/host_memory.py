@@ -72,7 +72,8 @@ def make_pair(folder: Path, images: int, size: int) -> tuple[Path, Path]:
     jobs = [(d, s, min(s + step, half), size, k) for k, d in enumerate((source, target))
             for s in range(0, half, step)]  # fmt: skip
     # Spawned, not forked: the caller may run JAX's threads (a fork of them can deadlock).
-    with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("spawn")) as pool:
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(os.cpu_count(), mp_context=spawn) as pool:
         list(pool.map(_write, jobs))
     done.touch()
     return source, target
