@@ -1,6 +1,7 @@
 """``adapt.py --predict DIR``: classify new images with a run, keeping every result.
 
-The predictions of a folder go to ``<workdir>/predictions_<folder name>.csv``. Which
+The predictions of a folder go to ``<workdir>/predictions_<folder name>.csv`` (a workdir
+in a bucket, ``gs://...``, included). Which
 folder (and which checkpoint) each such file holds is recorded in
 ``<workdir>/predictions_index.json``: predicting the same folder again replaces its file,
 while another folder of the same name (``a/new`` after ``b/new``) gets the next free
@@ -12,11 +13,28 @@ training, the newest, with its step.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 __all__ = ["INDEX", "predict_folder"]
 
 INDEX = "predictions_index.json"
+
+
+def _as_path(path: str | Path) -> Path:
+    """A local path, or a bucket's (``gs://``: `dann_jax.storage`) as an epath path."""
+    from dann_jax import storage
+
+    return storage.as_path(path) if storage.is_url(path) else Path(path)
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Whether two folders are one (a URL is compared as written)."""
+    from dann_jax import storage
+
+    if storage.is_url(a) or storage.is_url(b):
+        return os.fspath(a).rstrip("/") == os.fspath(b).rstrip("/")
+    return a.resolve() == b.resolve()
 
 
 def _index(workdir: Path) -> dict:
@@ -71,15 +89,18 @@ def predict_folder(
     the run in `workdir`; write them as CSV (`out`, or the file `output_path` picks) and
     return its path. Raises `dann_jax.data.DataError`, `CheckpointError`, `ValueError`,
     `dann_jax.io.NotWritable` naming the problem."""
-    from dann_jax import io, outputs
+    from dann_jax import io, outputs, storage
     from dann_jax.data import DataError
     from dann_jax.data.folders import MixedSizes, read_images
     from dann_jax.run_files import load_run
 
-    workdir, folder = Path(workdir), Path(images).expanduser().resolve()
+    workdir, folder = _as_path(workdir), Path(images).expanduser().resolve()
     index = _index(workdir)
-    path = Path(out) if out is not None else output_path(workdir, folder, index, log)
-    io.check_writable(path, "--predict-out", is_file=True)
+    path = _as_path(out) if out is not None else output_path(workdir, folder, index, log)
+    if storage.is_url(path):  # a run kept in a bucket: its predictions go beside it
+        storage.check_url(path.parent, "--predict-out")
+    else:
+        io.check_writable(path, "--predict-out", is_file=True)
     run = load_run(workdir)
     (h, w, _), square = run.image_shape, run.image_shape[0] == run.image_shape[1]
     try:
@@ -95,7 +116,7 @@ def predict_folder(
     text = outputs.predictions_csv(found.paths, run.class_names, logits)
     io.write_text(path, text, make_parents=True)
     index[path.name] = {"images": str(folder), "step": run.step, "count": len(found.paths)}
-    if path.parent.resolve() == workdir.resolve():
+    if _same(path.parent, workdir):
         io.write_json(workdir / INDEX, index)
     log(f"wrote {path} ({len(found.paths)} images), predicted with {which_checkpoint(run)}")
     return path

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 import dann_jax
-from dann_jax import experiment, io, storage, workdir
+from dann_jax import experiment, io, predicting, storage, workdir
 from dann_jax.config import Config
 from tests import fake_bucket
+from tests.own_data_test import write_folder
 
 
 def _files(root):
@@ -47,6 +48,15 @@ def test_a_run_in_a_bucket_survives_sigterm_resumes_and_loads(tmp_path, monkeypa
         assert any("resuming from step 5 (gs://bucket/run/seed_0/checkpoint)" in x for x in lines)
         loaded = dann_jax.load_run("gs://bucket/run")
         assert loaded.step == 8
+        new = tmp_path / "new"  # --predict with the run in the bucket: the CSV beside it
+        write_folder(new, ["x"], per_class=3, size=(28, 28), flat=True)
+        said = []
+        wrote = predicting.predict_folder("gs://bucket/run", new, log=said.append)
+        assert os.fspath(wrote) == "gs://bucket/run/predictions_new.csv"
+        assert (run / "predictions_new.csv").read_text().count("\n") == 4  # header + 3
+        index = json.loads((run / predicting.INDEX).read_text())
+        assert index["predictions_new.csv"]["count"] == 3
+        assert any("predicted with the final checkpoint (step 8)" in x for x in said)
     assert not (tmp_path / "gs:").exists()
 
     a = json.loads((tmp_path / "local" / "results.json").read_text())
