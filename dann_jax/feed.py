@@ -12,9 +12,12 @@ memory-mapped cache stays on disk until read) and, for each dispatch of K steps,
 * leaves normalisation and augmentation to the device, with the resident path's keys.
 
 So a seed trains on the same batches on either path (a test asserts bit-identical
-parameters on CPU). A background thread prepares the next two chunks while the device
-runs the current one, so the device never waits for the host unless gathering is
-slower than training (``benchmarks/host_input.py`` measures both).
+parameters on CPU). On several hosts every process draws the same indices and gathers
+the whole chunk, which each puts on its own devices (`dann_jax.sharding.put_replicated`):
+every host needs the data, as on the resident path (tested with two processes). A
+background thread prepares the next two chunks while the device runs the current one,
+so the device never waits for the host unless gathering is slower than training
+(``benchmarks/host_input.py`` measures both).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from dann_jax import sharding
 from dann_jax.pools import Fed, TrainData, draw_indices
 from dann_jax.train import _step_keys
 
-__all__ = ["AHEAD", "check_supported", "chunk_bytes", "draw_chunk", "gather_chunk", "inputs"]
+__all__ = ["AHEAD", "chunk_bytes", "draw_chunk", "gather_chunk", "inputs"]
 
 AHEAD = 2  # chunks prepared ahead of the one the device runs
 
@@ -55,7 +58,7 @@ def _draw(rng: jax.Array, steps: jax.Array, sizes: tuple[int, int], batch_size: 
 def draw_chunk(rng, first: int, n: int, sizes: tuple[int, int], batch_size: int):
     """The indices steps ``first .. first + n - 1`` draw on the resident path, computed on
     the host CPU: numpy ``(n, B)``, or ``(n, S, B)`` for a stacked ``rng`` of S seeds."""
-    cpu = jax.devices("cpu")[0]
+    cpu = jax.local_devices(backend="cpu")[0]  # this process's own (several hosts: each)
     steps = np.arange(first, first + n, dtype=np.int32)
     i_s, i_t = _draw(jax.device_put(rng, cpu), jax.device_put(steps, cpu), sizes, batch_size)
     return np.asarray(i_s), np.asarray(i_t)
@@ -87,19 +90,6 @@ def chunk_bytes(pools: TrainData, steps: int, models: int, batch_size: int) -> i
     row = pools.source_images.shape[1] * pools.source_images.dtype.itemsize
     per_chunk = steps * models * batch_size * (2 * row + 3 * 4)  # rows, a label, 2 positions
     return (AHEAD + 2) * per_chunk
-
-
-def check_supported() -> None:
-    """Refuse the host path where it is untested: several processes (each would have to
-    read the same rows from its own copy of the data)."""
-    if jax.process_count() > 1:
-        from dann_jax.workdir import RunError
-
-        raise RunError(
-            f"--input host runs in one process; this run has {jax.process_count()} "
-            "(--multihost). Use --input device (the pools must then fit in every device's "
-            "memory: lower --image-size or train on fewer images), or run in one process."
-        )
 
 
 def _prepare(pools: TrainData, rng, first: int, n: int, batch_size: int, put) -> Fed:

@@ -197,8 +197,6 @@ def _prepare(config: Config, data: PairData, workdir: Path, keys, folder, model,
     how, why = check_memory(
         data, state, sharding.make_mesh().size, config.batch_size, config.input, fed
     )
-    if how == "host":
-        feed.check_supported()
     log(why)
     if is_writer():  # what a checkpoint needs to be used: `dann_jax.load_run` reads it
         from dann_jax.extractors import describe

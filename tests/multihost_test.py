@@ -1,5 +1,6 @@
-"""Multi-host on CPU: two processes on 127.0.0.1 with 2 devices each train like one
-process with 4 devices on the same global batch, only process 0 writes files, and a run
+"""Multi-host on CPU: two processes on 127.0.0.1 with 2 devices each, fed from the host,
+train like one process with 4 devices and resident pools on the same global batch, only
+process 0 writes files, and a run
 resumed on per-host disks (checkpoints on process 0's only, as on TPU VMs) resumes at the
 same step on both processes and ends as an uninterrupted run; with one bucket for both
 (a gs:// workdir) both take part in orbax's saves and resume from the bucket."""
@@ -52,10 +53,15 @@ def _results(procs) -> list[dict]:
     return out
 
 
-def _pair(tmp_path, *extra):
+def _pair(tmp_path, *extra, env=()):
     """Two processes, each with its own workdir (a host's own disk)."""
     port = _free_port()
-    return _results([_start(tmp_path / f"run_{i}", 2, i, port, tmp_path, *extra) for i in range(2)])
+    return _results(
+        [_start(tmp_path / f"run_{i}", 2, i, port, tmp_path, *extra, env=env) for i in range(2)]
+    )
+
+
+HOST_FED = {"WORKER_INPUT": "host"}  # two processes each gather every chunk's rows
 
 
 def test_two_processes_equal_one_process_and_resume_together(tmp_path):
@@ -64,13 +70,16 @@ def test_two_processes_equal_one_process_and_resume_together(tmp_path):
 
     # Stopped at step 4 (before its checkpoint): process 0's disk has step 2, process 1's
     # has nothing at all, since only process 0 writes.
-    assert all(r["interrupted"] for r in _pair(tmp_path, 4))
+    # The two processes are fed from the host (the one process trains on resident pools):
+    # the same batches, so the same curves.
+    assert all(r["interrupted"] for r in _pair(tmp_path, 4, env=HOST_FED))
     assert (tmp_path / "run_0" / "seed_0" / "checkpoint" / "2").is_dir()
     assert not (tmp_path / "run_1").exists()
 
-    two = _pair(tmp_path)
+    two = _pair(tmp_path, env=HOST_FED)
     for r in two:
         assert r["devices"] == 4
+        assert any(line.startswith("input: host (--input host") for line in r["log"]), r["log"]
         assert any("resuming from step 2" in line for line in r["log"]), r["log"]
     curves = [r["seeds"][0]["curves"] for r in (one, *two)]
     assert [c["step"] for c in curves[0]] == [2, 4, 6]

@@ -5,7 +5,8 @@
 Runs the main job on the embedded default (6 steps), on 2 CPU devices per process (4 for
 a single process), and prints the curves it returns and the lines it logged as one JSON
 line. With STOP_AT it stops as a Ctrl-C would when training reaches that step. With
-$FAKE_GCS_ROOT, a gs:// WORKDIR is kept in that folder (`tests.fake_bucket`).
+$FAKE_GCS_ROOT, a gs:// WORKDIR is kept in that folder (`tests.fake_bucket`); with
+$WORKER_INPUT, that --input.
 """
 
 import json
@@ -40,7 +41,8 @@ def log(line):
         raise KeyboardInterrupt
 
 
-config = Config(steps=6, steps_per_call=2, eval_every=2, batch_size=8, workdir=workdir)
+config = Config(steps=6, steps_per_call=2, eval_every=2, batch_size=8, workdir=workdir,
+                input=os.environ.get("WORKER_INPUT", "auto"))  # fmt: skip
 try:
     if "FAKE_GCS_ROOT" in os.environ:  # gs:// workdirs live in this folder (one for all)
         from tests import fake_bucket
