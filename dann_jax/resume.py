@@ -19,7 +19,7 @@ import numpy as np
 
 from dann_jax import checkpoint, train
 from dann_jax.config import Config
-from dann_jax.workdir import config_differences, describe_differences, is_writer
+from dann_jax.workdir import is_writer, same_run
 
 __all__ = ["bookkeeping", "jax_settings", "restore_or_init", "step_of"]
 
@@ -66,23 +66,6 @@ def bookkeeping(config: Config, curves) -> dict[str, Any]:
     return {"curves": curves, "config": dataclasses.asdict(config), "jax": jax_settings()}
 
 
-def _same_run(config: Config, ckpt_dir: Path):
-    """A `checkpoint.restore_latest` check: refuse another config's checkpoint."""
-
-    def check(meta: dict) -> None:
-        if "config" not in meta:
-            return  # saved before checkpoints carried their config
-        diff = config_differences(meta["config"], config)
-        if diff:
-            raise checkpoint.CheckpointMismatch(
-                f"The checkpoints in {ckpt_dir} were trained with a different config "
-                f"({describe_differences(diff)}). Add --restart to delete that run and "
-                "start over with this config, or use another --workdir."
-            )
-
-    return check
-
-
 def restore_or_init(seeds, model, tx, shape, ckpt_dir: Path, log, extractor=None, config=None):
     """(state, curves per seed): the newest intact checkpoint, or fresh states at step 0
     (with the ``extractor``'s variables, e.g. pretrained weights, when given). With a
@@ -91,7 +74,7 @@ def restore_or_init(seeds, model, tx, shape, ckpt_dir: Path, log, extractor=None
         train.create_train_state(jax.random.key(s), model, tx, shape, extractor) for s in seeds
     ]
     state = train.stack_trees(states) if len(seeds) > 1 else states[0]
-    check = None if config is None else _same_run(config, ckpt_dir)
+    check = None if config is None else same_run(config, ckpt_dir)
     restored = checkpoint.restore_latest(ckpt_dir, state, log, check) if is_writer() else None
     if jax.process_count() > 1:
         restored = _broadcast_from_writer(restored, state)

@@ -5,7 +5,8 @@ checkpoint) and one pair of domains (``data.json``: a fingerprint of each domain
 prepared images, labels, class names and file names). A rerun or a resume with another
 config or other data is refused, naming what differs, unless the earlier run saved no
 checkpoint (then nothing is pinned and the new run's record replaces it, with a note);
-``--restart`` deletes the earlier run's outputs (only those) first.
+``--restart`` deletes the earlier run's outputs (only those) first. Every such check is
+here: the workdir's records (`check_workdir`) and each checkpoint restored (`same_run`).
 
 A workdir is a local folder or a ``gs://`` URL (`dann_jax.storage`): an `etils.epath.Path`
 either way, so the same code reads and writes both.
@@ -26,7 +27,9 @@ from dann_jax import io, storage
 from dann_jax.config import Config
 from dann_jax.data import fingerprint
 
-__all__ = ["RESTART", "RunError", "check_workdir", "clear_run", "is_writer", "usable_workdir"]
+__all__ = [
+    "RESTART", "RunError", "check_workdir", "clear_run", "is_writer", "same_run", "usable_workdir",
+]  # fmt: skip
 
 # Fields that may differ between a run and its resumption (how it is run, not what).
 RESUMABLE_FIELDS = (
@@ -187,6 +190,26 @@ def _check_data(mine: dict, workdir: epath.Path, log, pinned: bool) -> None:
         )
     if changes:
         log(f"the run in {workdir} saved no checkpoint; replacing its data record ({changes})")
+
+
+def same_run(config: Config, ckpt_dir) -> Callable[[dict], None]:
+    """The check `dann_jax.checkpoint.restore_latest` makes of each checkpoint it would
+    restore: one trained with another config is refused (its own copy of the config is
+    read, so this holds even when config.json is gone)."""
+    from dann_jax import checkpoint
+
+    def check(meta: dict) -> None:
+        if "config" not in meta:
+            return  # saved before checkpoints carried their config
+        diff = config_differences(meta["config"], config)
+        if diff:
+            raise checkpoint.CheckpointMismatch(
+                f"The checkpoints in {ckpt_dir} were trained with a different config "
+                f"({describe_differences(diff)}). Add --restart to delete that run and "
+                "start over with this config, or use another --workdir."
+            )
+
+    return check
 
 
 def _checkpointed_config(workdir: epath.Path) -> dict | None:
