@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from dann_jax import validators
-from dann_jax.outputs import predict_host
+from dann_jax.outputs import LOGITS, predict_host
 from dann_jax.validators.probes import mixval
 
 __all__ = ["REVERSE_SOURCE_IMAGES", "candidate_scores", "prediction_stats"]
@@ -60,14 +60,18 @@ def candidate_scores(model, state, data, domains: dict[str, int | None], seed: i
       and the (N_target, K) logits on ``data.target_test``.
     """
     mean = data.mean
-    target = predict_host(model, state, data.target_test, mean, domain=domains["target"])
+    logits = predict_host(
+        model, state, data.target_test, mean, domain=domains["target"], keep=LOGITS
+    )["class_logits"]  # the whole target's features would be N x D floats: the probe's only
+    probe = _subset(len(logits), PROBE_IMAGES, seed + 1)
+    probe_features = predict_host(
+        model, state, data.target_test[probe], mean, domain=domains["target"]
+    )["features"]
     tr = _subset(len(data.source_train), REVERSE_SOURCE_IMAGES, seed)
     src_images = np.concatenate([data.source_test, data.source_train[tr]])
     src_labels = np.concatenate([data.source_test_labels, data.source_labels[tr]])
     source = predict_host(model, state, src_images, mean, src_labels, domain=domains["source"])
     n_val = len(data.source_test)
-    logits = target["class_logits"]
-    probe = _subset(len(logits), PROBE_IMAGES, seed + 1)
     predict = lambda x: predict_host(model, state, x, mean, domain=domains["target"])[
         "class_logits"
     ]
@@ -80,7 +84,7 @@ def candidate_scores(model, state, data, domains: dict[str, int | None], seed: i
             source["class_logits"][:n_val], src_labels[:n_val]
         ),
         "reverse_validation": lambda: validators.reverse_validation(
-            target["features"][probe], logits[probe], source["features"], src_labels,
+            probe_features, logits[probe], source["features"], src_labels,
             classifier="ridge",
         )["accuracy"],
         "mixval": lambda: mixval(

@@ -113,13 +113,13 @@ def diagnose(
 def run_warnings(config, data, per_seed, analysis=None) -> list[dict[str, Any]]:
     """`diagnose` for every seed of a finished run (`dann_jax.experiment`): each seed's
     final model predicts the target once more for the collapse check."""
-    from dann_jax.outputs import predict_host
+    from dann_jax.outputs import LOGITS, predict_host
 
     out = []
     for r in per_seed:
         logits = predict_host(
             r["model"], r["state"], data.target_test, data.mean,
-            domain=config.bn_domain("target"),
+            domain=config.bn_domain("target"), keep=LOGITS,
         )["class_logits"]  # fmt: skip
         found = diagnose(
             r["curves"], config.lambda2, logits, data.source_labels, data.class_names,

@@ -24,7 +24,7 @@ import numpy as np
 
 from dann_jax import analysis, loop, plots, validators
 from dann_jax.data.pair import PairData
-from dann_jax.outputs import predict_host
+from dann_jax.outputs import LOGITS, predict_host
 
 __all__ = ["analyze", "make_dev_hook"]
 
@@ -150,8 +150,8 @@ def analyze(config, data: PairData, dann_result: dict, workdir: Path, log) -> di
     _embeddings(emb_path, config.mode, feats, ys, yt, seed, names)
     cm = None
     if data.target_labelled:  # a confusion matrix needs the target's labels
-        logits = predict_host(model, state, data.target_test, data.mean, domain=target)
-        logits = logits["class_logits"]
+        logits = predict_host(model, state, data.target_test, data.mean, domain=target,
+                              keep=LOGITS)["class_logits"]  # fmt: skip
         cm = analysis.confusion_matrix(
             data.target_test_labels, np.argmax(logits, -1), data.num_classes
         )

@@ -20,6 +20,7 @@ import numpy as np
 from dann_jax.evaluate import SLAB_BYTES, compile_predict, eval_slabs
 
 __all__ = [
+    "LOGITS",
     "csv_text",
     "label_free_scores",
     "predict_host",
@@ -30,20 +31,26 @@ __all__ = [
 ]
 
 
+LOGITS = ("class_logits",)  # `predict_host(keep=LOGITS)`: what most callers read
+
+
 def predict_host(
-    model, state, images: np.ndarray, mean, labels=None, chunk: int = 250, domain=None
-):
+    model, state, images: np.ndarray, mean, labels=None, chunk: int = 250, domain=None,
+    keep: Sequence[str] | None = None,
+):  # fmt: skip
     """Features, class and domain logits and per-example loss of host uint8 images.
 
     Returns numpy arrays with one row per image (``loss`` is against ``labels``, zeros
     when None, so meaningless then). The images go to the device `SLAB_BYTES` at a time
     (a memory-mapped domain is read a slab at a time). ``domain``: the images' domain,
-    for per-domain BatchNorm statistics (`dann_jax.Config.bn_domain`).
+    for per-domain BatchNorm statistics (`dann_jax.Config.bn_domain`). ``keep``: only
+    these outputs (`LOGITS`: a large set's features, N x D floats, are not kept).
     """
     fn, mean = compile_predict(model, domain), np.asarray(mean, np.float32)
     parts = []
     for es in eval_slabs(images, labels, chunk, max_bytes=SLAB_BYTES):  # a slab at a time
-        out = jax.device_get(fn(state.params, state.batch_stats, es, mean))
+        out = fn(state.params, state.batch_stats, es, mean)
+        out = jax.device_get({k: v for k, v in out.items() if keep is None or k in keep})
         parts.append({k: np.asarray(v)[: int(es.mask.sum())] for k, v in out.items()})
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
@@ -133,6 +140,6 @@ def write_predictions(
     """Predict `images` (of `domain`) and write ``predictions.csv`` at `path` (atomically)."""
     from dann_jax import io as dj_io
 
-    logits = predict_host(model, state, images, mean, domain=domain)["class_logits"]
+    logits = predict_host(model, state, images, mean, domain=domain, keep=LOGITS)["class_logits"]
     dj_io.write_text(path, predictions_csv(paths, class_names, logits))
     return logits

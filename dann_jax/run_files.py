@@ -67,7 +67,7 @@ class TrainedModel:
         to; ``"source"``), for per-domain BatchNorm statistics (`dann_jax.Config.bn_eval`).
         """
         from dann_jax.data.arrays import rgb
-        from dann_jax.outputs import predict_host
+        from dann_jax.outputs import LOGITS, predict_host
 
         if domain not in ("target", "source"):
             raise ValueError(
@@ -90,7 +90,12 @@ class TrainedModel:
         if not len(x):
             return np.zeros((0, len(self.class_names)), np.float32)
         out = predict_host(
-            self.model, self.state, x, self.mean, domain=self.config.bn_domain(domain)
+            self.model,
+            self.state,
+            x,
+            self.mean,
+            domain=self.config.bn_domain(domain),
+            keep=LOGITS,
         )
         return out["class_logits"]
 

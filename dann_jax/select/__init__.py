@@ -42,7 +42,7 @@ from dann_jax import experiment, loop, validators
 from dann_jax.cli import RECIPES
 from dann_jax.config import Config
 from dann_jax.data.pair import PairData
-from dann_jax.outputs import predict_host, set_domains, validation_sets
+from dann_jax.outputs import LOGITS, predict_host, set_domains, validation_sets
 from dann_jax.select.keep import PickKeeper, kept_pick
 from dann_jax.select.report import write_outputs
 from dann_jax.select.scoring import (
@@ -161,7 +161,9 @@ def reverse_dann_accuracy(
     idx = np.random.default_rng(config.seed).permutation(len(data.target_train))[:_REVERSE_POOL]
     images = data.target_train[np.sort(idx)]
     mean = np.asarray(data.mean, np.float32)
-    logits = predict_host(model, state, images, mean, domain=config.bn_domain("target"))
+    logits = predict_host(
+        model, state, images, mean, domain=config.bn_domain("target"), keep=LOGITS
+    )
     pseudo = np.argmax(logits["class_logits"], axis=1).astype(np.int32)
     source_val_images, source_val_labels = sets["source_val"]
     reverse = PairData(
