@@ -1,7 +1,5 @@
 """The host-fed input path: the batches, and so the parameters, of the resident path."""
 
-import re
-
 import jax
 import numpy as np
 import pytest
@@ -96,25 +94,6 @@ def test_stacked_seeds_train_alike_on_both_paths(tmp_path):
 def _state():
     model, tx = dj.make_model(CONFIG), dj.make_optimizer(CONFIG)
     return dj.create_train_state(jax.random.key(0), model, tx, (16, 16, 3))
-
-
-def test_auto_feeds_from_the_host_when_the_pools_do_not_fit(tmp_path, monkeypatch):
-    data, lines, config = _pair(400), [], CONFIG.replace(steps=3)
-    pools = data.train_data().nbytes
-    fed = feed.chunk_bytes(data.train_data(), config.call_steps, 1, config.batch_size)
-    params = sum(x.nbytes for x in jax.tree.leaves(_state().params))
-    tests = sum(es.nbytes for es in data.eval_sets(8).values()) / 8
-    rest = tests + 3 * params + 2 * 16 * 16 * 3 * 4  # a batch of 8 + 8 over 8 devices
-    # Room for the test sets, the model, the batches and the chunks in flight, not for
-    # the pools (a chunk is smaller than the pools).
-    assert fed < pools
-    monkeypatch.setattr(memory, "_device_memory", lambda: int((rest + (fed + pools) / 2) / 0.8))
-    host = _train(tmp_path / "auto", config, data=data, log=lines.append)
-    said = [line for line in lines if line.startswith("input:")]
-    assert len(said) == 1 and re.match(r"input: host \(--input auto: .* do not fit", said[0])
-    monkeypatch.undo()
-    device = _train(tmp_path / "device", config.replace(input="device"), data=data)
-    _assert_equal(device[0].params, host[0].params)
 
 
 def test_pools_that_do_not_fit_name_the_host_path(monkeypatch):

@@ -118,8 +118,9 @@ def test_outputs_computed_a_slab_at_a_time_equal_one_pass(monkeypatch):
 
 
 def test_a_mapped_folder_pair_trains_through_the_host_path_as_in_memory(pair, monkeypatch):
-    """The done-when of the host-fed path on folders: the device budget forced too small
-    for the pools, the entries mapped, the test sets in slabs of two rows' worth."""
+    """The host-fed path chosen by --input auto on folders: the device budget forced too
+    small for the pools, the entries mapped, the test sets in slabs of four rows' worth.
+    (The augmented host path's equality is feed_test's.)"""
     resident = loop.train_and_evaluate(
         _config(pair, input="device", steps_per_call=1), load_pair(_config(pair), 28, QUIET),
         pair / "a", (0,), log=QUIET,
@@ -143,7 +144,8 @@ def test_a_mapped_folder_pair_trains_through_the_host_path_as_in_memory(pair, mo
     monkeypatch.setattr(memory, "_device_memory", lambda: int((rest + (fed + pools) / 2) / 0.8))
     lines = []
     fed = loop.train_and_evaluate(config, data, pair / "b", (0,), log=lines.append)
-    assert any(re.match(r"input: host \(--input auto: .* do not fit", x) for x in lines)
+    said = [line for line in lines if line.startswith("input:")]  # one line, naming why
+    assert len(said) == 1 and re.match(r"input: host \(--input auto: .* do not fit", said[0])
     a, b = resident[0], fed[0]
     for u, v in zip(jax.tree.leaves(a["state"].params), jax.tree.leaves(b["state"].params),
                     strict=True):  # fmt: skip
