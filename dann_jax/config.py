@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from dann_jax.config_fields import attributes_doc, check_config, setting
+# ConfigError is the error of Config.validate: importable from here too, as it always was.
+from dann_jax.config_fields import ConfigError, attributes_doc, check_config, setting
 from dann_jax.schedules import LAMBDA_SCHEDULES
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "RESIZES",
     "RESNETS",
     "Config",
+    "ConfigError",
 ]
 
 MODES = ("dann", "source_only", "target_only")
