@@ -52,8 +52,19 @@ def _pools(n: int = 256) -> dj.TrainData:
     return dj.make_train_data(xs, rng.integers(0, 10, n), xs)
 
 
-def compile_step(recipe: str, seeds: int, batch_size: int, mesh, backend: str = "gpu") -> Any:
-    """The compiled one-step program (``mesh=None``: one device) and its parameter count."""
+def compile_step(
+    recipe: str,
+    seeds: int,
+    batch_size: int,
+    mesh,
+    backend: str = "gpu",
+    compiler_options: dict[str, Any] | None = None,
+) -> Any:
+    """The compiled one-step program (``mesh=None``: one device) and its parameter count.
+
+    `compiler_options` go to XLA (``Lowered.compile``), e.g. a lower backend optimisation
+    level where only the optimized HLO is read (it is fixed before code generation).
+    """
     config = dj.Config(steps=100, batch_size=batch_size, **RECIPES[recipe]).validate()
     model, tx = dj.make_model(config, backend=backend), dj.make_optimizer(config)
     states = [
@@ -67,7 +78,7 @@ def compile_step(recipe: str, seeds: int, batch_size: int, mesh, backend: str = 
     if mesh is not None:
         args = tuple(dj.put_replicated(a, mesh) for a in args)
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(states[0].params))
-    return run.lower(*args).compile(), params
+    return run.lower(*args).compile(compiler_options), params
 
 
 def _flops(compiled) -> float:
@@ -77,14 +88,21 @@ def _flops(compiled) -> float:
 
 
 def report(
-    recipe: str, seeds: int, batch_size: int = 64, backend: str = "gpu", one_device: bool = True
+    recipe: str,
+    seeds: int,
+    batch_size: int = 64,
+    backend: str = "gpu",
+    one_device: bool = True,
+    compiler_options: dict[str, Any] | None = None,
 ) -> Report:
-    """Compile the step over all devices (and, with `one_device`, on one), and read them."""
+    """Compile the step over all devices (and, with `one_device`, on one), and read them
+    (`compiler_options`: see `compile_step`)."""
     mesh = dj.make_mesh()
-    program, params = compile_step(recipe, seeds, batch_size, mesh, backend)
+    program, params = compile_step(recipe, seeds, batch_size, mesh, backend, compiler_options)
     flops_one = math.nan
     if one_device:
-        flops_one = _flops(compile_step(recipe, seeds, batch_size, None, backend)[0])
+        one = compile_step(recipe, seeds, batch_size, None, backend, compiler_options)[0]
+        flops_one = _flops(one)
     text = program.as_text()
     return Report(
         recipe, seeds, mesh.size, batch_size, collectives(text),

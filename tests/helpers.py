@@ -229,6 +229,14 @@ def unflat(pool: jax.Array, data: dj.TrainData) -> np.ndarray:
 RECIPES = {"paper": {}, "improved": {"batchnorm": True, "bn_stats": "per_domain", "dropout": 0.5}}
 
 
+# XLA options for a program compiled only to read its optimized HLO, never run: the
+# backend's (LLVM's) optimisation level acts after the HLO passes, so the text, its
+# collectives and the cost analysis are those of the default level (every program of
+# hlo_test was compared; `test_mesh_evaluation_has_no_gather_and_one_reduction` keeps
+# checking it), and the compile takes about half the time.
+HLO_ONLY = {"xla_backend_optimization_level": 0}
+
+
 def setup_run(backend=None, **overrides):
     """(config, model, optimizer, initial state) of a 100-step run with `overrides`.
 

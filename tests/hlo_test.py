@@ -12,7 +12,7 @@ import dann_jax as dj
 from benchmarks import collectives as hlo
 from benchmarks.xla_cost import collectives
 from dann_jax import config
-from tests.helpers import RECIPES, setup_run, synthetic_images
+from tests.helpers import HLO_ONLY, RECIPES, setup_run, synthetic_images
 
 CASES = [(recipe, seeds) for recipe in ("paper", "improved") for seeds in (1, 4)]
 ONE_DEVICE = [("paper", 1), ("improved", 4)]  # also compiled on one device (FLOPs ratio)
@@ -21,9 +21,13 @@ ONE_DEVICE = [("paper", 1), ("improved", 4)]  # also compiled on one device (FLO
 @pytest.fixture(scope="module")
 def reports():
     """Each (recipe, seeds) step compiled once for the module over 8 devices (and, for
-    `ONE_DEVICE`, on one device too)."""
+    `ONE_DEVICE`, on one device too), to be read, not run (`HLO_ONLY`)."""
     assert jax.device_count() == 8
-    return {case: hlo.report(*case, batch_size=64, one_device=case in ONE_DEVICE) for case in CASES}
+    return {
+        case: hlo.report(*case, batch_size=64, one_device=case in ONE_DEVICE,
+                         compiler_options=HLO_ONLY)
+        for case in CASES
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}seeds")
@@ -63,7 +67,10 @@ def test_mesh_evaluation_has_no_gather_and_one_reduction():
     put = lambda t: dj.put_replicated(t, mesh)
     ev = dj.compile_evaluate(model, mesh=mesh)
     mean = np.full((3,), 0.5, np.float32)
-    text = ev.lower(put(state.params), put(state.batch_stats), es, put(mean)).compile().as_text()
+    lowered = ev.lower(put(state.params), put(state.batch_stats), es, put(mean))
+    text = lowered.compile().as_text()
+    # What the other tests of this file read at HLO_ONLY is the default level's program.
+    assert lowered.compile(HLO_ONLY).as_text() == text
     counts = {op: c["count"] for op, c in collectives(text).items()}
     assert counts == {**dict.fromkeys(counts, 0), "all-reduce": 1}, counts
 
