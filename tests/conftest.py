@@ -62,3 +62,30 @@ def no_internet(monkeypatch):
     from tests.helpers import closed_port_url
 
     monkeypatch.setenv(download.MIRROR_ENV, closed_port_url())
+
+
+# The longest files first, longest first (seconds on two cores beside another worker):
+# xdist hands out whole files (`--dist loadfile`, in collection order with
+# `--no-loadscope-reorder`), and a worker that starts a one-minute file last leaves the
+# other idle for that minute. The rest keep their alphabetical order.
+LONGEST_FILES = (
+    "sharding_test.py",  # 115
+    "train_test.py",  # 100
+    "real_images_test.py",  # 95
+    "feed_test.py",  # 75
+    "multihost_test.py",  # 75
+    "faults_run_test.py",  # 70
+    "device_check_test.py",  # 65
+    "select_test.py",  # 60
+    "experiment_test.py",  # 60
+    "own_data_test.py",  # 55
+    "adaptation_test.py",  # 55
+    "cli_test.py",  # 55
+    "readme_test.py",  # 45
+    "choose_test.py",  # 45
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -260,6 +260,30 @@ def test_domain_repr_is_short():
     assert src.image_shape == (28, 28, 1)
 
 
+def test_the_sample_photos_are_load_sample_images_and_import_no_sklearn_module():
+    # Read from scikit-learn's wheel directly (importing sklearn.datasets took 0.9 s of
+    # every run on the embedded default): the same arrays, no sklearn module loaded.
+    code = (
+        "import json, sys, hashlib; from dann_jax.data import embedded; "
+        "p = embedded.sample_photos(); "
+        "print(json.dumps([[m for m in sys.modules if m.startswith('sklearn')], "
+        "[hashlib.sha256(x.tobytes()).hexdigest() + str(x.shape) for x in p[:2]]]))"
+    )
+    import json
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT,
+                         capture_output=True, text=True).stdout  # fmt: skip
+    loaded, digests = json.loads(out.strip().splitlines()[-1])
+    assert loaded == []
+    import hashlib
+
+    from sklearn.datasets import load_sample_images
+
+    want = [np.asarray(im, dtype=np.uint8) for im in load_sample_images().images]
+    assert digests == [hashlib.sha256(x.tobytes()).hexdigest() + str(x.shape) for x in want]
+
+
 def test_import_is_cheap():
     code = (
         "import sys, dann_jax.data; "
