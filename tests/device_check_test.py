@@ -17,7 +17,9 @@ from tests.helpers import REPO_ROOT, ROW_FIELDS
 _TINY = {
     "REPRODUCE_ARGS": "--steps 4 --seeds 2 --steps-per-call 2 --eval-every 2 --batch-size 8 "
     "--pairs mnist:mnist_m --modes dann --recipes improved --vmap-seeds on",
-    "TTA_ARGS": "--steps 4 --eval-every 2 --steps-per-call 2 --batch-size 8",
+    # 0.0 is reached at the first evaluation, 1.01 never: every field of the report filled.
+    "TTA_ARGS": "--steps 4 --eval-every 2 --steps-per-call 2 --batch-size 8 "
+    "--target-accuracy 0.0 --milestones 0.6,1.01",
     "STEP_ARGS": "--quick --impls jit handwritten --repeats 1 --batch-sizes 8",
     # After STEP_ARGS: a ResNet-18 at 32 x 32 stands for the ResNet-50 at 224 on CPU.
     "RESNET_ARGS": "--archs resnet18 --resnet-size 32 --impls jit --steps-per-call 2",
@@ -76,6 +78,27 @@ def _check_outputs(out: Path, parts: list[str]) -> None:
     assert {p.name for p in out.iterdir()} == expected
 
 
+def _check_time_to_accuracy(report: dict) -> None:
+    """benchmarks/time_to_accuracy.py's tiny run (the improved recipe: BatchNorm state
+    through the benchmark's loop too), read without tensorflow_datasets (the raw loader,
+    the path of the GPU machine)."""
+    assert report["settings"]["recipe"] == "improved"
+    assert report["data"] == {
+        "loader": "raw", "source_train": 192, "target_train": 192, "target_test": 64,
+    }  # fmt: skip
+    assert [c["step"] for c in report["curve"]] == [2, 4]
+    assert all(0.0 <= c["accuracy"] <= 1.0 for c in report["curve"])
+    assert report["reached"] is True and report["step_at_target"] == 2
+    assert 0 < report["time_to_target_s"] <= report["total_s"]
+    assert report["steps_run"] == 4 and report["steps_per_call"] == 2
+    for key in ("load_s", "to_device_s", "init_s", "compile_s", "train_loop_s", "eval_s"):
+        assert report["timings"][key] >= 0
+    for key in ("device_kind", "jax_version", "date", "command"):
+        assert key in report
+    assert [m["accuracy"] for m in report["milestones"]] == [0.0, 0.6, 1.01]
+    assert report["milestones"][0]["step"] == 2 and report["milestones"][2]["step"] is None
+
+
 def test_device_check_two_documented_calls_in_miniature(tmp_path, digits_dir):
     """The README's two calls (every part), every part shrunk to a few steps, on an image
     without tensorflow_datasets, mlxtend, array_record, torch (its rows are tested in
@@ -111,8 +134,7 @@ def test_device_check_two_documented_calls_in_miniature(tmp_path, digits_dir):
     table = json.loads((tmp_path / "reproduce" / "table.json").read_text())
     assert table["complete"] and [r["recipe"] for r in table["rows"]] == ["improved"]
     assert all(r["vmap_seeds"] and len(r["per_seed"]) == 2 for r in table["rows"])
-    tta = json.loads((tmp_path / "step_mnist" / "tta_improved.json").read_text())
-    assert tta["settings"]["recipe"] == "improved"
+    _check_time_to_accuracy(json.loads((tmp_path / "step_mnist" / "tta_improved.json").read_text()))
     rows = json.loads((tmp_path / "step_mnist" / "step_mnist.json").read_text())["rows"]
     assert {r["impl"] for r in rows if r["status"] == "ok"} == {"jit", "handwritten"}
     # A preflight failure (here: the wrong platform) ends the call before any part.
