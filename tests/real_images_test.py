@@ -92,7 +92,8 @@ def test_augmentation_is_per_example_and_equal_over_a_mesh():
 
 def test_a_crop_is_a_resized_part_of_the_image_and_a_flip_mirrors_it():
     image = jnp.tile(jnp.linspace(0, 1, 32)[None, :, None], (32, 1, 3))  # brighter rightwards
-    out = augment.crop_and_flip(jax.random.key(0), jnp.stack([image] * 64), jnp.arange(64))
+    crop_and_flip = jax.jit(augment.crop_and_flip)  # as in training (op by op: seconds)
+    out = crop_and_flip(jax.random.key(0), jnp.stack([image] * 64), jnp.arange(64))
     assert out.shape == (64, 32, 32, 3)
     out = np.asarray(out)
     assert out.min() >= -1e-6 and out.max() <= 1 + 1e-6
@@ -104,7 +105,7 @@ def test_a_crop_is_a_resized_part_of_the_image_and_a_flip_mirrors_it():
     assert rising.any() and falling.any()  # some flipped, some not
     spans = out[:, 0, :, 0].max(1) - out[:, 0, :, 0].min(1)
     assert (spans >= 0.15).all() and (spans < 1.0).any()  # at least ~8% of the area; zoomed
-    flat = augment.crop_and_flip(jax.random.key(1), jnp.full((8, 32, 32, 3), 0.25), jnp.arange(8))
+    flat = crop_and_flip(jax.random.key(1), jnp.full((8, 32, 32, 3), 0.25), jnp.arange(8))
     np.testing.assert_allclose(np.asarray(flat), 0.25, atol=1e-6)
 
 
