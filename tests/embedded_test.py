@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -260,28 +263,27 @@ def test_domain_repr_is_short():
     assert src.image_shape == (28, 28, 1)
 
 
+def _digest(image: np.ndarray) -> str:
+    return hashlib.sha256(image.tobytes()).hexdigest() + str(image.shape)
+
+
 def test_the_sample_photos_are_load_sample_images_and_import_no_sklearn_module():
     # Read from scikit-learn's wheel directly (importing sklearn.datasets took 0.9 s of
     # every run on the embedded default): the same arrays, no sklearn module loaded.
     code = (
-        "import json, sys, hashlib; from dann_jax.data import embedded; "
-        "p = embedded.sample_photos(); "
+        "import hashlib, json, sys; from dann_jax.data import embedded; "
+        "p = embedded.sample_photos(); "  # the digests as _digest computes them:
         "print(json.dumps([[m for m in sys.modules if m.startswith('sklearn')], "
         "[hashlib.sha256(x.tobytes()).hexdigest() + str(x.shape) for x in p[:2]]]))"
     )
-    import json
-    import subprocess
-
     out = subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT,
                          capture_output=True, text=True).stdout  # fmt: skip
     loaded, digests = json.loads(out.strip().splitlines()[-1])
     assert loaded == []
-    import hashlib
-
     from sklearn.datasets import load_sample_images
 
     want = [np.asarray(im, dtype=np.uint8) for im in load_sample_images().images]
-    assert digests == [hashlib.sha256(x.tobytes()).hexdigest() + str(x.shape) for x in want]
+    assert digests == [_digest(x) for x in want]
 
 
 def test_import_is_cheap():
@@ -291,6 +293,4 @@ def test_import_is_cheap():
         "bad = [m for m in heavy if m in sys.modules]; "
         "assert not bad, bad"
     )
-    import subprocess
-
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
