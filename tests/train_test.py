@@ -113,10 +113,10 @@ def test_equal_settings_reuse_one_compiled_program():
     three = dj.compile_train_steps(model, tx, num_steps=3, batch_size=8)
     five = dj.compile_train_steps(model, tx, num_steps=5, batch_size=8)
     assert three.program is five.program and (three.dispatches, five.dispatches) == (3, 5)
-    before = build._init_state._cache_size()
+    before = build._init_state_cpu._cache_size()
     for seed in (11, 12, 13):
         dj.create_train_state(jax.random.key(seed), model, tx, (28, 28, 3))
-    assert build._init_state._cache_size() - before <= 1
+    assert build._init_state_cpu._cache_size() - before <= 1
 
 
 # The mesh form is checked on all four (sharding_test); the pmap form on the CPU model

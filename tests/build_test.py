@@ -1,0 +1,39 @@
+"""dann_jax.build: the initial state is the same bits however its program is compiled."""
+
+import jax
+import numpy as np
+import pytest
+
+import dann_jax as dj
+from dann_jax import build
+from dann_jax.cli import RECIPES
+from dann_jax.config import Config
+
+
+def _leaves(state):
+    keys = jax.dtypes.prng_key
+    return [
+        np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, keys) else x)
+        for x in jax.tree.leaves(state)
+    ]
+
+
+# The paper's CNNs with and without BatchNorm and dropout, SGD and Adam state.
+@pytest.mark.parametrize(
+    ("config", "shape"),
+    [
+        (Config(**RECIPES["improved"], optimizer="adam"), (28, 28, 3)),
+        (Config(arch="svhn", **RECIPES["paper"]), (32, 32, 3)),
+    ],
+)
+def test_cpu_initialisation_at_o1_has_the_default_programs_bits(config, shape):
+    assert jax.default_backend() == "cpu"
+    model, tx = dj.make_model(config), dj.make_optimizer(config)
+    for seed in (0, 7):
+        rng = jax.random.key(seed)
+        fast = dj.create_train_state(rng, model, tx, shape)  # CPU: build._init_state_cpu
+        default = build._init_state(rng, model=model, tx=tx, image_shape=shape)
+        for a, b in zip(_leaves(fast), _leaves(default), strict=True):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
+    assert build._init_state_cpu._cache_size() >= 1
