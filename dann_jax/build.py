@@ -176,7 +176,9 @@ def create_train_state(
     Returns:
       A `TrainState` at step 0.
     """
-    init = _init_state_cpu if jax.default_backend() == "cpu" else _init_state
+    # Inside a caller's jit (a traced key) the program is the caller's, with its options.
+    traced = isinstance(rng, jax.core.Tracer)
+    init = _init_state_cpu if jax.default_backend() == "cpu" and not traced else _init_state
     state = init(rng, model=model, tx=tx, image_shape=tuple(image_shape))
     if extractor is None:
         return state
