@@ -176,9 +176,10 @@ def create_train_state(
     Returns:
       A `TrainState` at step 0.
     """
-    # Inside a caller's jit (a traced key) the program is the caller's, with its options.
-    traced = isinstance(rng, jax.core.Tracer)
-    init = _init_state_cpu if jax.default_backend() == "cpu" and not traced else _init_state
+    # Inside a caller's jit the program is the caller's, compiled with its options (a jit
+    # with options of its own may not be nested): any array made now is then a tracer.
+    nested = isinstance(jnp.zeros(()), jax.core.Tracer)
+    init = _init_state_cpu if jax.default_backend() == "cpu" and not nested else _init_state
     state = init(rng, model=model, tx=tx, image_shape=tuple(image_shape))
     if extractor is None:
         return state

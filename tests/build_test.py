@@ -37,7 +37,10 @@ def test_cpu_initialisation_at_o1_has_the_default_programs_bits(config, shape):
             assert a.dtype == b.dtype
             np.testing.assert_array_equal(a, b)
     assert build._init_state_cpu._cache_size() >= 1
-    # Inside a caller's jit the options are the caller's program's: still the same bits.
-    inside = jax.jit(lambda key: dj.create_train_state(key, model, tx, shape))(rng)
-    for a, b in zip(_leaves(inside), _leaves(fast), strict=True):
-        np.testing.assert_array_equal(a, b)
+    # Inside a caller's jit, with the key an argument or a constant, the options are the
+    # caller's program's: still the same bits.
+    passed = jax.jit(lambda key: dj.create_train_state(key, model, tx, shape))(rng)
+    closed = jax.jit(lambda: dj.create_train_state(rng, model, tx, shape))()
+    for inside in (passed, closed):
+        for a, b in zip(_leaves(inside), _leaves(fast), strict=True):
+            np.testing.assert_array_equal(a, b)
