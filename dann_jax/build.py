@@ -202,7 +202,7 @@ def create_train_state(
 # a key and a draw per parameter; the host path's index draws) when they run on CPU.
 # LLVM's -O2 spends about half of their compile time there, for the same bits as -O1
 # (the paper model's initialisation compiles in 0.8 s instead of 1.8 s, a ResNet-50's in
-# 8 s instead of 11 s; tests/models_test.py checks the bits). -O0 gives other bits.
+# 8 s instead of 11 s; tests/build_test.py checks the bits). -O0 gives other bits.
 # Accelerators keep XLA's defaults.
 O1_ON_CPU = {"xla_backend_optimization_level": 1}
 
