@@ -271,6 +271,10 @@ def train_and_evaluate(
             feed.inputs(how, pools, _schedule(config, step), rng=rng,
                         batch_size=config.batch_size, mesh=mesh, split=split is not None)
         )  # fmt: skip
+        # Leaving by an error (a NaN read, a stop), the chunk queued last may still be
+        # running: wait for it, so that the process never exits (and tears its backend
+        # down) under a running program, which can crash it after the error's paragraph.
+        stack.callback(lambda: _settle(state))
         for first, n, batches in chunks:
             run = compiled.compile_train_steps(
                 model, tx, num_steps=n, batch_size=config.batch_size,
@@ -304,6 +308,13 @@ def train_and_evaluate(
     args = (evaluate, tests, mean, labelled, curves, queue.last, model, start)
     results = _results(config, seeds, names, keys, state, *args)
     return [{**r, "pretrained": weights} for r in results]
+
+
+def _settle(tree) -> None:
+    """Wait for the programs computing `tree`; a failure of theirs is not this one's to
+    report (an error is already on its way out, or the results read it next)."""
+    with contextlib.suppress(Exception):
+        jax.block_until_ready(tree)
 
 
 def _save_and_stop(queue, state, ckpt_dir, config, curves, signal_name: str, log):

@@ -32,6 +32,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # process start: the xdist workers and every subprocess inherit them.
 os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(2**30))
 os.environ.setdefault("MALLOC_TOP_PAD_", str(2**28))
+# A subprocess that crashes (a segfault, an abort) prints every thread's Python stack to
+# the stderr its test shows, instead of only a negative exit status.
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 # No test reaches the internet: every download (dann_jax.data.download) goes to a closed
 # port on this machine instead, and fails at once, unless a test serves files itself.
 os.environ["DANN_DATA_MIRROR"] = "http://127.0.0.1:9"

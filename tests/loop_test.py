@@ -5,6 +5,8 @@ reports."""
 import json
 import re
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -76,6 +78,37 @@ def test_a_nan_stops_the_run_before_its_checkpoint(tmp_path, monkeypatch):
         CONFIG.replace(steps=6), _pair(), tmp_path / "ok", (0,), log=lambda _: None
     )
     assert (tmp_path / "ok" / "seed_0" / "checkpoint" / "6").exists()
+
+
+def test_a_failed_run_waits_for_the_chunk_it_queued(tmp_path, monkeypatch):
+    # The NaN of steps 3-4 is read once the chunk of steps 5-6 is queued. Made slow here
+    # (about a second of matrix products), that chunk is still running when the error is
+    # raised, unless the loop waits for it: a process that exits with a program still
+    # running under its backend may crash (exit -11) after the paragraph, not exit 2.
+    dispatch, queued = compiled.TrainSteps.__call__, []
+
+    @jax.jit
+    def slow(state):
+        x = jax.lax.fori_loop(0, 600, lambda i, x: jnp.tanh(x @ x), jnp.full((256, 256), 0.01))
+        return jax.lax.optimization_barrier((x, state))[1]
+
+    def poisoned(self, state, data, hparams):
+        first = int(np.asarray(state.step).reshape(-1)[0])
+        state, metrics = dispatch(self, state, data, hparams)
+        if first == 2:
+            metrics = {**metrics, "loss": metrics["loss"] * np.float32(np.nan)}
+        if first == 4:
+            state = slow(state)
+        queued.append(state)
+        return state, metrics
+
+    monkeypatch.setattr(compiled.TrainSteps, "__call__", poisoned)
+    with pytest.raises(train.NonFiniteLossError, match=r"step 3\b"):
+        loop.train_and_evaluate(CONFIG, _pair(), tmp_path, (0,), log=lambda _: None)
+    assert len(queued) == 3
+    leaves = jax.tree.leaves(queued[-1])  # a key array has no is_ready; one program made all
+    arrays = [a for a in leaves if not jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)]
+    assert arrays and all(a.is_ready() for a in arrays)
 
 
 def test_pools_are_flat_rows_and_the_reported_bytes_are_theirs():
