@@ -37,8 +37,14 @@ def test_cpu_initialisation_at_o1_has_the_default_programs_bits(config, shape):
             assert a.dtype == b.dtype
             np.testing.assert_array_equal(a, b)
     assert build._init_state_cpu._cache_size() >= 1
-    # Inside a caller's jit, with the key an argument or a constant, the options are the
-    # caller's program's: still the same bits.
+
+
+def test_inside_a_callers_jit_the_callers_program_gives_the_same_bits():
+    # A jit with its own compiler options cannot be nested: with the key an argument or a
+    # constant, create_train_state runs in the caller's program (any model shows it).
+    model, tx, shape = dj.make_model(Config()), dj.make_optimizer(Config()), (28, 28, 3)
+    rng = jax.random.key(0)
+    fast = dj.create_train_state(rng, model, tx, shape)
     passed = jax.jit(lambda key: dj.create_train_state(key, model, tx, shape))(rng)
     closed = jax.jit(lambda: dj.create_train_state(rng, model, tx, shape))()
     for inside in (passed, closed):
